@@ -1,0 +1,267 @@
+"""Typed, validated configuration parsed once from ``params.yaml``.
+
+Each pipeline stage has one section and one frozen dataclass. ``load_params`` checks the whole
+file: an unknown or misspelt key, a wrong type or a value outside its allowed set raises
+``ConfigError`` naming the key path (``train.batch_size``) and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A params file or section that does not match the schema."""
+
+
+# ---------------------------------------------------------------------------- schema
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    classes: list[str] = field(default_factory=lambda: ["tile", "fabric", "marble"])
+    image_size: int = 128  # px, square; the issue asks for 128-256
+    train_normals: int = 48  # per class
+    test_normals: int = 15  # per class
+    test_per_defect: int = 10  # per class and defect type, before anomaly shots are drawn
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    kind: Literal["demo", "mvtec"] = "demo"
+    root: str = "data/raw/demo"  # dataset root; for kind=demo the generated tree goes here
+    seed: int = 0
+    normal_shots: Union[int, Literal["all"]] = "all"  # train normals kept per class
+    anomaly_shots: int = 1  # real anomalies per defect type moved from test to training (0 = zero-shot)
+    holdout_fraction: float = 0.25  # normal shots per class never trained on: checkpoint choice and CADA statistics
+    demo: DemoConfig = field(default_factory=DemoConfig)
+
+
+@dataclass(frozen=True)
+class SynthesizeConfig:
+    backend: Literal["procedural"] = "procedural"
+    seed: int = 0
+    image_size: int = 128  # synthetic samples are stored at this square size
+    samples_per_type: int = 40  # per object class and defect type
+    repaint_fraction: float = 0.5  # share of samples made from real anomaly shots, where a type has one
+    shard_size: int = 128  # rows per Parquet shard
+    row_group_size: int = 64
+    workers: int = 2  # threads mapping over shard ids
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    backbone: Literal["scratch"] = "scratch"
+    image_size: int = 128
+    width: int = 24  # channels of the first encoder level; doubles per level
+    embed_dim: int = 32  # per-pixel feature and defect-type embedding size
+    epochs: int = 14
+    batch_size: int = 16
+    lr: float = 0.003
+    weight_decay: float = 0.0001
+    synthetic_per_epoch: float = 1.0  # synthetic samples drawn per epoch, as a multiple of real normals
+    focal_gamma: float = 2.0
+    type_loss_weight: float = 1.0
+    seed: int = 0
+    threads: int = 0  # torch CPU threads; 0 = all cores
+
+
+@dataclass(frozen=True)
+class FitCadaConfig:
+    seed: int = 0
+    hidden: int = 64
+    steps: int = 600
+    lr: float = 0.01
+    weight_decay: float = 0.001
+    synthetic_per_class: int = 60  # synthetic anomalous images per class added to the regressor's data
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    tracking_uri: str = "sqlite:///mlflow.db"  # overridden by the MLFLOW_TRACKING_URI variable
+    experiment: str = "uniadc"
+    registered_model: str = "uniadc-discriminator"
+    register: bool = True
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    threshold: float = 1.0  # image decision threshold on the CADA-normalised score (1.0 = predicted normal max)
+    pixel_threshold: float = 0.5  # anomaly probability above which a pixel gets a defect type (mIoU)
+    max_fpr: float = 0.3  # AUPRO integration limit
+    overlays: int = 12  # images in the overlay grid
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+
+
+@dataclass(frozen=True)
+class Params:
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    synthesize: SynthesizeConfig = field(default_factory=SynthesizeConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    fit_cada: FitCadaConfig = field(default_factory=FitCadaConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+
+# value checks that the type system does not express: key -> (predicate, what is allowed)
+_RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
+    "ingest.anomaly_shots": (lambda v: v >= 0, "an integer >= 0"),
+    "ingest.normal_shots": (lambda v: v == "all" or v >= 1, "'all' or an integer >= 1"),
+    "ingest.holdout_fraction": (lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
+    "ingest.demo.image_size": (lambda v: 128 <= v <= 256, "an integer in [128, 256]"),
+    "ingest.demo.train_normals": (lambda v: v >= 4, "an integer >= 4"),
+    "ingest.demo.test_normals": (lambda v: v >= 1, "an integer >= 1"),
+    "ingest.demo.test_per_defect": (lambda v: v >= 1, "an integer >= 1"),
+    "synthesize.image_size": (lambda v: 32 <= v <= 1024, "an integer in [32, 1024]"),
+    "synthesize.samples_per_type": (lambda v: v >= 1, "an integer >= 1"),
+    "synthesize.repaint_fraction": (lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]"),
+    "synthesize.shard_size": (lambda v: v >= 1, "an integer >= 1"),
+    "synthesize.row_group_size": (lambda v: v >= 1, "an integer >= 1"),
+    "synthesize.workers": (lambda v: v >= 1, "an integer >= 1"),
+    "train.image_size": (lambda v: v >= 32 and v % 16 == 0, "a multiple of 16, >= 32"),
+    "train.width": (lambda v: v >= 4, "an integer >= 4"),
+    "train.embed_dim": (lambda v: v >= 4, "an integer >= 4"),
+    "train.epochs": (lambda v: v >= 1, "an integer >= 1"),
+    "train.batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "train.lr": (lambda v: v > 0, "a number > 0"),
+    "train.weight_decay": (lambda v: v >= 0, "a number >= 0"),
+    "train.synthetic_per_epoch": (lambda v: v >= 0, "a number >= 0"),
+    "train.focal_gamma": (lambda v: v >= 0, "a number >= 0"),
+    "train.type_loss_weight": (lambda v: v >= 0, "a number >= 0"),
+    "train.threads": (lambda v: v >= 0, "an integer >= 0"),
+    "fit_cada.hidden": (lambda v: v >= 1, "an integer >= 1"),
+    "fit_cada.steps": (lambda v: v >= 1, "an integer >= 1"),
+    "fit_cada.lr": (lambda v: v > 0, "a number > 0"),
+    "fit_cada.weight_decay": (lambda v: v >= 0, "a number >= 0"),
+    "fit_cada.synthetic_per_class": (lambda v: v >= 0, "an integer >= 0"),
+    "evaluate.pixel_threshold": (lambda v: 0.0 < v < 1.0, "a number in (0, 1)"),
+    "evaluate.max_fpr": (lambda v: 0.0 < v <= 1.0, "a number in (0, 1]"),
+    "evaluate.overlays": (lambda v: v >= 0, "an integer >= 0"),
+}
+
+
+# ---------------------------------------------------------------------------- parsing
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_describe(typing.get_args(tp)[0])}"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+    elif origin in (Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _convert(value, option, key)
+            except ConfigError:
+                continue
+    elif origin is list:
+        if isinstance(value, list):
+            (inner,) = typing.get_args(tp)
+            return [_convert(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    msg = f"params key '{key}': got {value!r}, expected {_describe(tp)}"
+    raise ConfigError(msg)
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    where = prefix or "the top level"
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        msg = f"params key '{where}': expected a mapping, got {type(data).__name__}"
+        raise ConfigError(msg)
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            full = f"{prefix}.{key}" if prefix else str(key)
+            close = difflib.get_close_matches(str(key), sorted(fields), n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            msg = f"params key '{full}' is not known.{hint} Allowed keys in '{where}': {', '.join(sorted(fields))}"
+            raise ConfigError(msg)
+    kwargs = {}
+    for name in fields:
+        if name not in data:
+            continue
+        full = f"{prefix}.{name}" if prefix else name
+        value = _convert(data[name], hints[name], full)
+        if full in _RANGES:
+            ok, allowed = _RANGES[full]
+            if not ok(value):
+                msg = f"params key '{full}': got {value!r}, expected {allowed}"
+                raise ConfigError(msg)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def parse_params(data: Any) -> Params:
+    """Validate a params mapping (as read from YAML) into ``Params``."""
+    return _build(Params, data, "")
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate a params file; errors name the file and the key."""
+    path = Path(path)
+    if not path.is_file():
+        msg = f"{path}: params file not found (run from the repository root, or pass its path)"
+        raise FileNotFoundError(msg)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        msg = f"{path}: not valid YAML ({exc})"
+        raise ConfigError(msg) from exc
+    try:
+        return parse_params(data)
+    except ConfigError as exc:
+        msg = f"{path}: {exc}"
+        raise ConfigError(msg) from None
+
+
+def to_dict(cfg: Any) -> dict:
+    """A config dataclass as a plain dict (for logging and saving)."""
+    return dataclasses.asdict(cfg)
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """``{'a': {'b': 1}}`` -> ``{'a.b': 1}`` (for MLflow params)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else k
+        if isinstance(v, dict):
+            out.update(flatten(v, key))
+        else:
+            out[key] = v
+    return out

@@ -1,0 +1,127 @@
+"""Small I/O helpers: atomic writes, image decoding with clear errors, PNG bytes, hashing."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temp path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a temp directory beside ``path``; it replaces ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        msg = f"{path}: not found (run the stage that writes it first, e.g. `dvc repro`)"
+        raise FileNotFoundError(msg)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        msg = f"{path}: not valid JSON ({exc}); delete it and re-run the stage that writes it"
+        raise ValueError(msg) from exc
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def decode_image(data: bytes, source: str = "<bytes>", mode: str = "RGB") -> np.ndarray:
+    """Decode image bytes to a uint8 array (H, W, 3) for RGB or (H, W) for L."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return np.asarray(im.convert(mode))
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        msg = f"{source}: cannot be decoded as an image ({exc}); replace or remove the file"
+        raise ValueError(msg) from None
+
+
+def load_image(path: str | Path, mode: str = "RGB") -> np.ndarray:
+    path = Path(path)
+    if not path.is_file():
+        msg = f"{path}: image not found; check the manifest or re-run ingest"
+        raise FileNotFoundError(msg)
+    return decode_image(path.read_bytes(), str(path), mode)
+
+
+def load_mask(path: str | Path) -> np.ndarray:
+    """A binary mask (H, W) bool; values >= 128 are defect."""
+    return load_image(path, mode="L") >= 128
+
+
+def resize(arr: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
+    """Resize an (H, W[, C]) uint8/bool array to (size, size)."""
+    if arr.shape[0] == size and arr.shape[1] == size:
+        return arr
+    is_bool = arr.dtype == bool
+    im = Image.fromarray(arr.astype(np.uint8) * 255 if is_bool else arr)
+    im = im.resize((size, size), Image.NEAREST if nearest or is_bool else Image.BILINEAR)
+    out = np.asarray(im)
+    return out >= 128 if is_bool else out
+
+
+def png_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def save_png(path: str | Path, arr: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(png_bytes(arr))

@@ -1,0 +1,218 @@
+"""The multi-task discriminator: a dense feature extractor and a head that aligns per-pixel
+features with one embedding per defect type (index 0 = normal), as in UniADC.
+
+    image -> backbone -> features (B, D, h, w) -> cosine vs. type embeddings / temperature
+          -> logits (B, K+1, H, W) -> anomaly map = 1 - p(normal), type probabilities, image score
+
+Saved as ``model.safetensors`` + ``config.json`` and rebuilt from them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+import uniadc_core
+from uniadc_core.io import atomic_dir
+
+FORMAT_VERSION = 1
+SCORE_POOL = 7  # image score = max of the anomaly map averaged over SCORE_POOL x SCORE_POOL windows
+
+
+@dataclass
+class ModelConfig:
+    defect_types: list[str]  # vocabulary order; defect index i+1, 0 = normal
+    backbone: str = "scratch"
+    image_size: int = 128
+    width: int = 24
+    embed_dim: int = 32
+    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])  # per-channel, on 0..1 pixels
+    std: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25])
+    classes: dict[str, list[str]] = field(default_factory=dict)  # object class -> its defect types
+    package_version: str = uniadc_core.__version__
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def num_types(self) -> int:
+        return len(self.defect_types)
+
+
+class Prediction(NamedTuple):
+    score: torch.Tensor  # (B,) raw image anomaly score
+    anomaly_map: torch.Tensor  # (B, H, W) 1 - p(normal)
+    type_probs: torch.Tensor  # (B, K) image-level defect-type distribution
+    pixel_types: torch.Tensor  # (B, H, W) most likely defect index per pixel, 1..K
+    embedding: torch.Tensor  # (B, E) global image embedding (for CADA)
+
+
+# ---------------------------------------------------------------------------- backbone
+
+
+def _block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+    )
+
+
+class ScratchBackbone(nn.Module):
+    """A small U-Net trained end to end: dense features at 1/2 resolution and a global embedding."""
+
+    def __init__(self, width: int, embed_dim: int):
+        super().__init__()
+        w = width
+        self.stem = _block(3, w)  # (B, w, H, W)
+        self.down1 = _block(w, 2 * w)  # (B, 2w, H/2, W/2)
+        self.down2 = _block(2 * w, 4 * w)  # (B, 4w, H/4, W/4)
+        self.down3 = _block(4 * w, 8 * w)  # (B, 8w, H/8, W/8)
+        self.up2 = _block(8 * w + 4 * w, 4 * w)
+        self.up1 = _block(4 * w + 2 * w, 2 * w)
+        self.proj = nn.Conv2d(2 * w, embed_dim, 1)
+        self.embed_channels = 8 * w + 4 * w
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s0 = self.stem(x)
+        s1 = self.down1(F.max_pool2d(s0, 2))
+        s2 = self.down2(F.max_pool2d(s1, 2))
+        s3 = self.down3(F.max_pool2d(s2, 2))
+        u2 = self.up2(torch.cat([F.interpolate(s3, scale_factor=2, mode="bilinear", align_corners=False), s2], 1))
+        u1 = self.up1(torch.cat([F.interpolate(u2, scale_factor=2, mode="bilinear", align_corners=False), s1], 1))
+        feats = self.proj(u1)  # (B, D, H/2, W/2)
+        embedding = torch.cat([s3.mean((2, 3)), s2.std((2, 3))], 1)  # (B, 12w): content and texture statistics
+        return feats, embedding
+
+
+BACKBONES = {"scratch": ScratchBackbone}
+
+
+# ---------------------------------------------------------------------------- discriminator
+
+
+class Discriminator(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if config.backbone not in BACKBONES:
+            msg = f"unknown backbone '{config.backbone}'; valid: {', '.join(sorted(BACKBONES))}"
+            raise ValueError(msg)
+        self.config = config
+        self.backbone = BACKBONES[config.backbone](config.width, config.embed_dim)
+        self.type_embeddings = nn.Parameter(torch.randn(config.num_types + 1, config.embed_dim) * 0.5)  # (K+1, D)
+        self.log_temperature = nn.Parameter(torch.tensor(math.log(0.07)))
+        self.register_buffer("mean", torch.tensor(config.mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(config.std).view(1, 3, 1, 1))
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, H, W) -> float, standardised."""
+        return (images.float() / 255.0 - self.mean) / self.std
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 or float images (B, 3, H, W) -> (logits (B, K+1, H, W), embedding (B, E))."""
+        x = self.normalise(images) if images.dtype == torch.uint8 else images
+        feats, embedding = self.backbone(x)
+        feats = F.normalize(feats, dim=1)
+        types = F.normalize(self.type_embeddings, dim=1)
+        logits = torch.einsum("bdhw,kd->bkhw", feats, types) / self.log_temperature.exp().clamp(min=1e-3)
+        logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return logits, embedding
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> Prediction:
+        logits, embedding = self(images)
+        return predict_from_logits(logits, embedding)
+
+
+def predict_from_logits(logits: torch.Tensor, embedding: torch.Tensor) -> Prediction:
+    probs = logits.softmax(1)  # (B, K+1, H, W)
+    amap = 1.0 - probs[:, 0]  # (B, H, W)
+    pooled = F.avg_pool2d(amap[:, None], SCORE_POOL, stride=1, padding=SCORE_POOL // 2, count_include_pad=False)
+    score = pooled.flatten(1).max(1).values  # (B,)
+    type_pix = logits[:, 1:].softmax(1)  # (B, K, H, W) type distribution given anomalous
+    # image-level type: average over the most anomalous pixels, weighted by their anomaly probability
+    peak = amap.flatten(1).max(1).values.view(-1, 1, 1)
+    weight = amap * (amap >= 0.5 * peak)  # (B, H, W)
+    type_probs = (type_pix * weight[:, None]).sum((2, 3)) / weight.sum((1, 2)).clamp(min=1e-8)[:, None]
+    return Prediction(score, amap, type_probs, type_pix.argmax(1) + 1, embedding)
+
+
+# ---------------------------------------------------------------------------- losses
+
+
+def discriminator_loss(logits: torch.Tensor, target: torch.Tensor, focal_gamma: float = 2.0, type_weight: float = 1.0) -> dict[str, torch.Tensor]:
+    """Focal + dice on the anomaly map, cross-entropy over defect types on anomalous pixels.
+
+    logits (B, K+1, H, W); target (B, H, W) long, 0 = normal, 1..K = defect index.
+    """
+    log_all = logits.logsumexp(1)  # (B, H, W)
+    log_p_anom = logits[:, 1:].logsumexp(1) - log_all  # log a
+    log_p_norm = logits[:, 0] - log_all  # log (1 - a)
+    y = (target > 0).float()
+    a = log_p_anom.exp()
+    pt = torch.where(y > 0, a, 1 - a)
+    bce = -(y * log_p_anom + (1 - y) * log_p_norm)
+    focal = ((1 - pt).clamp(min=0) ** focal_gamma * bce).mean()
+    inter = (a * y).sum((1, 2))
+    dice = (1 - (2 * inter + 1) / (a.sum((1, 2)) + y.sum((1, 2)) + 1)).mean()  # on a normal image: 1 - 1/(false alarm + 1)
+    anomalous = target > 0
+    if anomalous.any():
+        type_logits = logits[:, 1:].permute(0, 2, 3, 1)[anomalous]  # (N, K)
+        ce = F.cross_entropy(type_logits, target[anomalous] - 1)
+    else:
+        ce = logits.sum() * 0.0
+    total = focal * 10.0 + dice + type_weight * ce
+    return {"loss": total, "focal": focal, "dice": dice, "type_ce": ce}
+
+
+# ---------------------------------------------------------------------------- save / load
+
+
+def save_model(model: Discriminator, directory: str | Path, extra: dict | None = None) -> Path:
+    """Write ``model.safetensors`` + ``config.json`` atomically (the directory appears whole or not at all)."""
+    directory = Path(directory)
+    with atomic_dir(directory) as tmp:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / "model.safetensors"))
+        cfg = dataclasses.asdict(model.config)
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        for name, obj in (extra or {}).items():
+            (tmp / name).write_text(json.dumps(obj, indent=2) + "\n")
+    return directory
+
+
+def load_model(directory: str | Path, device: str = "cpu") -> Discriminator:
+    directory = Path(directory)
+    cfg_path, weights = directory / "config.json", directory / "model.safetensors"
+    for p in (cfg_path, weights):
+        if not p.is_file():
+            msg = f"{p}: not found; a model directory holds config.json + model.safetensors (run the train stage)"
+            raise FileNotFoundError(msg)
+    raw = json.loads(cfg_path.read_text())
+    if raw.get("format_version") != FORMAT_VERSION:
+        msg = f"{cfg_path}: model format {raw.get('format_version')} but this uniadc reads format {FORMAT_VERSION}; retrain the model"
+        raise ValueError(msg)
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        msg = f"{cfg_path}: unknown config keys {unknown}; the model was saved by another uniadc version"
+        raise ValueError(msg)
+    model = Discriminator(ModelConfig(**raw))
+    state = load_file(str(weights), device="cpu")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        msg = f"{weights}: weights do not match config.json (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        raise ValueError(msg)
+    return model.to(device).eval()
+
+
+def images_to_tensor(images: list[np.ndarray]) -> torch.Tensor:
+    """A list of (H, W, 3) uint8 arrays -> (B, 3, H, W) uint8 tensor."""
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()

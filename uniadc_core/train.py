@@ -1,0 +1,210 @@
+"""Train the discriminator on real normals, real anomaly shots and synthetic samples.
+
+Checkpoint choice uses training-side data only: the held-out normals (``normal_holdout``) and a
+held-out tenth of the synthetic samples; the test set is never read here.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import torch
+from tqdm import tqdm
+
+from uniadc_core.config import TrainConfig
+from uniadc_core.io import load_image, load_mask, resize
+from uniadc_core.metrics import auroc
+from uniadc_core.model import Discriminator, ModelConfig, discriminator_loss, images_to_tensor, predict_from_logits, save_model
+from uniadc_core.priors import Vocabulary
+from uniadc_core.synth.shards import decode_row
+
+log = logging.getLogger(__name__)
+
+
+class Batch(NamedTuple):
+    images: torch.Tensor  # (N, 3, S, S) uint8
+    masks: torch.Tensor  # (N, S, S) uint8 defect index, 0 = normal
+    classes: list[str]
+
+
+@dataclass
+class TrainData:
+    normals: Batch
+    shots: Batch
+    synthetic: Batch
+    val: Batch
+
+
+def _real(frame: pl.DataFrame, vocab: Vocabulary, size: int) -> Batch:
+    images, masks = [], []
+    for row in frame.iter_rows(named=True):
+        images.append(resize(load_image(row["path"]), size))
+        if row["is_anomaly"]:
+            masks.append(resize(load_mask(row["mask_path"]), size).astype(np.uint8) * vocab.index(row["defect_type"]))
+        else:
+            masks.append(np.zeros((size, size), np.uint8))
+    return _batch(images, masks, frame["object_class"].to_list())
+
+
+def _batch(images: list[np.ndarray], masks: list[np.ndarray], classes: list[str]) -> Batch:
+    if not images:
+        return Batch(torch.zeros(0, 3, 1, 1, dtype=torch.uint8), torch.zeros(0, 1, 1, dtype=torch.uint8), [])
+    return Batch(images_to_tensor(images), torch.from_numpy(np.stack(masks)), classes)
+
+
+def _cat(a: Batch, b: Batch) -> Batch:
+    if len(a.classes) == 0:
+        return b
+    if len(b.classes) == 0:
+        return a
+    return Batch(torch.cat([a.images, b.images]), torch.cat([a.masks, b.masks]), a.classes + b.classes)
+
+
+def is_validation_sample(sample_id: str) -> bool:
+    """A fixed tenth of the synthetic samples, chosen by a hash of the id, is kept for checkpoint choice."""
+    return int(hashlib.sha256(sample_id.encode()).hexdigest()[:4], 16) % 10 == 0
+
+
+def synthetic_batches(table: pa.Table, size: int) -> tuple[Batch, Batch]:
+    """(train, validation) batches of the synthetic samples."""
+    parts: dict[bool, tuple[list, list, list]] = {False: ([], [], []), True: ([], [], [])}
+    for row in table.to_pylist():
+        image, mask = decode_row(row)
+        dest = parts[is_validation_sample(row["sample_id"])]
+        dest[0].append(resize(image, size))
+        dest[1].append(resize(mask, size, nearest=True))
+        dest[2].append(row["object_class"])
+    return _batch(*parts[False]), _batch(*parts[True])
+
+
+def load_train_data(manifest: pl.DataFrame, vocab: Vocabulary, synthetic: pa.Table, size: int) -> TrainData:
+    normals = _real(manifest.filter(pl.col("role") == "normal_shot"), vocab, size)
+    if len(normals.classes) == 0:
+        msg = "the manifest has no normal_shot images; training needs normal images (check ingest.normal_shots)"
+        raise ValueError(msg)
+    shots = _real(manifest.filter(pl.col("role") == "anomaly_shot"), vocab, size)
+    holdout = _real(manifest.filter(pl.col("role") == "normal_holdout"), vocab, size)
+    syn_train, syn_val = synthetic_batches(synthetic, size)
+    return TrainData(normals, shots, syn_train, _cat(holdout, syn_val))
+
+
+def _augment(images: torch.Tensor, masks: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random horizontal and vertical flips per sample."""
+    n = images.shape[0]
+    for dim in (-1, -2):
+        flip = torch.rand(n, generator=gen) < 0.5
+        images = torch.where(flip.view(n, 1, 1, 1), images.flip(dim), images)
+        masks = torch.where(flip.view(n, 1, 1), masks.flip(dim), masks)
+    return images, masks
+
+
+def _epoch_indices(data: TrainData, cfg: TrainConfig, gen: torch.Generator) -> list[tuple[str, int]]:
+    n = len(data.normals.classes)
+    items = [("normals", i) for i in range(n)]
+    if data.shots.classes:  # real anomalies are rare: repeat them so they weigh like ~10% of the normals
+        reps = max(1, round(0.1 * n / len(data.shots.classes)))
+        items += [("shots", i) for i in range(len(data.shots.classes))] * reps
+    n_syn = len(data.synthetic.classes)
+    if n_syn:
+        k = int(round(cfg.synthetic_per_epoch * n))
+        items += [("synthetic", int(i)) for i in torch.randint(n_syn, (k,), generator=gen)]
+    order = torch.randperm(len(items), generator=gen)
+    return [items[i] for i in order]
+
+
+def _gather(data: TrainData, items: list[tuple[str, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    images = torch.stack([getattr(data, src).images[i] for src, i in items])
+    masks = torch.stack([getattr(data, src).masks[i] for src, i in items])
+    return images, masks
+
+
+@torch.no_grad()
+def validate(model: Discriminator, val: Batch, cfg: TrainConfig, batch_size: int = 32) -> dict[str, float]:
+    model.eval()
+    losses, scores = [], []
+    for i in range(0, len(val.classes), batch_size):
+        images, masks = val.images[i:i + batch_size], val.masks[i:i + batch_size].long()
+        logits, emb = model(images)
+        losses.append(discriminator_loss(logits, masks, cfg.focal_gamma, cfg.type_loss_weight)["loss"].item() * len(images))
+        scores.append(predict_from_logits(logits, emb).score)
+    labels = (val.masks.flatten(1).amax(1) > 0).numpy()
+    out = {"val_loss": float(np.sum(losses) / max(1, len(val.classes)))}
+    if 0 < labels.sum() < len(labels):
+        out["val_image_auroc"] = auroc(torch.cat(scores).numpy(), labels)
+    return out
+
+
+def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
+    x = images.float() / 255.0
+    return x.mean((0, 2, 3)).tolist(), x.std((0, 2, 3)).clamp(min=0.02).tolist()
+
+
+def train_discriminator(data: TrainData, vocab: Vocabulary, cfg: TrainConfig, progress: bool = True) -> tuple[Discriminator, list[dict]]:
+    """Train and return the model at its best validation loss, with the per-epoch history."""
+    torch.manual_seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    mean, std = channel_stats(data.normals.images)
+    config = ModelConfig(
+        defect_types=vocab.defect_types,
+        backbone=cfg.backbone,
+        image_size=cfg.image_size,
+        width=cfg.width,
+        embed_dim=cfg.embed_dim,
+        mean=mean,
+        std=std,
+        classes={c: sorted(t) for c, t in vocab.classes.items()},
+    )
+    model = Discriminator(config)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, len(_epoch_indices(data, cfg, torch.Generator().manual_seed(0))) // cfg.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.15)
+    best, best_state, history = float("inf"), None, []
+    bar = tqdm(total=cfg.epochs * steps_per_epoch, desc="train", unit="step", disable=not progress)
+    for epoch in range(cfg.epochs):
+        model.train()
+        t0, items, sums = time.perf_counter(), _epoch_indices(data, cfg, gen), {}
+        for step in range(steps_per_epoch):
+            images, masks = _gather(data, items[step * cfg.batch_size:(step + 1) * cfg.batch_size])
+            images, masks = _augment(images, masks, gen)
+            logits, _ = model(images)
+            parts = discriminator_loss(logits, masks.long(), cfg.focal_gamma, cfg.type_loss_weight)
+            opt.zero_grad(set_to_none=True)
+            parts["loss"].backward()
+            opt.step()
+            sched.step()
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v.item()
+            bar.update()
+            bar.set_postfix(loss=f"{parts['loss'].item():.3f}")
+        record = {"epoch": epoch + 1, **{f"train_{k}": v / steps_per_epoch for k, v in sums.items()}}
+        record.update(validate(model, data.val, cfg) if data.val.classes else {})
+        record["seconds"] = time.perf_counter() - t0
+        history.append(record)
+        score = record.get("val_loss", record["train_loss"])
+        if score < best:
+            best, best_state = score, copy.deepcopy(model.state_dict())
+            record["best"] = True
+        log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()})
+    bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return model.eval(), history
+
+
+def train(manifest: pl.DataFrame, vocab: Vocabulary, synthetic: pa.Table, cfg: TrainConfig, out_dir: str | Path) -> Path:
+    data = load_train_data(manifest, vocab, synthetic, cfg.image_size)
+    log.info("train: %d normals, %d anomaly shots, %d synthetic, %d validation samples",
+             len(data.normals.classes), len(data.shots.classes), len(data.synthetic.classes), len(data.val.classes))
+    model, history = train_discriminator(data, vocab, cfg)
+    return save_model(model, out_dir, extra={"history.json": history})
