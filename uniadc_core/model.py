@@ -58,25 +58,30 @@ class Prediction(NamedTuple):
 # ---------------------------------------------------------------------------- backbone
 
 
+def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
 def _block(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-        nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-    )
+    return nn.Sequential(_conv(cin, cout), _conv(cout, cout))
 
 
 class ScratchBackbone(nn.Module):
-    """A small U-Net trained end to end: dense features at 1/2 resolution and a global embedding."""
+    """A small U-Net trained end to end: dense features at 1/2 resolution and a global embedding.
+
+    The first convolution has stride 2: full-resolution layers cost most on a CPU and add little.
+    """
 
     def __init__(self, width: int, embed_dim: int):
         super().__init__()
         w = width
-        self.stem = _block(3, w)  # (B, w, H, W)
-        self.down1 = _block(w, 2 * w)  # (B, 2w, H/2, W/2)
-        self.down2 = _block(2 * w, 4 * w)  # (B, 4w, H/4, W/4)
-        self.down3 = _block(4 * w, 8 * w)  # (B, 8w, H/8, W/8)
-        self.up2 = _block(8 * w + 4 * w, 4 * w)
-        self.up1 = _block(4 * w + 2 * w, 2 * w)
+        self.stem = nn.Sequential(_conv(3, w, stride=2), _conv(w, w))  # (B, w, H/2, W/2)
+        self.down1 = _block(w, 2 * w)  # (B, 2w, H/4, W/4)
+        self.down2 = _block(2 * w, 4 * w)  # (B, 4w, H/8, W/8)
+        self.down3 = _block(4 * w, 8 * w)  # (B, 8w, H/16, W/16)
+        self.up2 = _conv(8 * w + 4 * w, 4 * w)  # (B, 4w, H/8, W/8)
+        self.up1 = _conv(4 * w + 2 * w, 2 * w)  # (B, 2w, H/4, W/4)
+        self.up0 = _conv(2 * w + w, 2 * w)  # (B, 2w, H/2, W/2)
         self.proj = nn.Conv2d(2 * w, embed_dim, 1)
         self.embed_channels = 8 * w + 4 * w
 
@@ -85,11 +90,16 @@ class ScratchBackbone(nn.Module):
         s1 = self.down1(F.max_pool2d(s0, 2))
         s2 = self.down2(F.max_pool2d(s1, 2))
         s3 = self.down3(F.max_pool2d(s2, 2))
-        u2 = self.up2(torch.cat([F.interpolate(s3, scale_factor=2, mode="bilinear", align_corners=False), s2], 1))
-        u1 = self.up1(torch.cat([F.interpolate(u2, scale_factor=2, mode="bilinear", align_corners=False), s1], 1))
-        feats = self.proj(u1)  # (B, D, H/2, W/2)
+        u2 = self.up2(torch.cat([_up(s3), s2], 1))
+        u1 = self.up1(torch.cat([_up(u2), s1], 1))
+        u0 = self.up0(torch.cat([_up(u1), s0], 1))
+        feats = self.proj(u0)  # (B, D, H/2, W/2)
         embedding = torch.cat([s3.mean((2, 3)), s2.std((2, 3))], 1)  # (B, 12w): content and texture statistics
         return feats, embedding
+
+
+def _up(x: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
 
 
 BACKBONES = {"scratch": ScratchBackbone}

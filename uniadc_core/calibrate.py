@@ -1,0 +1,68 @@
+"""The fit_cada stage: out-of-sample normal scores -> per-class (u, gamma) -> CADA regressor."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from uniadc_core.cada import ClassStats, class_statistics, fit_cada, save_cada
+from uniadc_core.config import FitCadaConfig
+from uniadc_core.inference import score_arrays, score_paths
+from uniadc_core.model import Discriminator
+from uniadc_core.synth.shards import decode_row
+
+log = logging.getLogger(__name__)
+
+
+def normal_statistics(model: Discriminator, manifest: pl.DataFrame) -> tuple[dict[str, ClassStats], tuple[float, float]]:
+    """Per-class and pooled (u, gamma) of held-out normal scores (training normals where a class has none)."""
+    held = manifest.filter(pl.col("role") == "normal_holdout")
+    frames, in_sample = [], {}
+    for cls in sorted(manifest["object_class"].unique().to_list()):
+        part = held.filter(pl.col("object_class") == cls)
+        if part.height == 0:
+            log.warning("class '%s' has no held-out normals; its CADA statistics use training normals (biased low)", cls)
+            part = manifest.filter((pl.col("role") == "normal_shot") & (pl.col("object_class") == cls))
+            in_sample[cls] = True
+        frames.append(part)
+    normals = pl.concat(frames)
+    s = score_paths(model, normals["path"].to_list(), progress=True)
+    stats = class_statistics(s.score, normals["object_class"].to_list(), in_sample)
+    for cls, st in stats.items():
+        log.info("class %-12s u=%.4f gamma=%.4f from %d normals%s", cls, st.u, st.gamma, st.count, " (in-sample)" if st.in_sample else "")
+    return stats, (float(s.score.mean()), float(s.score.max()))
+
+
+def regressor_data(model: Discriminator, manifest: pl.DataFrame, synthetic: pa.Table, per_class: int, seed: int) -> tuple[np.ndarray, list[str]]:
+    """Embeddings of real training-side images (normal and anomaly shots) and synthetic anomalies."""
+    real = manifest.filter(pl.col("role").is_in(["normal_shot", "normal_holdout", "anomaly_shot"]))
+    emb = [score_paths(model, real["path"].to_list(), progress=True).embedding]
+    classes = real["object_class"].to_list()
+    if per_class and synthetic.num_rows:
+        rng = np.random.default_rng(seed)
+        syn_classes = np.asarray(synthetic.column("object_class").to_pylist())
+        pick = []
+        for cls in sorted(set(syn_classes)):
+            idx = np.flatnonzero(syn_classes == cls)
+            pick += sorted(rng.permutation(idx)[:per_class].tolist())
+        rows = synthetic.take(pick).to_pylist()
+        emb.append(score_arrays(model, [decode_row(r)[0] for r in rows], progress=True).embedding)
+        classes += [r["object_class"] for r in rows]
+    return np.concatenate(emb), classes
+
+
+def fit(model: Discriminator, manifest: pl.DataFrame, synthetic: pa.Table, cfg: FitCadaConfig, out_dir: str | Path) -> Path:
+    stats, global_stats = normal_statistics(model, manifest)
+    embeddings, classes = regressor_data(model, manifest, synthetic, cfg.synthetic_per_class, cfg.seed)
+    cada = fit_cada(stats, embeddings, classes, cfg, global_stats)
+    # how well it recovers each class's statistics on its own training images
+    u, gamma = cada.predict_stats(embeddings)
+    report = {}
+    for cls in sorted(stats):
+        sel = np.asarray(classes) == cls
+        report[cls] = {"u": stats[cls].u, "gamma": stats[cls].gamma, "u_pred_mean": float(u[sel].mean()), "gamma_pred_mean": float(gamma[sel].mean())}
+    return save_cada(cada, out_dir, extra={"fit_report.json": report})
