@@ -28,7 +28,7 @@ from uniadc_core.io import atomic_dir
 
 log = logging.getLogger(__name__)
 
-MIN_SPREAD = 1e-3  # gamma - u is kept at least this large so the division is safe
+MIN_SPREAD = 1e-3  # default floor on gamma - u so the division is safe (fit_cada.min_spread sets it)
 
 
 class ClassStats(NamedTuple):
@@ -48,6 +48,7 @@ class CadaConfig:
     y_std: list[float]
     class_stats: dict[str, list]  # class -> [u, gamma, count, in_sample]
     global_stats: list[float]  # [u, gamma] over all held-out normals pooled: the "no alignment" baseline
+    min_spread: float = MIN_SPREAD
 
 
 class Regressor(nn.Module):
@@ -76,7 +77,7 @@ class Cada:
         x = torch.as_tensor(np.asarray(embedding), dtype=torch.float32)
         z = self.regressor((x - self._x[0]) / self._x[1]) * self._y[1] + self._y[0]  # (B, 2)
         u = z[:, 0]
-        gamma = u + z[:, 1].exp().clamp(min=MIN_SPREAD)
+        gamma = u + z[:, 1].exp().clamp(min=self.config.min_spread)
         return u.numpy(), gamma.numpy()
 
     def class_stats(self, object_class: str) -> tuple[float, float]:
@@ -84,7 +85,11 @@ class Cada:
             msg = f"CADA has no statistics for class '{object_class}'; known: {', '.join(sorted(self.config.class_stats))}"
             raise ValueError(msg)
         u, gamma, _, _ = self.config.class_stats[object_class]
-        return u, gamma
+        return u, max(gamma, u + self.config.min_spread)
+
+    def global_stats(self) -> tuple[float, float]:
+        u, gamma = self.config.global_stats
+        return u, max(gamma, u + self.config.min_spread)
 
 
 def align(scores: np.ndarray, u: np.ndarray, gamma: np.ndarray) -> np.ndarray:
@@ -115,7 +120,7 @@ def fit_cada(
         raise ValueError(msg)
     torch.manual_seed(cfg.seed)
     x = torch.as_tensor(embeddings, dtype=torch.float32)
-    targets = np.array([[stats[c].u, np.log(max(stats[c].gamma - stats[c].u, MIN_SPREAD))] for c in classes], np.float32)
+    targets = np.array([[stats[c].u, np.log(max(stats[c].gamma - stats[c].u, cfg.min_spread))] for c in classes], np.float32)
     y = torch.from_numpy(targets)
     x_mean, x_std = x.mean(0), x.std(0).clamp(min=1e-6)
     y_mean, y_std = y.mean(0), y.std(0).clamp(min=1e-3)
@@ -138,6 +143,7 @@ def fit_cada(
         y_std=y_std.tolist(),
         class_stats={c: list(s) for c, s in stats.items()},
         global_stats=[float(global_stats[0]), float(global_stats[1])],
+        min_spread=cfg.min_spread,
     )
     return Cada(config, reg)
 

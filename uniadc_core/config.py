@@ -63,7 +63,7 @@ class TrainConfig:
     image_size: int = 128
     width: int = 24  # channels of the first encoder level; doubles per level
     embed_dim: int = 32  # per-pixel feature and defect-type embedding size
-    epochs: int = 14
+    epochs: int = 25
     batch_size: int = 16
     lr: float = 0.003
     weight_decay: float = 0.0001
@@ -82,6 +82,7 @@ class FitCadaConfig:
     lr: float = 0.01
     weight_decay: float = 0.001
     synthetic_per_class: int = 60  # synthetic anomalous images per class added to the regressor's data
+    min_spread: float = 0.05  # floor on gamma - u: a class scored ~0 on every normal must not turn pixel noise into alarms
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,6 @@ class MlflowConfig:
 @dataclass(frozen=True)
 class EvaluateConfig:
     threshold: float = 1.0  # image decision threshold on the CADA-normalised score (1.0 = predicted normal max)
-    pixel_threshold: float = 0.5  # anomaly probability above which a pixel gets a defect type (mIoU)
     max_fpr: float = 0.3  # AUPRO integration limit
     overlays: int = 12  # images in the overlay grid
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
@@ -141,7 +141,7 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "fit_cada.lr": (lambda v: v > 0, "a number > 0"),
     "fit_cada.weight_decay": (lambda v: v >= 0, "a number >= 0"),
     "fit_cada.synthetic_per_class": (lambda v: v >= 0, "an integer >= 0"),
-    "evaluate.pixel_threshold": (lambda v: 0.0 < v < 1.0, "a number in (0, 1)"),
+    "fit_cada.min_spread": (lambda v: v > 0, "a number > 0"),
     "evaluate.max_fpr": (lambda v: 0.0 < v <= 1.0, "a number in (0, 1]"),
     "evaluate.overlays": (lambda v: v >= 0, "an integer >= 0"),
 }

@@ -60,7 +60,7 @@ def load_test_set(manifest: pl.DataFrame, defect_types: list[str], size: int) ->
 
 def variant_stats(cada: Cada, scores: Scores, classes: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     n = len(classes)
-    gu, gg = cada.config.global_stats
+    gu, gg = cada.global_stats()
     oracle = np.array([cada.class_stats(c) for c in classes])
     return {
         "none": (np.full(n, gu), np.full(n, gg)),

@@ -1,0 +1,10 @@
+"""Where each stage reads and writes, relative to the repository root (mirrors dvc.yaml)."""
+
+PARAMS = "params.yaml"
+PREPARED = "data/prepared"
+MANIFEST = "data/prepared/manifest.parquet"
+VOCABULARY = "data/prepared/vocabulary.json"
+SYNTHETIC = "data/synthetic"
+DISCRIMINATOR = "data/models/discriminator"
+CADA = "data/models/cada"
+REPORTS = "data/reports"

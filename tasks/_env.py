@@ -1,0 +1,10 @@
+"""Defaults for running Prefect offline on a small machine; the caller's environment wins."""
+
+import os
+
+# the temporary local server needs more than Prefect's 20 s default to start on 2 cores (STACK_NOTES.md)
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# library logs (uniadc_core uses plain logging) show up in flow-run logs
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "uniadc_core")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
