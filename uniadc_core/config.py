@@ -63,7 +63,7 @@ class TrainConfig:
     image_size: int = 128
     width: int = 24  # channels of the first encoder level; doubles per level
     embed_dim: int = 32  # per-pixel feature and defect-type embedding size
-    epochs: int = 25
+    epochs: int = 40
     batch_size: int = 16
     lr: float = 0.003
     weight_decay: float = 0.0001
@@ -82,7 +82,7 @@ class FitCadaConfig:
     lr: float = 0.01
     weight_decay: float = 0.001
     synthetic_per_class: int = 60  # synthetic anomalous images per class added to the regressor's data
-    min_spread: float = 0.05  # floor on gamma - u: a class scored ~0 on every normal must not turn pixel noise into alarms
+    min_spread: float = 0.1  # floor on gamma - u (log-odds units): a class whose normals all score alike must not turn noise into alarms
 
 
 @dataclass(frozen=True)

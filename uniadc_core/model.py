@@ -2,7 +2,7 @@
 features with one embedding per defect type (index 0 = normal), as in UniADC.
 
     image -> backbone -> features (B, D, h, w) -> cosine vs. type embeddings / temperature
-          -> logits (B, K+1, H, W) -> anomaly map = 1 - p(normal), type probabilities, image score
+          -> logits (B, K+1, H, W) -> anomaly map (log-odds of not normal), type probabilities, image score
 
 Saved as ``model.safetensors`` + ``config.json`` and rebuilt from them.
 """
@@ -26,7 +26,7 @@ import uniadc_core
 from uniadc_core.io import atomic_dir
 
 FORMAT_VERSION = 1
-SCORE_POOL = 7  # image score = max of the anomaly map averaged over SCORE_POOL x SCORE_POOL windows
+SCORE_POOL = 7  # image score = max of the log-odds map averaged over SCORE_POOL x SCORE_POOL windows
 
 
 @dataclass
@@ -49,7 +49,7 @@ class ModelConfig:
 
 class Prediction(NamedTuple):
     score: torch.Tensor  # (B,) raw image anomaly score
-    anomaly_map: torch.Tensor  # (B, H, W) 1 - p(normal)
+    anomaly_map: torch.Tensor  # (B, H, W) anomaly log-odds, log(a / (1 - a)) with a = 1 - p(normal)
     type_probs: torch.Tensor  # (B, K) image-level defect-type distribution
     pixel_types: torch.Tensor  # (B, H, W) most likely defect index per pixel, 1..K
     embedding: torch.Tensor  # (B, E) global image embedding (for CADA)
@@ -120,6 +120,7 @@ class Discriminator(nn.Module):
         self.log_temperature = nn.Parameter(torch.tensor(math.log(0.07)))
         self.register_buffer("mean", torch.tensor(config.mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(config.std).view(1, 3, 1, 1))
+        self.to(memory_format=torch.channels_last)  # about 2x faster convolutions on CPU (benchmarks/)
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, H, W) -> float, standardised."""
@@ -128,7 +129,7 @@ class Discriminator(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 or float images (B, 3, H, W) -> (logits (B, K+1, H, W), embedding (B, E))."""
         x = self.normalise(images) if images.dtype == torch.uint8 else images
-        feats, embedding = self.backbone(x)
+        feats, embedding = self.backbone(x.contiguous(memory_format=torch.channels_last))
         feats = F.normalize(feats, dim=1)
         types = F.normalize(self.type_embeddings, dim=1)
         logits = torch.einsum("bdhw,kd->bkhw", feats, types) / self.log_temperature.exp().clamp(min=1e-3)
@@ -142,16 +143,18 @@ class Discriminator(nn.Module):
 
 
 def predict_from_logits(logits: torch.Tensor, embedding: torch.Tensor) -> Prediction:
-    probs = logits.softmax(1)  # (B, K+1, H, W)
-    amap = 1.0 - probs[:, 0]  # (B, H, W)
-    pooled = F.avg_pool2d(amap[:, None], SCORE_POOL, stride=1, padding=SCORE_POOL // 2, count_include_pad=False)
+    """Scores in log-odds: unlike probabilities they do not saturate at 0 on very clean classes, so
+    each class's normal scores keep a spread that CADA can measure and align."""
+    log_odds = logits[:, 1:].logsumexp(1) - logits[:, 0]  # (B, H, W) log(a / (1 - a))
+    pooled = F.avg_pool2d(log_odds[:, None], SCORE_POOL, stride=1, padding=SCORE_POOL // 2, count_include_pad=False)
     score = pooled.flatten(1).max(1).values  # (B,)
     type_pix = logits[:, 1:].softmax(1)  # (B, K, H, W) type distribution given anomalous
     # image-level type: average over the most anomalous pixels, weighted by their anomaly probability
+    amap = torch.sigmoid(log_odds)
     peak = amap.flatten(1).max(1).values.view(-1, 1, 1)
     weight = amap * (amap >= 0.5 * peak)  # (B, H, W)
-    type_probs = (type_pix * weight[:, None]).sum((2, 3)) / weight.sum((1, 2)).clamp(min=1e-8)[:, None]
-    return Prediction(score, amap, type_probs, type_pix.argmax(1) + 1, embedding)
+    type_probs = (type_pix * weight[:, None]).sum((2, 3)) / weight.sum((1, 2)).clamp(min=1e-12)[:, None]
+    return Prediction(score, log_odds, type_probs, type_pix.argmax(1) + 1, embedding)
 
 
 # ---------------------------------------------------------------------------- losses
@@ -216,11 +219,15 @@ def load_model(directory: str | Path, device: str = "cpu") -> Discriminator:
         raise ValueError(msg)
     model = Discriminator(ModelConfig(**raw))
     state = load_file(str(weights), device="cpu")
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        msg = f"{weights}: weights do not match config.json (missing {missing[:5]}, unexpected {unexpected[:5]})"
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    wrong = [k for k in set(expected) & set(state) if expected[k].shape != state[k].shape]
+    if missing or unexpected or wrong:
+        msg = (f"{weights}: weights do not match config.json (missing {missing[:5]}, unexpected {unexpected[:5]}, "
+               f"other shape {sorted(wrong)[:5]}); save the model and its config together")
         raise ValueError(msg)
-    return model.to(device).eval()
+    model.load_state_dict(state)
+    return model.to(device, memory_format=torch.channels_last).eval()
 
 
 def images_to_tensor(images: list[np.ndarray]) -> torch.Tensor:

@@ -110,15 +110,15 @@ def _defect(name: str, rng: np.random.Generator, img: np.ndarray) -> tuple[np.nd
             branch = _walk(rng, s, int(rng.integers(3, 7)), s / 30, 0.6)
             branch = branch - branch[0] + start
             _draw_polyline(mask, np.clip(branch, 2, s - 3), rng.uniform(1.0, 1.8))
-        out[mask] = out[mask] * 0.35
+        out[mask] = out[mask] * rng.uniform(0.45, 0.7)  # faint: the marble's veins look alike
     elif name == "scratch":
         p0 = rng.uniform(0.15 * s, 0.85 * s, 2)
         angle = rng.uniform(0, np.pi)
         length = rng.uniform(0.3, 0.6) * s
         p1 = np.clip(p0 + length * np.array([np.sin(angle), np.cos(angle)]), 2, s - 3)
         mid = (p0 + p1) / 2 + rng.normal(0, s / 40, 2)
-        _draw_polyline(mask, np.array([p0, mid, p1]), rng.uniform(1.2, 2.0))
-        out[mask] = np.minimum(255, out[mask] * 0.5 + 150)
+        _draw_polyline(mask, np.array([p0, mid, p1]), rng.uniform(1.0, 1.8))
+        out[mask] = np.minimum(255, out[mask] * 0.75 + rng.uniform(40, 80))
     elif name == "stain":
         cy, cx = rng.uniform(0.25 * s, 0.75 * s, 2)
         yy, xx = np.mgrid[0:s, 0:s]
@@ -126,18 +126,18 @@ def _defect(name: str, rng: np.random.Generator, img: np.ndarray) -> tuple[np.nd
         wobble = 0.35 * r * _smooth_noise(rng, s, s / 16)
         dist = np.sqrt((yy - cy) ** 2 + ((xx - cx) * rng.uniform(0.7, 1.3)) ** 2) + wobble
         mask = dist < r
-        alpha = np.clip((r - dist) / (0.4 * r), 0, 1)[..., None] * rng.uniform(0.55, 0.8)
-        colour = np.array([110.0, 70.0, 30.0]) + rng.uniform(-15, 15, 3)
+        alpha = np.clip((r - dist) / (0.4 * r), 0, 1)[..., None] * rng.uniform(0.3, 0.55)
+        colour = np.array([120.0, 85.0, 45.0]) + rng.uniform(-15, 15, 3)
         out = out * (1 - alpha) + colour[None, None] * alpha
     elif name == "hole":
         cy, cx = rng.uniform(0.2 * s, 0.8 * s, 2)
         yy, xx = np.mgrid[0:s, 0:s]
-        ry, rx = rng.uniform(0.03, 0.07, 2) * s
+        ry, rx = rng.uniform(0.025, 0.055, 2) * s
         dist = np.sqrt(((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2)
         mask = dist < 1.0
         rim = (dist >= 1.0) & (dist < 1.35)
         out[rim] = out[rim] * 0.75
-        out[mask] = 18.0 + rng.normal(0, 4, (int(mask.sum()), 3))
+        out[mask] = out[mask] * rng.uniform(0.15, 0.35) + rng.normal(0, 4, (int(mask.sum()), 3))
     elif name == "chip":
         # a piece broken off at the border: a polygon touching one edge, flat grey fracture face
         edge = int(rng.integers(0, 4))
@@ -149,7 +149,7 @@ def _defect(name: str, rng: np.random.Generator, img: np.ndarray) -> tuple[np.nd
         rough = 0.25 * depth * _smooth_noise(rng, s, s / 20)
         profile = depth * np.clip(1 - ((along - centre) / half) ** 2, 0, 1)
         mask = across < profile + rough * (profile > 0)
-        out[mask] = 120.0 + 25.0 * _smooth_noise(rng, s, 2.0)[mask][:, None] + rng.normal(0, 3, (int(mask.sum()), 3))
+        out[mask] = 150.0 + 25.0 * _smooth_noise(rng, s, 2.0)[mask][:, None] + rng.normal(0, 3, (int(mask.sum()), 3))
     else:
         msg = f"demo dataset: no renderer for defect type '{name}'; known: chip, crack, hole, scratch, stain"
         raise ValueError(msg)

@@ -1,0 +1,44 @@
+"""Shared fixtures: a tiny demo dataset ingested once per session, tiny configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+from uniadc_core.config import DemoConfig, IngestConfig, SynthesizeConfig, TrainConfig  # noqa: E402
+
+TINY_DEMO = DemoConfig(classes=["tile", "fabric"], image_size=128, train_normals=8, test_normals=3, test_per_defect=3)
+
+
+def tiny_ingest_config(root: Path, **kw) -> IngestConfig:
+    return IngestConfig(kind="demo", root=str(root), seed=0, anomaly_shots=1, holdout_fraction=0.25, demo=TINY_DEMO, **kw)
+
+
+TINY_SYNTH = SynthesizeConfig(samples_per_type=4, shard_size=8, row_group_size=4, image_size=64, workers=2)
+TINY_TRAIN = TrainConfig(image_size=64, width=8, embed_dim=8, epochs=2, batch_size=8, threads=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """(manifest DataFrame, manifest path, vocabulary path) of a tiny generated demo."""
+    from uniadc_core.ingest import ingest
+
+    base = tmp_path_factory.mktemp("tiny")
+    result = ingest(tiny_ingest_config(base / "raw"), base / "prepared")
+    return result.manifest, result.manifest_path, result.vocabulary_path
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tiny_dataset, tmp_path_factory):
+    from uniadc_core.synth import synthesize
+
+    _, manifest_path, vocab_path = tiny_dataset
+    out = tmp_path_factory.mktemp("synthetic")
+    synthesize(manifest_path, vocab_path, out, TINY_SYNTH)
+    return out

@@ -1,0 +1,58 @@
+import numpy as np
+import pytest
+
+from uniadc_core.cada import ClassStats, align, class_statistics, fit_cada, load_cada, save_cada
+from uniadc_core.config import FitCadaConfig
+
+
+def _clusters(rng, n=40):
+    centres = {"a": np.array([3.0, 0, 0, 0]), "b": np.array([0, 3.0, 0, 0]), "c": np.array([0, 0, 3.0, 0])}
+    x, classes = [], []
+    for c, mu in centres.items():
+        x.append(mu + rng.normal(0, 0.3, (n, 4)))
+        classes += [c] * n
+    return np.concatenate(x), classes
+
+
+def test_align_formula():
+    assert align(np.array([0.5, 1.0]), np.array([0.0, 0.5]), np.array([1.0, 0.75])).tolist() == [0.5, 2.0]
+
+
+def test_class_statistics_mean_and_max():
+    stats = class_statistics(np.array([1.0, 3.0, 10.0]), ["a", "a", "b"])
+    assert stats["a"] == ClassStats(2.0, 3.0, 2, False) and stats["b"].gamma == 10.0
+
+
+def test_regressor_recovers_each_class_statistics_without_labels(tmp_path):
+    rng = np.random.default_rng(0)
+    x, classes = _clusters(rng)
+    stats = {"a": ClassStats(0.1, 0.2, 10, False), "b": ClassStats(0.5, 0.9, 10, False), "c": ClassStats(2.0, 3.0, 10, False)}
+    cada = fit_cada(stats, x, classes, FitCadaConfig(steps=400), (0.8, 3.0))
+    x_new, classes_new = _clusters(np.random.default_rng(1), n=10)  # unseen images of the same classes
+    u, gamma = cada.predict_stats(x_new)
+    for c in stats:
+        sel = np.asarray(classes_new) == c
+        assert np.median(u[sel]) == pytest.approx(stats[c].u, abs=0.1)
+        assert np.median(gamma[sel]) == pytest.approx(stats[c].gamma, abs=0.15)
+    save_cada(cada, tmp_path / "cada")
+    again = load_cada(tmp_path / "cada")
+    np.testing.assert_allclose(again.predict_stats(x_new)[0], u, rtol=1e-6)
+    assert again.class_stats("b") == (0.5, 0.9)
+    with pytest.raises(ValueError, match="no statistics for class 'z'"):
+        again.class_stats("z")
+
+
+def test_alignment_puts_classes_on_one_scale():
+    # class a's normals score ~0.1, class b's ~0.6; b's normals beat a's anomalies on the raw scale
+    raw = np.array([0.10, 0.12, 0.30, 0.60, 0.65, 0.95])
+    is_anom = np.array([0, 0, 1, 0, 0, 1], bool)
+    u = np.array([0.1, 0.1, 0.1, 0.6, 0.6, 0.6])
+    gamma = np.array([0.13, 0.13, 0.13, 0.66, 0.66, 0.66])
+    aligned = align(raw, u, gamma)
+    assert aligned[is_anom].min() > aligned[~is_anom].max()
+    assert raw[is_anom].min() < raw[~is_anom].max()
+
+
+def test_missing_class_statistics_is_an_error():
+    with pytest.raises(ValueError, match=r"no normal-score statistics for class\(es\) \['b'\]"):
+        fit_cada({"a": ClassStats(0, 1, 1, False)}, np.zeros((2, 3)), ["a", "b"], FitCadaConfig(steps=1), (0, 1))

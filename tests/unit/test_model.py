@@ -1,0 +1,81 @@
+import json
+
+import pytest
+import torch
+
+from tests.conftest import TINY_TRAIN
+from uniadc_core.model import Discriminator, ModelConfig, discriminator_loss, load_model, save_model
+from uniadc_core.synth import load_inputs
+from uniadc_core.synth.shards import read_samples
+from uniadc_core.train import load_train_data, train_discriminator
+
+
+def _tiny(types=("crack", "hole")):
+    torch.manual_seed(0)
+    return Discriminator(ModelConfig(defect_types=list(types), image_size=64, width=8, embed_dim=8)).eval()
+
+
+def test_prediction_shapes_and_ranges():
+    model = _tiny()
+    images = torch.randint(0, 255, (3, 3, 64, 64), dtype=torch.uint8)
+    p = model.predict(images)
+    assert p.score.shape == (3,) and p.anomaly_map.shape == (3, 64, 64) and p.type_probs.shape == (3, 2)
+    assert p.embedding.shape == (3, model.backbone.embed_channels)
+    assert torch.isfinite(p.anomaly_map).all()  # log-odds
+    assert torch.equal(p.score, torch.nn.functional.avg_pool2d(p.anomaly_map[:, None], 7, 1, 3, count_include_pad=False).flatten(1).max(1).values)
+    assert torch.allclose(p.type_probs.sum(1), torch.ones(3), atol=1e-5)
+    assert set(p.pixel_types.unique().tolist()) <= {1, 2}
+
+
+def test_save_load_round_trip_gives_identical_outputs(tmp_path):
+    model = _tiny()
+    images = torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8)
+    save_model(model, tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+    loaded = load_model(tmp_path / "m")
+    a, b = model.predict(images), loaded.predict(images)
+    assert torch.equal(a.anomaly_map, b.anomaly_map) and torch.equal(a.type_probs, b.type_probs)
+    assert loaded.config == model.config
+
+
+def test_load_refuses_mismatches(tmp_path):
+    save_model(_tiny(), tmp_path / "m")
+    cfg_path = tmp_path / "m" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["defect_types"] = ["crack", "hole", "stain"]  # one more type than the weights hold
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="weights do not match config.json"):
+        load_model(tmp_path / "m")
+    cfg["format_version"] = 99
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="model format 99"):
+        load_model(tmp_path / "m")
+    with pytest.raises(FileNotFoundError, match="nothing/config.json: not found"):
+        load_model(tmp_path / "nothing")
+
+
+def test_loss_prefers_the_right_answer():
+    target = torch.zeros(1, 8, 8, dtype=torch.long)
+    target[0, 2:5, 2:5] = 2
+    good = torch.full((1, 3, 8, 8), -5.0)
+    good[:, 0] = 5.0
+    good[0, :, 2:5, 2:5] = torch.tensor([-5.0, -5.0, 5.0]).view(3, 1, 1)
+    wrong_type = good.clone()
+    wrong_type[0, 1:, 2:5, 2:5] = torch.tensor([5.0, -5.0]).view(2, 1, 1)
+    missed = torch.full((1, 3, 8, 8), -5.0)
+    missed[:, 0] = 5.0
+    lg, lt, lm = (discriminator_loss(x, target) for x in (good, wrong_type, missed))
+    assert lg["loss"] < lt["loss"] and lg["loss"] < lm["loss"]
+    assert lt["type_ce"] > 5 and lg["type_ce"] < 0.01 and lm["dice"] > 0.85
+
+
+def test_training_reduces_loss_and_keeps_the_best_epoch(tiny_dataset, tiny_shards):
+    _, manifest_path, vocab_path = tiny_dataset
+    manifest, vocab = load_inputs(manifest_path, vocab_path)
+    data = load_train_data(manifest, vocab, read_samples(tiny_shards), TINY_TRAIN.image_size)
+    assert len(data.val.classes) > 0 and len(data.shots.classes) == 6
+    model, history = train_discriminator(data, vocab, TINY_TRAIN, progress=False)
+    assert len(history) == TINY_TRAIN.epochs
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert sum(1 for h in history if h.get("best")) >= 1
+    assert model.config.defect_types == vocab.defect_types
