@@ -7,8 +7,11 @@ held-out tenth of the synthetic samples; the test set is never read here.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
+import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +21,11 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import torch
+from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from uniadc_core.config import TrainConfig
-from uniadc_core.io import load_image, load_mask, resize
+from uniadc_core.io import atomic_dir, load_image, load_mask, resize
 from uniadc_core.metrics import auroc
 from uniadc_core.model import Discriminator, ModelConfig, discriminator_loss, images_to_tensor, predict_from_logits, save_model
 from uniadc_core.priors import Vocabulary
@@ -148,8 +152,62 @@ def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
     return x.mean((0, 2, 3)).tolist(), x.std((0, 2, 3)).clamp(min=0.02).tolist()
 
 
-def train_discriminator(data: TrainData, vocab: Vocabulary, cfg: TrainConfig, progress: bool = True) -> tuple[Discriminator, list[dict]]:
-    """Train and return the model at its best validation loss, with the per-epoch history."""
+def _fingerprint(data: TrainData, cfg: TrainConfig, vocab: Vocabulary) -> str:
+    """What a checkpoint must match to be resumed: config, vocabulary and the training tensors."""
+    h = hashlib.sha256(json.dumps([dataclasses.asdict(cfg), vocab.defect_types], sort_keys=True).encode())
+    for part in (data.normals, data.shots, data.synthetic, data.val):
+        h.update(str(tuple(part.images.shape)).encode())
+        h.update(str(int(part.images.sum())).encode() + str(int(part.masks.sum())).encode())
+    return h.hexdigest()[:16]
+
+
+def _save_checkpoint(path: Path, model, best_state, opt, sched, gen, progress: dict) -> None:
+    """Everything needed to continue after ``progress['epoch']``; replaced atomically."""
+    with atomic_dir(path) as tmp:
+        tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+        if best_state is not None:
+            tensors.update({f"best.{k}": v.detach().contiguous() for k, v in best_state.items()})
+        tensors["rng.generator"] = gen.get_state()
+        tensors["rng.torch"] = torch.get_rng_state()
+        save_file(tensors, str(tmp / "state.safetensors"))
+        torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, tmp / "optimizer.pt")
+        (tmp / "progress.json").write_text(json.dumps(progress, indent=2))
+
+
+def _load_checkpoint(path: Path, fingerprint: str, model, opt, sched, gen) -> tuple[dict | None, dict]:
+    """(best_state, progress) from a matching checkpoint, else (None, {})."""
+    progress_file = path / "progress.json"
+    if not progress_file.is_file():
+        return None, {}
+    progress = json.loads(progress_file.read_text())
+    if progress.get("fingerprint") != fingerprint:
+        log.info("train: ignoring checkpoint %s (made with other data or params)", path)
+        return None, {}
+    tensors = load_file(str(path / "state.safetensors"))
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
+    gen.set_state(tensors["rng.generator"])
+    torch.set_rng_state(tensors["rng.torch"])
+    states = torch.load(path / "optimizer.pt", weights_only=True)  # plain tensors and numbers only
+    opt.load_state_dict(states["optimizer"])
+    sched.load_state_dict(states["scheduler"])
+    log.info("train: resuming from %s after epoch %d", path, progress["epoch"])
+    return best, progress
+
+
+def train_discriminator(
+    data: TrainData,
+    vocab: Vocabulary,
+    cfg: TrainConfig,
+    progress: bool = True,
+    checkpoint: str | Path | None = None,
+    stop_after: int | None = None,
+) -> tuple[Discriminator, list[dict]]:
+    """Train and return the model at its best validation loss, with the per-epoch history.
+
+    With ``checkpoint``, the state after every epoch is saved there and a matching checkpoint is
+    resumed; ``stop_after`` ends the run after that many epochs in total (the checkpoint remains).
+    """
     torch.manual_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -169,9 +227,12 @@ def train_discriminator(data: TrainData, vocab: Vocabulary, cfg: TrainConfig, pr
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, len(_epoch_indices(data, cfg, torch.Generator().manual_seed(0))) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.15)
-    best, best_state, history = float("inf"), None, []
-    bar = tqdm(total=cfg.epochs * steps_per_epoch, desc="train", unit="step", disable=not progress)
-    for epoch in range(cfg.epochs):
+    fingerprint = _fingerprint(data, cfg, vocab)
+    best_state, state = _load_checkpoint(Path(checkpoint), fingerprint, model, opt, sched, gen) if checkpoint else (None, {})
+    start, best, history = state.get("epoch", 0), state.get("best", float("inf")), state.get("history", [])
+    last = cfg.epochs if stop_after is None else min(cfg.epochs, stop_after)
+    bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=start * steps_per_epoch, desc="train", unit="step", disable=not progress)
+    for epoch in range(start, last):
         model.train()
         t0, items, sums = time.perf_counter(), _epoch_indices(data, cfg, gen), {}
         for step in range(steps_per_epoch):
@@ -196,15 +257,28 @@ def train_discriminator(data: TrainData, vocab: Vocabulary, cfg: TrainConfig, pr
             best, best_state = score, copy.deepcopy(model.state_dict())
             record["best"] = True
         log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()})
+        if checkpoint:
+            _save_checkpoint(Path(checkpoint), model, best_state, opt, sched, gen,
+                             {"epoch": epoch + 1, "best": best, "history": history, "fingerprint": fingerprint})
     bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
     return model.eval(), history
 
 
+def checkpoint_path(out_dir: str | Path) -> Path:
+    """Where training keeps its per-epoch checkpoint: beside the model directory, hidden."""
+    out_dir = Path(out_dir)
+    return out_dir.with_name(f".{out_dir.name}.checkpoint")
+
+
 def train(manifest: pl.DataFrame, vocab: Vocabulary, synthetic: pa.Table, cfg: TrainConfig, out_dir: str | Path) -> Path:
+    """Train (resuming an interrupted run of the same data and params) and save the model directory."""
     data = load_train_data(manifest, vocab, synthetic, cfg.image_size)
     log.info("train: %d normals, %d anomaly shots, %d synthetic, %d validation samples",
              len(data.normals.classes), len(data.shots.classes), len(data.synthetic.classes), len(data.val.classes))
-    model, history = train_discriminator(data, vocab, cfg)
-    return save_model(model, out_dir, extra={"history.json": history})
+    ckpt = checkpoint_path(out_dir)
+    model, history = train_discriminator(data, vocab, cfg, checkpoint=ckpt)
+    path = save_model(model, out_dir, extra={"history.json": history})
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return path

@@ -79,3 +79,24 @@ def test_training_reduces_loss_and_keeps_the_best_epoch(tiny_dataset, tiny_shard
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert sum(1 for h in history if h.get("best")) >= 1
     assert model.config.defect_types == vocab.defect_types
+
+
+def test_interrupted_training_resumes_to_the_same_model(tiny_dataset, tiny_shards, tmp_path):
+    from dataclasses import replace
+
+    _, manifest_path, vocab_path = tiny_dataset
+    manifest, vocab = load_inputs(manifest_path, vocab_path)
+    data = load_train_data(manifest, vocab, read_samples(tiny_shards), TINY_TRAIN.image_size)
+    cfg = replace(TINY_TRAIN, epochs=3)
+    straight, h1 = train_discriminator(data, vocab, cfg, progress=False)
+    ckpt = tmp_path / "ckpt"
+    train_discriminator(data, vocab, cfg, progress=False, checkpoint=ckpt, stop_after=1)  # "crash" after epoch 1
+    assert json.loads((ckpt / "progress.json").read_text())["epoch"] == 1
+    resumed, h2 = train_discriminator(data, vocab, cfg, progress=False, checkpoint=ckpt)
+    assert [h["epoch"] for h in h2] == [1, 2, 3]
+    assert [round(h["train_loss"], 6) for h in h2] == [round(h["train_loss"], 6) for h in h1]
+    for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+    # a checkpoint made with other params is ignored, not resumed
+    other, h3 = train_discriminator(data, vocab, replace(cfg, lr=0.001), progress=False, checkpoint=ckpt, stop_after=1)
+    assert len(h3) == 1
