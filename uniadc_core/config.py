@@ -67,6 +67,7 @@ class TrainConfig:
     batch_size: int = 16
     lr: float = 0.003
     weight_decay: float = 0.0001
+    ema_decay: float = 0.99  # the model kept is an exponential moving average of the weights, per step
     synthetic_per_epoch: float = 1.0  # synthetic samples drawn per epoch, as a multiple of real normals
     focal_gamma: float = 2.0
     type_loss_weight: float = 1.0
@@ -132,6 +133,7 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "train.batch_size": (lambda v: v >= 1, "an integer >= 1"),
     "train.lr": (lambda v: v > 0, "a number > 0"),
     "train.weight_decay": (lambda v: v >= 0, "a number >= 0"),
+    "train.ema_decay": (lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
     "train.synthetic_per_epoch": (lambda v: v >= 0, "a number >= 0"),
     "train.focal_gamma": (lambda v: v >= 0, "a number >= 0"),
     "train.type_loss_weight": (lambda v: v >= 0, "a number >= 0"),

@@ -152,6 +152,15 @@ def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
     return x.mean((0, 2, 3)).tolist(), x.std((0, 2, 3)).clamp(min=0.02).tolist()
 
 
+@torch.no_grad()
+def _update_ema(ema: Discriminator, model: Discriminator, decay: float) -> None:
+    for e, m in zip(ema.state_dict().values(), model.state_dict().values()):
+        if e.dtype.is_floating_point:
+            e.mul_(decay).add_(m.detach(), alpha=1 - decay)
+        else:
+            e.copy_(m)
+
+
 def _fingerprint(data: TrainData, cfg: TrainConfig, vocab: Vocabulary) -> str:
     """What a checkpoint must match to be resumed: config, vocabulary and the training tensors."""
     h = hashlib.sha256(json.dumps([dataclasses.asdict(cfg), vocab.defect_types], sort_keys=True).encode())
@@ -161,10 +170,11 @@ def _fingerprint(data: TrainData, cfg: TrainConfig, vocab: Vocabulary) -> str:
     return h.hexdigest()[:16]
 
 
-def _save_checkpoint(path: Path, model, best_state, opt, sched, gen, progress: dict) -> None:
+def _save_checkpoint(path: Path, model, ema, best_state, opt, sched, gen, progress: dict) -> None:
     """Everything needed to continue after ``progress['epoch']``; replaced atomically."""
     with atomic_dir(path) as tmp:
         tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+        tensors.update({f"ema.{k}": v.detach().contiguous() for k, v in ema.state_dict().items()})
         if best_state is not None:
             tensors.update({f"best.{k}": v.detach().contiguous() for k, v in best_state.items()})
         tensors["rng.generator"] = gen.get_state()
@@ -174,7 +184,7 @@ def _save_checkpoint(path: Path, model, best_state, opt, sched, gen, progress: d
         (tmp / "progress.json").write_text(json.dumps(progress, indent=2))
 
 
-def _load_checkpoint(path: Path, fingerprint: str, model, opt, sched, gen) -> tuple[dict | None, dict]:
+def _load_checkpoint(path: Path, fingerprint: str, model, ema, opt, sched, gen) -> tuple[dict | None, dict]:
     """(best_state, progress) from a matching checkpoint, else (None, {})."""
     progress_file = path / "progress.json"
     if not progress_file.is_file():
@@ -185,6 +195,7 @@ def _load_checkpoint(path: Path, fingerprint: str, model, opt, sched, gen) -> tu
         return None, {}
     tensors = load_file(str(path / "state.safetensors"))
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
     best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
     gen.set_state(tensors["rng.generator"])
     torch.set_rng_state(tensors["rng.torch"])
@@ -227,8 +238,9 @@ def train_discriminator(
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, len(_epoch_indices(data, cfg, torch.Generator().manual_seed(0))) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.15)
+    ema = copy.deepcopy(model).requires_grad_(False)  # moving average of the weights: steadier than the last step
     fingerprint = _fingerprint(data, cfg, vocab)
-    best_state, state = _load_checkpoint(Path(checkpoint), fingerprint, model, opt, sched, gen) if checkpoint else (None, {})
+    best_state, state = _load_checkpoint(Path(checkpoint), fingerprint, model, ema, opt, sched, gen) if checkpoint else (None, {})
     start, best, history = state.get("epoch", 0), state.get("best", float("inf")), state.get("history", [])
     last = cfg.epochs if stop_after is None else min(cfg.epochs, stop_after)
     bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=start * steps_per_epoch, desc="train", unit="step", disable=not progress)
@@ -244,26 +256,27 @@ def train_discriminator(
             parts["loss"].backward()
             opt.step()
             sched.step()
+            _update_ema(ema, model, cfg.ema_decay)
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v.item()
             bar.update()
             bar.set_postfix(loss=f"{parts['loss'].item():.3f}")
         record = {"epoch": epoch + 1, **{f"train_{k}": v / steps_per_epoch for k, v in sums.items()}}
-        record.update(validate(model, data.val, cfg) if data.val.classes else {})
+        record.update(validate(ema, data.val, cfg) if data.val.classes else {})
         record["seconds"] = time.perf_counter() - t0
         history.append(record)
         score = record.get("val_loss", record["train_loss"])
         if score < best:
-            best, best_state = score, copy.deepcopy(model.state_dict())
+            best, best_state = score, copy.deepcopy(ema.state_dict())
             record["best"] = True
         log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()})
         if checkpoint:
-            _save_checkpoint(Path(checkpoint), model, best_state, opt, sched, gen,
+            _save_checkpoint(Path(checkpoint), model, ema, best_state, opt, sched, gen,
                              {"epoch": epoch + 1, "best": best, "history": history, "fingerprint": fingerprint})
     bar.close()
     if best_state is not None:
-        model.load_state_dict(best_state)
-    return model.eval(), history
+        ema.load_state_dict(best_state)
+    return ema.eval(), history
 
 
 def checkpoint_path(out_dir: str | Path) -> Path:

@@ -118,7 +118,7 @@ def _defect(name: str, rng: np.random.Generator, img: np.ndarray) -> tuple[np.nd
         p1 = np.clip(p0 + length * np.array([np.sin(angle), np.cos(angle)]), 2, s - 3)
         mid = (p0 + p1) / 2 + rng.normal(0, s / 40, 2)
         _draw_polyline(mask, np.array([p0, mid, p1]), rng.uniform(1.0, 1.8))
-        out[mask] = np.minimum(255, out[mask] * 0.75 + rng.uniform(40, 80))
+        out[mask] = out[mask] + (255.0 - out[mask]) * rng.uniform(0.3, 0.55)  # a faint bright line
     elif name == "stain":
         cy, cx = rng.uniform(0.25 * s, 0.75 * s, 2)
         yy, xx = np.mgrid[0:s, 0:s]

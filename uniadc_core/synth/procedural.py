@@ -59,7 +59,7 @@ def synthesize_zero_shot(normal: np.ndarray, prior: DefectPrior, rng: np.random.
     img = normal.astype(np.float32)
     mask = sample_mask(prior, rng, img.shape[:2], estimate_foreground(normal))
     changed = _appearance(str(rng.choice(prior.appearances)), img, mask, rng)
-    alpha = (_soft(mask, rng) * rng.uniform(0.35, 1.0))[..., None]  # faint to strong
+    alpha = (_soft(mask, rng) * rng.uniform(0.75, 1.0))[..., None]
     out = np.clip(img * (1 - alpha) + changed * alpha, 0, 255)
     return _finish(normal, out, mask)
 

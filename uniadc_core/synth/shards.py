@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -59,6 +60,17 @@ class SampleSpec:
     source_path: str
     shot_path: str | None = None
     shot_mask_path: str | None = None
+
+
+def code_version() -> str:
+    """A hash of the synthesizer's source: shards made by other code are not resumed."""
+    import uniadc_core.priors
+    import uniadc_core.synth.procedural
+
+    h = hashlib.sha256()
+    for module in (uniadc_core.priors, uniadc_core.synth.procedural, sys.modules[__name__]):
+        h.update(Path(module.__file__).read_bytes())
+    return h.hexdigest()[:16]
 
 
 def shard_name(shard_id: int) -> str:
@@ -155,7 +167,7 @@ def prepare(out_dir: str | Path, specs: list[SampleSpec], cfg: SynthesizeConfig)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     shards = [specs[i:i + cfg.shard_size] for i in range(0, len(specs), cfg.shard_size)]
-    plan = {"config": asdict(cfg), "shards": [[asdict(s) for s in shard] for shard in shards]}
+    plan = {"config": asdict(cfg), "code": code_version(), "shards": [[asdict(s) for s in shard] for shard in shards]}
     fingerprint = hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:16]
     plan["fingerprint"] = fingerprint
     with _index_lock(out_dir):

@@ -114,3 +114,16 @@ def test_unknown_backend_is_refused(tiny_dataset, tmp_path):
     _, manifest_path, vocab_path = tiny_dataset
     with pytest.raises(ValueError, match="unknown synthesizer 'gan'; valid: procedural"):
         synthesize(manifest_path, vocab_path, tmp_path, replace(TINY_SYNTH, backend="gan"))
+
+
+def test_shards_of_other_code_are_not_resumed(tiny_dataset, tmp_path, monkeypatch):
+    from uniadc_core.synth import shards
+
+    _, manifest_path, vocab_path = tiny_dataset
+    out = tmp_path / "syn"
+    synthesize(manifest_path, vocab_path, out, TINY_SYNTH)
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.parquet")}
+    monkeypatch.setattr(shards, "code_version", lambda: "changed-code")
+    synthesize(manifest_path, vocab_path, out, TINY_SYNTH)
+    after = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.parquet")}
+    assert before.keys() == after.keys() and all(after[k] != before[k] for k in before)
