@@ -35,14 +35,40 @@ class DemoConfig:
 
 
 @dataclass(frozen=True)
+class MtdConfig:
+    object_class: str = "magnetic_tile"
+    train_list: str = "train_normals.txt"  # file names of the train normals, relative to the root
+    test_normal_fraction: float = 0.1  # used only when the train list is absent
+
+
+@dataclass(frozen=True)
+class FolderClass:
+    normal: list[str] = field(default_factory=list)  # folders of normal images
+    normal_test: list[str] = field(default_factory=list)  # optional folders of normal test images
+    defects: dict[str, str] = field(default_factory=dict)  # defect type -> folder
+    masks: dict[str, str] = field(default_factory=dict)  # defect type -> mask folder (matched by stem)
+
+
+@dataclass(frozen=True)
+class FolderConfig:
+    classes: dict[str, FolderClass] = field(default_factory=dict)
+    test_normal_fraction: float = 0.2  # normals moved to test when a class has no normal_test folders
+
+
+@dataclass(frozen=True)
 class IngestConfig:
-    kind: Literal["demo", "mvtec"] = "demo"
+    kind: Literal["demo", "mvtec", "mtd", "folder"] = "demo"
     root: str = "data/raw/demo"  # dataset root; for kind=demo the generated tree goes here
+    on_error: Literal["fail", "skip"] = "fail"  # skip: leave bad files out, listed in quarantine.csv
+    allow_missing_masks: bool = False  # anomalies without a mask are kept, and left out of pixel metrics
+    resize: Literal["stretch", "pad"] = "stretch"  # how images of other sizes become square model inputs
     seed: int = 0
     normal_shots: Union[int, Literal["all"]] = "all"  # train normals kept per class
     anomaly_shots: int = 1  # real anomalies per defect type moved from test to training (0 = zero-shot)
     holdout_fraction: float = 0.25  # normal shots per class never trained on: checkpoint choice and CADA statistics
     demo: DemoConfig = field(default_factory=DemoConfig)
+    mtd: MtdConfig = field(default_factory=MtdConfig)
+    folder: FolderConfig = field(default_factory=FolderConfig)
 
 
 @dataclass(frozen=True)
@@ -116,6 +142,8 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "ingest.anomaly_shots": (lambda v: v >= 0, "an integer >= 0"),
     "ingest.normal_shots": (lambda v: v == "all" or v >= 1, "'all' or an integer >= 1"),
     "ingest.holdout_fraction": (lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
+    "ingest.mtd.test_normal_fraction": (lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
+    "ingest.folder.test_normal_fraction": (lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
     "ingest.demo.image_size": (lambda v: 128 <= v <= 256, "an integer in [128, 256]"),
     "ingest.demo.train_normals": (lambda v: v >= 4, "an integer >= 4"),
     "ingest.demo.test_normals": (lambda v: v >= 1, "an integer >= 1"),
@@ -160,6 +188,8 @@ def _describe(tp: Any) -> str:
         return " or ".join(_describe(a) for a in typing.get_args(tp))
     if origin is list:
         return f"a list of {_describe(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return f"a mapping of names to {_describe(typing.get_args(tp)[1])}"
     if dataclasses.is_dataclass(tp):
         return "a mapping"
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
@@ -182,6 +212,10 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, list):
             (inner,) = typing.get_args(tp)
             return [_convert(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    elif origin is dict:
+        if isinstance(value, dict):
+            _, inner = typing.get_args(tp)
+            return {str(k): _convert(v, inner, f"{key}.{k}") for k, v in value.items()}
     elif tp is bool:
         if isinstance(value, bool):
             return value

@@ -34,12 +34,13 @@ METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "type_accuracy", "mi
 class TestSet(NamedTuple):
     images: list[np.ndarray]  # (H, W, 3) uint8 at model size
     masks: np.ndarray  # (N, H, W) uint8 defect index, 0 = normal
+    has_mask: np.ndarray  # (N,) False for anomalies without a mask: left out of pixel metrics
     labels: np.ndarray  # (N,) image defect index, 0 = normal
     classes: list[str]
     paths: list[str]
 
 
-def load_test_set(manifest: pl.DataFrame, defect_types: list[str], size: int) -> TestSet:
+def load_test_set(manifest: pl.DataFrame, defect_types: list[str], size: int, policy: str = "stretch") -> TestSet:
     test = manifest.filter(pl.col("role") == "test").sort("path")
     if test.height == 0:
         msg = "the manifest has no test images (role 'test'); nothing to evaluate"
@@ -48,14 +49,16 @@ def load_test_set(manifest: pl.DataFrame, defect_types: list[str], size: int) ->
     if unknown:
         msg = f"test defect types {unknown} are not in the model's vocabulary {defect_types}; retrain on this dataset"
         raise ValueError(msg)
-    images, masks, labels = [], [], []
+    images, masks, labels, has_mask = [], [], [], []
     for row in test.iter_rows(named=True):
-        images.append(resize(load_image(row["path"]), size))
+        images.append(resize(load_image(row["path"]), size, policy=policy))
         label = defect_types.index(row["defect_type"]) + 1 if row["is_anomaly"] else 0
-        mask = resize(load_mask(row["mask_path"]), size) if row["is_anomaly"] else np.zeros((size, size), bool)
+        known = not row["is_anomaly"] or row["mask_path"] is not None
+        mask = resize(load_mask(row["mask_path"]), size, policy=policy) if row["is_anomaly"] and known else np.zeros((size, size), bool)
         masks.append(mask.astype(np.uint8) * label)
         labels.append(label)
-    return TestSet(images, np.stack(masks), np.array(labels), test["object_class"].to_list(), test["path"].to_list())
+        has_mask.append(known)
+    return TestSet(images, np.stack(masks), np.array(has_mask), np.array(labels), test["object_class"].to_list(), test["path"].to_list())
 
 
 def variant_stats(cada: Cada, scores: Scores, classes: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -72,12 +75,13 @@ def variant_stats(cada: Cada, scores: Scores, classes: list[str]) -> dict[str, t
 def compute_metrics(scores: Scores, test: TestSet, u: np.ndarray, gamma: np.ndarray, cfg: EvaluateConfig, num_types: int) -> tuple[dict, dict]:
     """Metrics of one variant, and its per-image predictions."""
     s = align(scores.score, u, gamma)
-    maps = align(scores.anomaly_map, u[:, None, None], gamma[:, None, None])
+    px = test.has_mask  # pixel metrics only where the truth is known
+    maps = align(scores.anomaly_map[px], u[px, None, None], gamma[px, None, None])
     is_anom = test.labels > 0
-    gt_pix = test.masks > 0
+    gt_pix = test.masks[px] > 0
     pred_label = np.where(s > cfg.threshold, scores.type_probs.argmax(1) + 1, 0)
-    pred_pix = np.where(maps > cfg.threshold, scores.pixel_types, 0)
-    pix_conf = confusion_matrix(test.masks, pred_pix, num_types + 1)
+    pred_pix = np.where(maps > cfg.threshold, scores.pixel_types[px], 0)
+    pix_conf = confusion_matrix(test.masks[px], pred_pix, num_types + 1)
     present = np.flatnonzero(pix_conf.sum(1) > 0)
     metrics = {
         "image_auroc": auroc(s, is_anom),
@@ -108,7 +112,7 @@ def evaluate(model: Discriminator, cada: Cada, manifest: pl.DataFrame, cfg: Eval
     """Score the test set, write metrics.json, per_class.csv, predictions.parquet and plots; return the flat metrics."""
     out_dir = Path(out_dir)
     types = model.config.defect_types
-    test = load_test_set(manifest, types, model.config.image_size)
+    test = load_test_set(manifest, types, model.config.image_size, model.config.resize)
     scores = score_arrays(model, test.images, progress=True)
     stats = variant_stats(cada, scores, test.classes)
     flat, preds, per_variant = {}, {}, {}

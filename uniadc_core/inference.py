@@ -44,7 +44,7 @@ def score_arrays(model: Discriminator, images: list[np.ndarray], batch_size: int
     parts: list = []
     starts = range(0, len(images), batch_size)
     for i in tqdm(starts, desc="score", unit="batch", disable=not progress, leave=False):
-        batch = images_to_tensor([resize(im, size) for im in images[i:i + batch_size]])
+        batch = images_to_tensor([resize(im, size, policy=model.config.resize) for im in images[i:i + batch_size]])
         p = model.predict(batch)
         parts.append((p.score, p.anomaly_map, p.type_probs, p.pixel_types.to(torch.uint8), p.embedding))
     if not parts:

@@ -1,4 +1,7 @@
-"""Ingest: a dataset root -> manifest (Parquet) + vocabulary (JSON)."""
+"""Ingest: a dataset root -> manifest (Parquet) + vocabulary (JSON) + quarantine report (CSV).
+
+Every image is validated first; with ``on_error: fail`` nothing is written when any is bad.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +12,10 @@ from typing import NamedTuple
 import polars as pl
 
 from uniadc_core.config import IngestConfig
-from uniadc_core.datasets import get_layout
+from uniadc_core.datasets import list_records
 from uniadc_core.datasets.demo import generate_demo
-from uniadc_core.datasets.manifest import apply_few_shot, build_vocabulary, records_to_frame
+from uniadc_core.datasets.manifest import apply_few_shot, build_vocabulary, frame_from_checked
+from uniadc_core.datasets.validate import DatasetError, check_classes, check_records
 from uniadc_core.io import atomic_path, write_json
 
 log = logging.getLogger(__name__)
@@ -21,21 +25,30 @@ class IngestResult(NamedTuple):
     manifest: pl.DataFrame
     manifest_path: Path
     vocabulary_path: Path
+    quarantine_path: Path
 
 
 def ingest(cfg: IngestConfig, out_dir: str | Path = "data/prepared") -> IngestResult:
-    """Build (and for ``kind: demo`` first generate) the dataset, apply the few-shot protocol, write both files."""
+    """Build (and for ``kind: demo`` first generate) the dataset, apply the few-shot protocol, write the files."""
     out_dir = Path(out_dir)
     if cfg.kind == "demo":
         d = cfg.demo
         generate_demo(cfg.root, cfg.seed, d.classes, d.image_size, d.train_normals, d.test_normals, d.test_per_defect)
-    records = get_layout(cfg.kind)(cfg.root)
-    frame = apply_few_shot(records_to_frame(records), cfg.normal_shots, cfg.anomaly_shots, cfg.seed, cfg.holdout_fraction)
-    vocab = build_vocabulary(frame)
-    manifest_path, vocab_path = out_dir / "manifest.parquet", out_dir / "vocabulary.json"
-    with atomic_path(manifest_path) as tmp:
+    records = list_records(cfg)
+    good, problems = check_records(records, cfg.allow_missing_masks)
+    if problems and cfg.on_error == "fail":
+        raise DatasetError(problems)
+    check_classes(good)
+    frame = apply_few_shot(frame_from_checked(good), cfg.normal_shots, cfg.anomaly_shots, cfg.seed, cfg.holdout_fraction)
+    vocab = build_vocabulary(frame, cfg.resize)
+    paths = IngestResult(frame, out_dir / "manifest.parquet", out_dir / "vocabulary.json", out_dir / "quarantine.csv")
+    with atomic_path(paths.quarantine_path) as tmp:
+        pl.DataFrame({"path": [p.path for p in problems], "reason": [p.reason for p in problems]}, schema={"path": pl.Utf8, "reason": pl.Utf8}).write_csv(tmp)
+    with atomic_path(paths.manifest_path) as tmp:
         frame.write_parquet(tmp)
-    write_json(vocab_path, vocab.to_dict())
+    write_json(paths.vocabulary_path, vocab.to_dict())
+    if problems:
+        log.warning("ingest: %d bad file(s) left out, listed in %s", len(problems), paths.quarantine_path)
     counts = frame.group_by("object_class", "role").len().sort("object_class", "role")
-    log.info("ingest: %d images from %s -> %s, %s\n%s", frame.height, cfg.root, manifest_path, vocab_path, counts)
-    return IngestResult(frame, manifest_path, vocab_path)
+    log.info("ingest: %d images from %s (%s layout) -> %s, %s\n%s", frame.height, cfg.root, cfg.kind, paths.manifest_path, paths.vocabulary_path, counts)
+    return paths

@@ -105,11 +105,23 @@ def load_mask(path: str | Path) -> np.ndarray:
     return load_image(path, mode="L") >= 128
 
 
-def resize(arr: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
-    """Resize an (H, W[, C]) uint8/bool array to (size, size)."""
-    if arr.shape[0] == size and arr.shape[1] == size:
+def resize(arr: np.ndarray, size: int, nearest: bool = False, policy: str = "stretch") -> np.ndarray:
+    """Make an (H, W[, C]) uint8/bool array square (size, size).
+
+    ``stretch`` scales each side on its own; ``pad`` first pads the short side (reflected image,
+    zeros for masks) to keep the aspect ratio.
+    """
+    h, w = arr.shape[:2]
+    if h == size and w == size:
         return arr
     is_bool = arr.dtype == bool
+    if policy == "pad" and h != w:
+        side = max(h, w)
+        pads = [((side - h) // 2, side - h - (side - h) // 2), ((side - w) // 2, side - w - (side - w) // 2)] + [(0, 0)] * (arr.ndim - 2)
+        arr = np.pad(arr, pads, mode="constant" if (is_bool or nearest) else "reflect")
+    elif policy not in ("stretch", "pad"):
+        msg = f"unknown resize policy '{policy}'; valid: stretch, pad"
+        raise ValueError(msg)
     im = Image.fromarray(arr.astype(np.uint8) * 255 if is_bool else arr)
     im = im.resize((size, size), Image.NEAREST if nearest or is_bool else Image.BILINEAR)
     out = np.asarray(im)

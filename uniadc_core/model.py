@@ -39,6 +39,7 @@ class ModelConfig:
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])  # per-channel, on 0..1 pixels
     std: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25])
     classes: dict[str, list[str]] = field(default_factory=dict)  # object class -> its defect types
+    resize: str = "stretch"  # how inputs are made square: stretch | pad (from ingest.resize)
     package_version: str = uniadc_core.__version__
     format_version: int = FORMAT_VERSION
 

@@ -217,6 +217,7 @@ class Vocabulary:
     """Object classes -> defect types -> priors; defect index 0 is normal, 1.. follow ``defect_types``."""
 
     classes: dict[str, dict[str, DefectPrior]] = field(default_factory=dict)
+    resize: str = "stretch"  # how every stage makes images square (ingest.resize)
 
     @property
     def defect_types(self) -> list[str]:
@@ -241,6 +242,7 @@ class Vocabulary:
 
     def to_dict(self) -> dict:
         return {
+            "resize": self.resize,
             "defect_types": self.defect_types,
             "classes": {c: {d: p.to_dict() for d, p in sorted(t.items())} for c, t in sorted(self.classes.items())},
         }
@@ -252,4 +254,4 @@ class Vocabulary:
         except (KeyError, TypeError, AttributeError) as exc:
             msg = f"vocabulary: malformed ({exc!r}); re-run the ingest stage to rewrite it"
             raise ValueError(msg) from None
-        return cls(classes=classes)
+        return cls(classes=classes, resize=d.get("resize", "stretch"))

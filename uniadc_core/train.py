@@ -51,9 +51,10 @@ class TrainData:
 def _real(frame: pl.DataFrame, vocab: Vocabulary, size: int) -> Batch:
     images, masks = [], []
     for row in frame.iter_rows(named=True):
-        images.append(resize(load_image(row["path"]), size))
+        images.append(resize(load_image(row["path"]), size, policy=vocab.resize))
         if row["is_anomaly"]:
-            masks.append(resize(load_mask(row["mask_path"]), size).astype(np.uint8) * vocab.index(row["defect_type"]))
+            mask = resize(load_mask(row["mask_path"]), size, policy=vocab.resize)
+            masks.append(mask.astype(np.uint8) * vocab.index(row["defect_type"]))
         else:
             masks.append(np.zeros((size, size), np.uint8))
     return _batch(images, masks, frame["object_class"].to_list())
@@ -233,6 +234,7 @@ def train_discriminator(
         mean=mean,
         std=std,
         classes={c: sorted(t) for c, t in vocab.classes.items()},
+        resize=vocab.resize,
     )
     model = Discriminator(config)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

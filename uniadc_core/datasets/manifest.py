@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import polars as pl
-from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
 
-from uniadc_core.io import sha256_file
+from uniadc_core.datasets.records import ImageRecord
+from uniadc_core.datasets.validate import Checked, DatasetError, check_classes, check_records
 from uniadc_core.priors import Vocabulary, default_prior
 
 ROLES = ("normal_shot", "normal_holdout", "unused_normal", "anomaly_shot", "test")
@@ -29,53 +27,28 @@ SCHEMA = {
 }
 
 
-class ImageRecord(NamedTuple):
-    path: Path
-    split: str  # train | test
-    object_class: str
-    defect_type: str | None  # None for normal
-    mask_path: Path | None
+def records_to_frame(records: list[ImageRecord], allow_missing_masks: bool = False) -> pl.DataFrame:
+    """Validate records (every problem raises, listed in one error) and build the manifest, no roles yet."""
+    good, problems = check_records(records, allow_missing_masks)
+    if problems:
+        raise DatasetError(problems)
+    check_classes(good)
+    return frame_from_checked(good)
 
 
-def _size(path: Path) -> tuple[int, int]:
-    try:
-        with Image.open(path) as im:
-            im.verify()
-        with Image.open(path) as im:
-            return im.size
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        msg = f"{path}: cannot be decoded as an image ({exc}); replace or remove the file"
-        raise ValueError(msg) from None
-
-
-def records_to_frame(records: list[ImageRecord]) -> pl.DataFrame:
-    """Hash and measure every image (and check its mask's size); no role yet."""
-    rows = []
-    seen: dict[str, Path] = {}
-    for r in tqdm(records, desc="manifest", unit="img", leave=False):
-        width, height = _size(r.path)
-        if r.mask_path is not None:
-            mw, mh = _size(r.mask_path)
-            if (mw, mh) != (width, height):
-                msg = f"{r.mask_path}: mask is {mw}x{mh} but its image {r.path} is {width}x{height}; masks must match their image"
-                raise ValueError(msg)
-        image_id = sha256_file(r.path)[:16]
-        if image_id in seen:
-            msg = f"{r.path}: same content as {seen[image_id]}; remove one of the duplicates"
-            raise ValueError(msg)
-        seen[image_id] = r.path
-        rows.append({
-            "image_id": image_id,
-            "path": r.path.as_posix(),
-            "split": r.split,
-            "object_class": r.object_class,
-            "is_anomaly": r.defect_type is not None,
-            "defect_type": r.defect_type,
-            "mask_path": r.mask_path.as_posix() if r.mask_path is not None else None,
-            "width": width,
-            "height": height,
-            "role": None,
-        })
+def frame_from_checked(good: list[Checked]) -> pl.DataFrame:
+    rows = [{
+        "image_id": c.image_id,
+        "path": c.record.path.as_posix(),
+        "split": c.record.split,
+        "object_class": c.record.object_class,
+        "is_anomaly": c.record.defect_type is not None,
+        "defect_type": c.record.defect_type,
+        "mask_path": c.record.mask_path.as_posix() if c.record.mask_path is not None else None,
+        "width": c.width,
+        "height": c.height,
+        "role": None,
+    } for c in good]
     return pl.DataFrame(rows, schema=SCHEMA)
 
 
@@ -104,24 +77,27 @@ def apply_few_shot(
             continue
         sub = frame.filter((pl.col("object_class") == cls) & pl.col("is_anomaly"))
         for defect in sorted(sub["defect_type"].unique().to_list()):
-            idx = np.flatnonzero(((frame["object_class"] == cls) & (frame["defect_type"] == defect)).to_numpy())
-            if len(idx) <= anomaly_shots:
-                msg = (f"class '{cls}', defect '{defect}': {len(idx)} image(s) but ingest.anomaly_shots={anomaly_shots}; "
-                       f"at least one must stay in the test set (lower anomaly_shots)")
+            of_type = (frame["object_class"] == cls) & (frame["defect_type"] == defect)
+            idx = np.flatnonzero(of_type.to_numpy())
+            masked = np.flatnonzero((of_type & frame["mask_path"].is_not_null()).to_numpy())  # shots need masks
+            if len(idx) <= anomaly_shots or len(masked) < anomaly_shots:
+                msg = (f"class '{cls}', defect '{defect}': {len(idx)} image(s), {len(masked)} with a mask, but "
+                       f"ingest.anomaly_shots={anomaly_shots}; shots need masks and at least one image must stay "
+                       f"in the test set (lower anomaly_shots)")
                 raise ValueError(msg)
-            pick = rng.permutation(idx)[:anomaly_shots]
+            pick = rng.permutation(masked)[:anomaly_shots]
             role[pick] = "anomaly_shot"
             split[pick] = "train"
     return frame.with_columns(pl.Series("role", role, dtype=pl.Utf8), pl.Series("split", split, dtype=pl.Utf8))
 
 
-def build_vocabulary(frame: pl.DataFrame) -> Vocabulary:
+def build_vocabulary(frame: pl.DataFrame, resize: str = "stretch") -> Vocabulary:
     """Every (class, defect type) seen in the manifest with its default prior."""
     classes: dict = {c: {} for c in sorted(frame["object_class"].unique().to_list())}
     pairs = frame.filter(pl.col("is_anomaly")).select("object_class", "defect_type").unique().sort("object_class", "defect_type")
     for cls, defect in pairs.iter_rows():
         classes[cls][defect] = default_prior(defect, cls)
-    return Vocabulary(classes=classes)
+    return Vocabulary(classes=classes, resize=resize)
 
 
 def read_manifest(path: str | Path) -> pl.DataFrame:

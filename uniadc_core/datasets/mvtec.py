@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from uniadc_core.datasets.manifest import ImageRecord
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+from uniadc_core.datasets.records import ImageRecord
 
 
 def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    """Every visible file: validation reports the ones that are not images."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
 
 
 def make_mvtec_records(root: str | Path) -> list[ImageRecord]:
@@ -46,8 +45,11 @@ def make_mvtec_records(root: str | Path) -> list[ImageRecord]:
                 continue
             for img in _images(sub):
                 mask = cls_dir / "ground_truth" / sub.name / f"{img.stem}_mask.png"
-                if not mask.is_file():
-                    msg = f"{img}: anomaly image without a mask; expected {mask}"
-                    raise FileNotFoundError(msg)
-                records.append(ImageRecord(img, "test", cls, sub.name, mask))
+                records.append(ImageRecord(img, "test", cls, sub.name, mask if mask.is_file() else None))
+        gt = cls_dir / "ground_truth"
+        if gt.is_dir():
+            unknown = sorted(d.name for d in gt.iterdir() if d.is_dir() and not (test / d.name).is_dir())
+            if unknown:
+                msg = f"{gt}: mask folder(s) {unknown} have no test/<defect> image folder (unknown defect type); rename or remove them"
+                raise ValueError(msg)
     return records

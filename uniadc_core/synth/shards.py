@@ -117,10 +117,10 @@ def plan_samples(manifest: pl.DataFrame, vocab: Vocabulary, cfg: SynthesizeConfi
 def make_sample(spec: SampleSpec, vocab: Vocabulary, image_size: int) -> dict:
     """One shard row."""
     rng = np.random.default_rng(spec.seed)
-    normal = resize(load_image(spec.source_path), image_size)
+    normal = resize(load_image(spec.source_path), image_size, policy=vocab.resize)
     if spec.shot_path is not None:
-        shot = resize(load_image(spec.shot_path), image_size)
-        shot_mask = resize(load_mask(spec.shot_mask_path), image_size)
+        shot = resize(load_image(spec.shot_path), image_size, policy=vocab.resize)
+        shot_mask = resize(load_mask(spec.shot_mask_path), image_size, policy=vocab.resize)
         out = synthesize_cut_paste(normal, shot, shot_mask, rng)
     else:
         out = synthesize_zero_shot(normal, vocab.prior(spec.object_class, spec.defect_type), rng)

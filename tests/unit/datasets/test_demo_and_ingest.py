@@ -60,19 +60,23 @@ def test_normal_shots_k_and_too_many_anomaly_shots(tmp_path):
     assert counts == {"normal_shot": 1, "normal_holdout": 1, "unused_normal": 4, "test": 8}
     again = apply_few_shot(frame, normal_shots=2, anomaly_shots=0, seed=0, holdout_fraction=0.5)
     assert roles.equals(again)
-    with pytest.raises(ValueError, match="anomaly_shots=2; at least one must stay"):
+    with pytest.raises(ValueError, match="anomaly_shots=2; shots need masks and at least one image must stay"):
         apply_few_shot(frame, normal_shots="all", anomaly_shots=2, seed=0)
 
 
 def test_missing_mask_and_corrupt_image_are_named(tmp_path):
     root = generate_demo(tmp_path / "d", classes=["tile"], train_normals=4, test_normals=1, test_per_defect=1)
     (root / "tile/ground_truth/crack/000_mask.png").unlink()
-    with pytest.raises(FileNotFoundError, match="test/crack/000.png: anomaly image without a mask"):
-        make_mvtec_records(root)
+    with pytest.raises(ValueError, match="test/crack/000.png: anomaly image without a mask"):
+        records_to_frame(make_mvtec_records(root))
     root = generate_demo(tmp_path / "e", classes=["tile"], train_normals=4, test_normals=1, test_per_defect=1)
     (root / "tile/train/good/001.png").write_bytes(b"not a png")
-    with pytest.raises(ValueError, match="001.png: cannot be decoded as an image"):
+    with pytest.raises(ValueError, match="001.png: not a readable image"):
         records_to_frame(make_mvtec_records(root))
+    root = generate_demo(tmp_path / "f", classes=["tile"], train_normals=4, test_normals=1, test_per_defect=1)
+    (root / "tile/ground_truth/dent").mkdir()
+    with pytest.raises(ValueError, match=r"mask folder\(s\) \['dent'\] have no test/<defect> image folder"):
+        make_mvtec_records(root)
 
 
 def test_mask_of_wrong_size_is_refused(tmp_path):
@@ -80,5 +84,5 @@ def test_mask_of_wrong_size_is_refused(tmp_path):
 
     root = generate_demo(tmp_path / "d", classes=["tile"], train_normals=4, test_normals=1, test_per_defect=1)
     Image.fromarray(np.zeros((64, 64), np.uint8)).save(root / "tile/ground_truth/stain/000_mask.png")
-    with pytest.raises(ValueError, match="000_mask.png: mask is 64x64 but its image .* is 128x128"):
+    with pytest.raises(ValueError, match="stain/000.png: mask .*000_mask.png is 64x64 but the image is 128x128"):
         records_to_frame(make_mvtec_records(root))

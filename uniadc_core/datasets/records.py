@@ -1,0 +1,14 @@
+"""What a dataset layout returns: one record per image file, before any validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+
+class ImageRecord(NamedTuple):
+    path: Path
+    split: str  # train | test
+    object_class: str
+    defect_type: str | None  # None for normal
+    mask_path: Path | None
