@@ -12,7 +12,7 @@ from uniadc_core.config import load_params
 @flow(name="ingest")
 def ingest_flow(params_path: str = paths.PARAMS) -> tuple[str, str]:
     cfg = load_params(params_path).ingest
-    return ingest_dataset(cfg, paths.PREPARED)
+    return ingest_dataset(cfg, paths.PREPARED, paths.RAW)
 
 
 if __name__ == "__main__":

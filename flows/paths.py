@@ -1,6 +1,7 @@
 """Where each stage reads and writes, relative to the repository root (mirrors dvc.yaml)."""
 
 PARAMS = "params.yaml"
+RAW = "data/raw"
 PREPARED = "data/prepared"
 MANIFEST = "data/prepared/manifest.parquet"
 VOCABULARY = "data/prepared/vocabulary.json"

@@ -7,4 +7,6 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # library logs (uniadc_core uses plain logging) show up in flow-run logs
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "uniadc_core")
+# ... and the library used outside a flow run (a notebook, a test) logs locally without a warning
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

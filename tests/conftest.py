@@ -21,7 +21,7 @@ def tiny_ingest_config(root: Path, **kw) -> IngestConfig:
 
 
 TINY_SYNTH = SynthesizeConfig(samples_per_type=4, shard_size=8, row_group_size=4, image_size=64, workers=2)
-TINY_TRAIN = TrainConfig(image_size=64, width=8, embed_dim=8, epochs=2, batch_size=8, threads=2)
+TINY_TRAIN = TrainConfig(image_size=64, width=8, embed_dim=8, epochs=2, batch_size=8, threads=2, min_epoch_samples=0)
 
 
 @pytest.fixture(scope="session")

@@ -76,7 +76,7 @@ class SynthesizeConfig:
     backend: Literal["procedural"] = "procedural"
     seed: int = 0
     image_size: int = 128  # synthetic samples are stored at this square size
-    samples_per_type: int = 40  # per object class and defect type
+    samples_per_type: int = 80  # per object class and defect type
     repaint_fraction: float = 0.5  # share of samples made from real anomaly shots, where a type has one
     shard_size: int = 128  # rows per Parquet shard
     row_group_size: int = 64
@@ -94,7 +94,8 @@ class TrainConfig:
     lr: float = 0.003
     weight_decay: float = 0.0001
     ema_decay: float = 0.99  # the model kept is an exponential moving average of the weights, per step
-    synthetic_per_epoch: float = 1.0  # synthetic samples drawn per epoch, as a multiple of real normals
+    synthetic_per_epoch: float = 1.0  # synthetic samples per epoch, as a multiple of the real normals
+    min_epoch_samples: int = 128  # few-shot: normals are repeated so an epoch has at least this many samples
     focal_gamma: float = 2.0
     type_loss_weight: float = 1.0
     seed: int = 0
@@ -163,6 +164,7 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "train.weight_decay": (lambda v: v >= 0, "a number >= 0"),
     "train.ema_decay": (lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
     "train.synthetic_per_epoch": (lambda v: v >= 0, "a number >= 0"),
+    "train.min_epoch_samples": (lambda v: v >= 0, "an integer >= 0"),
     "train.focal_gamma": (lambda v: v >= 0, "a number >= 0"),
     "train.type_loss_weight": (lambda v: v >= 0, "a number >= 0"),
     "train.threads": (lambda v: v >= 0, "an integer >= 0"),

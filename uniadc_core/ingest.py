@@ -28,8 +28,12 @@ class IngestResult(NamedTuple):
     quarantine_path: Path
 
 
-def ingest(cfg: IngestConfig, out_dir: str | Path = "data/prepared") -> IngestResult:
-    """Build (and for ``kind: demo`` first generate) the dataset, apply the few-shot protocol, write the files."""
+def ingest(cfg: IngestConfig, out_dir: str | Path = "data/prepared", raw_dir: str | Path | None = None) -> IngestResult:
+    """Build (and for ``kind: demo`` first generate) the dataset, apply the few-shot protocol, write the files.
+
+    With ``raw_dir``, a ``source.json`` there records what was read (the pipeline's raw-data output:
+    the demo tree lives beside it, an external dataset is only referenced).
+    """
     out_dir = Path(out_dir)
     if cfg.kind == "demo":
         d = cfg.demo
@@ -47,6 +51,9 @@ def ingest(cfg: IngestConfig, out_dir: str | Path = "data/prepared") -> IngestRe
     with atomic_path(paths.manifest_path) as tmp:
         frame.write_parquet(tmp)
     write_json(paths.vocabulary_path, vocab.to_dict())
+    if raw_dir is not None:
+        source = {"kind": cfg.kind, "root": str(cfg.root), "images": frame.height, "quarantined": len(problems)}
+        write_json(Path(raw_dir) / "source.json", source)
     if problems:
         log.warning("ingest: %d bad file(s) left out, listed in %s", len(problems), paths.quarantine_path)
     counts = frame.group_by("object_class", "role").len().sort("object_class", "role")

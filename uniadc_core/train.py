@@ -113,14 +113,18 @@ def _augment(images: torch.Tensor, masks: torch.Tensor, gen: torch.Generator) ->
 
 
 def _epoch_indices(data: TrainData, cfg: TrainConfig, gen: torch.Generator) -> list[tuple[str, int]]:
+    """One epoch's samples: every normal once (topped up at random to half of ``min_epoch_samples``
+    in few-shot settings), anomaly shots at about a tenth of that, synthetic samples in proportion."""
     n = len(data.normals.classes)
-    items = [("normals", i) for i in range(n)]
+    n_real = max(n, cfg.min_epoch_samples // 2)
+    picks = list(range(n)) + [int(i) for i in torch.randint(n, (n_real - n,), generator=gen)]
+    items = [("normals", i) for i in picks]
     if data.shots.classes:  # real anomalies are rare: repeat them so they weigh like ~10% of the normals
-        reps = max(1, round(0.1 * n / len(data.shots.classes)))
+        reps = max(1, round(0.1 * n_real / len(data.shots.classes)))
         items += [("shots", i) for i in range(len(data.shots.classes))] * reps
     n_syn = len(data.synthetic.classes)
     if n_syn:
-        k = int(round(cfg.synthetic_per_epoch * n))
+        k = int(round(cfg.synthetic_per_epoch * n_real))
         items += [("synthetic", int(i)) for i in torch.randint(n_syn, (k,), generator=gen)]
     order = torch.randperm(len(items), generator=gen)
     return [items[i] for i in order]

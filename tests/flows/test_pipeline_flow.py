@@ -13,7 +13,7 @@ TINY_PARAMS = {
     "ingest": {"root": "data/raw/demo", "anomaly_shots": 1,
                "demo": {"classes": ["tile", "fabric"], "train_normals": 8, "test_normals": 3, "test_per_defect": 3}},
     "synthesize": {"samples_per_type": 4, "shard_size": 8, "image_size": 64},
-    "train": {"image_size": 64, "width": 8, "embed_dim": 8, "epochs": 2, "batch_size": 8, "threads": 2},
+    "train": {"image_size": 64, "width": 8, "embed_dim": 8, "epochs": 2, "batch_size": 8, "threads": 2, "min_epoch_samples": 0},
     "fit_cada": {"steps": 50, "synthetic_per_class": 4},
     "evaluate": {"overlays": 4, "mlflow": {"registered_model": "uniadc-test", "experiment": "tests"}},
 }
@@ -51,6 +51,7 @@ def pipeline_run(harness, tmp_path_factory):
 def test_pipeline_writes_every_stage_output(pipeline_run):
     work, _, metrics = pipeline_run
     assert (work / "data/prepared/manifest.parquet").is_file()
+    assert json.loads((work / "data/raw/source.json").read_text())["kind"] == "demo"
     index = json.loads((work / "data/synthetic/index.json").read_text())
     assert index["complete"] and index["rows"] == 2 * 3 * 4
     for d in ("data/models/discriminator", "data/models/cada"):

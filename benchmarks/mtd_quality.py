@@ -1,0 +1,128 @@
+"""MTD quality benchmark: the whole pipeline on the Magnetic Tile Defect dataset in UniADC's settings.
+
+    .venv/bin/python benchmarks/mtd_quality.py [--root ../shared/datasets/mtd] [--settings all]
+        [--epochs 12] [--image-size 128] [--out benchmarks/results/mtd_quality]
+
+Settings: 2 normal shots or all 761 train normals, with 0 or 1 anomaly shot per defect type.
+Each runs ingest -> synthesize -> train -> fit_cada -> evaluate with the library calls the Prefect
+flows use (no Prefect server, no MLflow), in ``benchmarks/work/<setting>/``, and the script prints
+one table beside UniADC's published MTD figures, with the wall time of every stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from uniadc_core.cada import load_cada  # noqa: E402
+from uniadc_core.calibrate import fit  # noqa: E402
+from uniadc_core.config import load_params, parse_params  # noqa: E402
+from uniadc_core.evaluate import evaluate  # noqa: E402
+from uniadc_core.ingest import ingest  # noqa: E402
+from uniadc_core.io import atomic_path  # noqa: E402
+from uniadc_core.model import load_model  # noqa: E402
+from uniadc_core.synth import load_inputs, synthesize  # noqa: E402
+from uniadc_core.synth.shards import read_samples  # noqa: E402
+from uniadc_core.train import train  # noqa: E402
+
+# UniADC (arXiv 2511.06644), MTD, 2 normal shots: image AUROC, pixel AUROC, PRO, type accuracy, mIoU
+PAPER = {
+    "2shot_0anom": (92.30, 83.52, 81.22, 64.15, 31.85),
+    "2shot_1anom": (92.57, 86.79, 83.17, 65.10, 34.33),
+}
+SETTINGS = {
+    "2shot_0anom": {"normal_shots": 2, "anomaly_shots": 0},
+    "2shot_1anom": {"normal_shots": 2, "anomaly_shots": 1},
+    "full_0anom": {"normal_shots": "all", "anomaly_shots": 0},
+    "full_1anom": {"normal_shots": "all", "anomaly_shots": 1},
+}
+COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "type_accuracy", "miou")
+
+
+def run_setting(name: str, root: Path, work: Path, epochs: int, image_size: int) -> dict:
+    base = load_params(ROOT / "params.yaml")
+    shots = SETTINGS[name]
+    params = parse_params({
+        "ingest": {"kind": "mtd", "root": str(root), "seed": 0, "holdout_fraction": 0.25, **shots},
+        "synthesize": {"image_size": image_size, "samples_per_type": 120},
+        "train": {"image_size": image_size, "epochs": epochs, "min_epoch_samples": 256},
+    })
+    params = dataclasses.replace(params, fit_cada=base.fit_cada, evaluate=base.evaluate)
+    shutil.rmtree(work, ignore_errors=True)
+    times: dict[str, float] = {}
+
+    def timed(stage, fn, *args):
+        t0 = time.perf_counter()
+        out = fn(*args)
+        times[stage] = round(time.perf_counter() - t0, 1)
+        return out
+
+    timed("ingest", ingest, params.ingest, work / "prepared")
+    manifest_path, vocab_path = work / "prepared/manifest.parquet", work / "prepared/vocabulary.json"
+    timed("synthesize", synthesize, manifest_path, vocab_path, work / "synthetic", params.synthesize)
+    manifest, vocab = load_inputs(manifest_path, vocab_path)
+    samples = read_samples(work / "synthetic")
+    timed("train", train, manifest, vocab, samples, params.train, work / "models/discriminator")
+    model = load_model(work / "models/discriminator")
+    timed("fit_cada", fit, model, manifest, samples, params.fit_cada, work / "models/cada")
+    metrics = timed("evaluate", evaluate, model, load_cada(work / "models/cada"), manifest, params.evaluate, work / "reports")
+    return {"setting": name, **shots, "metrics": metrics, "seconds": times}
+
+
+def table(results: list[dict]) -> str:
+    head = "| setting | " + " | ".join(COLUMNS) + " | UniADC paper (same order) | stage seconds (ingest/synth/train/cada/eval) |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 3)]
+    for r in results:
+        m = r["metrics"]
+        ours = " | ".join(f"{100 * m[f'{c}_cada']:.2f}" for c in COLUMNS)
+        paper = " / ".join(f"{v:.2f}" for v in PAPER[r["setting"]]) if r["setting"] in PAPER else "not reported"
+        secs = " / ".join(f"{r['seconds'][s]:.0f}" for s in ("ingest", "synthesize", "train", "fit_cada", "evaluate"))
+        lines.append(f"| {r['setting']} | {ours} | {paper} | {secs} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--root", default=str(ROOT.parent / "shared/datasets/mtd"))
+    p.add_argument("--settings", default="all", help=f"comma-separated from {', '.join(SETTINGS)}, or all")
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--out", default=str(ROOT / "benchmarks/results/mtd_quality"))
+    a = p.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    root = Path(a.root)
+    if not (root / "MT_Free").is_dir():
+        sys.exit(f"{root}: no MTD dataset here (expected MT_Free/); pass --root")
+    names = list(SETTINGS) if a.settings == "all" else a.settings.split(",")
+    results = []
+    for name in names:
+        r = run_setting(name, root, ROOT / "benchmarks/work" / name, a.epochs, a.image_size)
+        results.append(r)
+        print(name, json.dumps({k: round(v, 4) for k, v in r["metrics"].items() if k.endswith("_cada")}), r["seconds"], flush=True)
+    text = table(results)
+    print(text)
+    out = Path(a.out)
+    command = "python benchmarks/mtd_quality.py " + " ".join(sys.argv[1:])
+    env = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    with atomic_path(out.with_suffix(".json")) as tmp:
+        tmp.write_text(json.dumps({"command": command, "machine": env, "epochs": a.epochs, "image_size": a.image_size, "results": results}, indent=2))
+    with atomic_path(out.with_suffix(".md")) as tmp:
+        tmp.write_text(f"# MTD quality benchmark\n\nCommand: `{command}`  \nMachine: {env}; epochs {a.epochs}, "
+                       f"{a.image_size} px, scratch backbone, no pretrained weights. Metrics in %, CADA variant, "
+                       f"test = this copy's test half.\n\n{text}\n")
+
+
+if __name__ == "__main__":
+    main()
