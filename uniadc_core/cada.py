@@ -12,7 +12,6 @@ Saved as ``model.safetensors`` + ``config.json`` like the discriminator.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,11 +19,10 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from uniadc_core.config import FitCadaConfig
-from uniadc_core.io import atomic_dir
+from uniadc_core.io import read_weights_dir, save_weights_dir
 
 log = logging.getLogger(__name__)
 
@@ -149,27 +147,16 @@ def fit_cada(
 
 
 def save_cada(cada: Cada, directory: str | Path, extra: dict | None = None) -> Path:
-    directory = Path(directory)
-    with atomic_dir(directory) as tmp:
-        save_file({k: v.contiguous() for k, v in cada.regressor.state_dict().items()}, str(tmp / "model.safetensors"))
-        (tmp / "config.json").write_text(json.dumps(asdict(cada.config), indent=2) + "\n")
-        for name, obj in (extra or {}).items():
-            (tmp / name).write_text(json.dumps(obj, indent=2) + "\n")
-    return directory
+    return save_weights_dir(directory, cada.regressor.state_dict(), asdict(cada.config), extra)
 
 
 def load_cada(directory: str | Path) -> Cada:
-    directory = Path(directory)
-    cfg_path, weights = directory / "config.json", directory / "model.safetensors"
-    for p in (cfg_path, weights):
-        if not p.is_file():
-            msg = f"{p}: not found; a CADA directory holds config.json + model.safetensors (run the fit_cada stage)"
-            raise FileNotFoundError(msg)
+    raw, state = read_weights_dir(directory, "fit_cada")
     try:
-        config = CadaConfig(**json.loads(cfg_path.read_text()))
+        config = CadaConfig(**raw)
     except TypeError as exc:
-        msg = f"{cfg_path}: does not match this uniadc's CADA config ({exc}); re-run fit_cada"
+        msg = f"{Path(directory) / 'config.json'}: does not match this uniadc's CADA config ({exc}); re-run fit_cada"
         raise ValueError(msg) from None
     reg = Regressor(config.input_dim, config.hidden)
-    reg.load_state_dict(load_file(str(weights)))
+    reg.load_state_dict(state)
     return Cada(config, reg)

@@ -31,7 +31,7 @@ VARIANTS = ("none", "cada", "oracle")
 METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "type_accuracy", "miou")
 
 
-class TestSet(NamedTuple):
+class EvalSet(NamedTuple):
     images: list[np.ndarray]  # (H, W, 3) uint8 at model size
     masks: np.ndarray  # (N, H, W) uint8 defect index, 0 = normal
     has_mask: np.ndarray  # (N,) False for anomalies without a mask: left out of pixel metrics
@@ -40,7 +40,7 @@ class TestSet(NamedTuple):
     paths: list[str]
 
 
-def load_test_set(manifest: pl.DataFrame, defect_types: list[str], size: int, policy: str = "stretch") -> TestSet:
+def load_test_set(manifest: pl.DataFrame, defect_types: list[str], size: int, policy: str = "stretch") -> EvalSet:
     test = manifest.filter(pl.col("role") == "test").sort("path")
     if test.height == 0:
         msg = "the manifest has no test images (role 'test'); nothing to evaluate"
@@ -58,7 +58,7 @@ def load_test_set(manifest: pl.DataFrame, defect_types: list[str], size: int, po
         masks.append(mask.astype(np.uint8) * label)
         labels.append(label)
         has_mask.append(known)
-    return TestSet(images, np.stack(masks), np.array(has_mask), np.array(labels), test["object_class"].to_list(), test["path"].to_list())
+    return EvalSet(images, np.stack(masks), np.array(has_mask), np.array(labels), test["object_class"].to_list(), test["path"].to_list())
 
 
 def variant_stats(cada: Cada, scores: Scores, classes: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -72,7 +72,7 @@ def variant_stats(cada: Cada, scores: Scores, classes: list[str]) -> dict[str, t
     }
 
 
-def compute_metrics(scores: Scores, test: TestSet, u: np.ndarray, gamma: np.ndarray, cfg: EvaluateConfig, num_types: int) -> tuple[dict, dict]:
+def compute_metrics(scores: Scores, test: EvalSet, u: np.ndarray, gamma: np.ndarray, cfg: EvaluateConfig, num_types: int) -> tuple[dict, dict]:
     """Metrics of one variant, and its per-image predictions."""
     s = align(scores.score, u, gamma)
     px = test.has_mask  # pixel metrics only where the truth is known
@@ -84,17 +84,26 @@ def compute_metrics(scores: Scores, test: TestSet, u: np.ndarray, gamma: np.ndar
     pix_conf = confusion_matrix(test.masks[px], pred_pix, num_types + 1)
     present = np.flatnonzero(pix_conf.sum(1) > 0)
     metrics = {
-        "image_auroc": auroc(s, is_anom),
-        "pixel_auroc": auroc(maps, gt_pix),
-        "aupro": aupro(maps, gt_pix, cfg.max_fpr),
-        "f1_max": f1_max(s, is_anom),
-        "type_accuracy": accuracy(test.labels, pred_label),
-        "miou": mean_iou(pix_conf, present),
+        "image_auroc": _safe(auroc, s, is_anom),
+        "pixel_auroc": _safe(auroc, maps, gt_pix),
+        "aupro": _safe(aupro, maps, gt_pix, cfg.max_fpr),
+        "f1_max": _safe(f1_max, s, is_anom),
+        "type_accuracy": _safe(accuracy, test.labels, pred_label),
+        "miou": _safe(mean_iou, pix_conf, present),
     }
     return metrics, {"score": s, "pred_label": pred_label}
 
 
-def _per_class(test: TestSet, preds: dict[str, dict]) -> pl.DataFrame:
+def _safe(metric, *args) -> float | None:
+    """A metric that cannot be computed on this test set (one class only, no mask) is None, with a warning."""
+    try:
+        return metric(*args)
+    except ValueError as exc:
+        log.warning("%s not computed: %s", metric.__name__, exc)
+        return None
+
+
+def _per_class(test: EvalSet, preds: dict[str, dict]) -> pl.DataFrame:
     rows = []
     classes = np.asarray(test.classes)
     for cls in sorted(set(test.classes)):
@@ -119,11 +128,11 @@ def evaluate(model: Discriminator, cada: Cada, manifest: pl.DataFrame, cfg: Eval
     for v in VARIANTS:
         m, preds[v] = compute_metrics(scores, test, *stats[v], cfg, len(types))
         per_variant[v] = m
-        flat.update({f"{k}_{v}": round(float(x), 6) for k, x in m.items()})
+        flat.update({f"{k}_{v}": None if x is None else round(float(x), 6) for k, x in m.items()})
     flat["test_images"] = len(test.labels)
     flat["test_anomalies"] = int((test.labels > 0).sum())
     for v in VARIANTS:
-        log.info("%-6s %s", v, "  ".join(f"{k}={per_variant[v][k]:.4f}" for k in METRICS))
+        log.info("%-6s %s", v, "  ".join(f"{k}={per_variant[v][k]}" for k in METRICS))
 
     write_json(out_dir / "metrics.json", flat)
     table = _per_class(test, preds)
@@ -147,7 +156,8 @@ def evaluate(model: Discriminator, cada: Cada, manifest: pl.DataFrame, cfg: Eval
 
     plots = out_dir / "plots"
     names = ["normal", *types]
-    plot_roc({v: (preds[v]["score"], test.labels > 0) for v in VARIANTS}, plots / "roc.png")
+    if 0 < (test.labels > 0).sum() < len(test.labels):  # a ROC curve needs both kinds of image
+        plot_roc({v: (preds[v]["score"], test.labels > 0) for v in VARIANTS}, plots / "roc.png")
     plot_confusion(confusion_matrix(test.labels, preds["cada"]["pred_label"], len(names)), names, plots / "confusion.png")
     plot_score_histograms(scores.score, preds["cada"]["score"], test.classes, test.labels > 0, plots / "scores.png")
     maps = align(scores.anomaly_map, u[:, None, None], gamma[:, None, None])

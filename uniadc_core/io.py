@@ -137,3 +137,29 @@ def png_bytes(arr: np.ndarray) -> bytes:
 def save_png(path: str | Path, arr: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(png_bytes(arr))
+
+
+def save_weights_dir(directory: str | Path, state: dict, config: dict, extra: dict | None = None) -> Path:
+    """A model directory: ``model.safetensors`` + ``config.json`` (+ extra JSON files), replaced atomically."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    with atomic_dir(directory) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"))
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        for name, obj in (extra or {}).items():
+            (tmp / name).write_text(json.dumps(obj, indent=2) + "\n")
+    return directory
+
+
+def read_weights_dir(directory: str | Path, made_by: str) -> tuple[dict, dict]:
+    """(config dict, tensors) of a model directory; ``made_by`` names the stage to run when it is missing."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    cfg_path, weights = directory / "config.json", directory / "model.safetensors"
+    for p in (cfg_path, weights):
+        if not p.is_file():
+            msg = f"{p}: not found; a model directory holds config.json + model.safetensors (run the {made_by} stage)"
+            raise FileNotFoundError(msg)
+    return read_json(cfg_path), load_file(str(weights), device="cpu")

@@ -10,7 +10,6 @@ Saved as ``model.safetensors`` + ``config.json`` and rebuilt from them.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,11 +18,10 @@ from typing import NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 import uniadc_core
-from uniadc_core.io import atomic_dir
+from uniadc_core.io import read_weights_dir, save_weights_dir
 
 FORMAT_VERSION = 1
 SCORE_POOL = 7  # image score = max of the log-odds map averaged over SCORE_POOL x SCORE_POOL windows
@@ -193,25 +191,12 @@ def discriminator_loss(logits: torch.Tensor, target: torch.Tensor, focal_gamma: 
 
 def save_model(model: Discriminator, directory: str | Path, extra: dict | None = None) -> Path:
     """Write ``model.safetensors`` + ``config.json`` atomically (the directory appears whole or not at all)."""
-    directory = Path(directory)
-    with atomic_dir(directory) as tmp:
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / "model.safetensors"))
-        cfg = dataclasses.asdict(model.config)
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-        for name, obj in (extra or {}).items():
-            (tmp / name).write_text(json.dumps(obj, indent=2) + "\n")
-    return directory
+    return save_weights_dir(directory, model.state_dict(), dataclasses.asdict(model.config), extra)
 
 
 def load_model(directory: str | Path, device: str = "cpu") -> Discriminator:
-    directory = Path(directory)
-    cfg_path, weights = directory / "config.json", directory / "model.safetensors"
-    for p in (cfg_path, weights):
-        if not p.is_file():
-            msg = f"{p}: not found; a model directory holds config.json + model.safetensors (run the train stage)"
-            raise FileNotFoundError(msg)
-    raw = json.loads(cfg_path.read_text())
+    raw, state = read_weights_dir(directory, "train")
+    cfg_path, weights = Path(directory) / "config.json", Path(directory) / "model.safetensors"
     if raw.get("format_version") != FORMAT_VERSION:
         msg = f"{cfg_path}: model format {raw.get('format_version')} but this uniadc reads format {FORMAT_VERSION}; retrain the model"
         raise ValueError(msg)
@@ -221,7 +206,6 @@ def load_model(directory: str | Path, device: str = "cpu") -> Discriminator:
         msg = f"{cfg_path}: unknown config keys {unknown}; the model was saved by another uniadc version"
         raise ValueError(msg)
     model = Discriminator(ModelConfig(**raw))
-    state = load_file(str(weights), device="cpu")
     expected = model.state_dict()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     wrong = [k for k in set(expected) & set(state) if expected[k].shape != state[k].shape]

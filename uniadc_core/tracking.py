@@ -71,7 +71,7 @@ def log_run(
     mlflow.set_experiment(experiment)
     with mlflow.start_run() as run, tempfile.TemporaryDirectory() as tmp:
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None})
         if tags:
             mlflow.set_tags(tags)
         history = model_dir / "history.json"
@@ -95,7 +95,7 @@ def log_run(
         client = MlflowClient(uri)
         client.set_registered_model_alias(registered_model, alias, version)
         for k in ("image_auroc_cada", "type_accuracy_cada", "pixel_auroc_cada"):
-            if k in metrics:
+            if metrics.get(k) is not None:
                 client.set_model_version_tag(registered_model, version, k, f"{metrics[k]:.4f}")
         result["version"] = version
         log.info("MLflow: registered %s version %s as @%s (run %s, %s)", registered_model, version, alias, run.info.run_id, uri)

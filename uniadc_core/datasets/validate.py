@@ -78,7 +78,11 @@ def check_records(records: list[ImageRecord], allow_missing_masks: bool = False)
                 elif (mw, mh) != (w, h):
                     problem = f"mask {r.mask_path} is {mw}x{mh} but the image is {w}x{h}; masks must match their image"
                 elif not (mask >= 128).any():
-                    problem = f"mask {r.mask_path} marks no defect pixel (no value >= 128); fix the mask or move the image to normals"
+                    if allow_missing_masks:  # kept as an anomaly whose pixels are unknown
+                        r = r._replace(mask_path=None)
+                    else:
+                        problem = (f"mask {r.mask_path} marks no defect pixel (no value >= 128); fix the mask, or set "
+                                   f"ingest.allow_missing_masks: true to keep the image without pixel truth")
         if problem is None:
             image_id = sha256_file(r.path)[:16]
             if image_id in seen:
