@@ -84,8 +84,18 @@ class SynthesizeConfig:
 
 
 @dataclass(frozen=True)
+class ClipConfig:
+    model_name: str = "ViT-B-16"
+    pretrained: str = "openai"  # a tag, a local .pt/.safetensors path, local-dir:DIR, or '' for random init
+    layers: list[int] = field(default_factory=lambda: [5, 8, 11])  # transformer blocks whose patch tokens are used
+    offline: bool = True  # tags are read from the local cache only; a missing file is an error saying how to supply it
+    config_dir: str = ""  # extra open_clip model JSON configs (e.g. a tiny model)
+    object_name: str = "object"  # the word used in the defect-type prompts
+
+
+@dataclass(frozen=True)
 class TrainConfig:
-    backbone: Literal["scratch"] = "scratch"
+    backbone: Literal["scratch", "open_clip"] = "scratch"
     image_size: int = 128
     width: int = 24  # channels of the first encoder level; doubles per level
     embed_dim: int = 32  # per-pixel feature and defect-type embedding size
@@ -100,6 +110,7 @@ class TrainConfig:
     type_loss_weight: float = 1.0
     seed: int = 0
     threads: int = 0  # torch CPU threads; 0 = all cores
+    clip: ClipConfig = field(default_factory=ClipConfig)  # used when backbone is open_clip
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import uniadc_core
+from uniadc_core.backbones import create_backbone
 from uniadc_core.io import read_weights_dir, save_weights_dir
 
 FORMAT_VERSION = 1
@@ -31,6 +32,7 @@ SCORE_POOL = 7  # image score = max of the log-odds map averaged over SCORE_POOL
 class ModelConfig:
     defect_types: list[str]  # vocabulary order; defect index i+1, 0 = normal
     backbone: str = "scratch"
+    backbone_options: dict = field(default_factory=dict)  # open_clip: model_name, pretrained, layers, offline, config_dir
     image_size: int = 128
     width: int = 24
     embed_dim: int = 32
@@ -54,69 +56,19 @@ class Prediction(NamedTuple):
     embedding: torch.Tensor  # (B, E) global image embedding (for CADA)
 
 
-# ---------------------------------------------------------------------------- backbone
-
-
-def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
-
-
-def _block(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(_conv(cin, cout), _conv(cout, cout))
-
-
-class ScratchBackbone(nn.Module):
-    """A small U-Net trained end to end: dense features at 1/2 resolution and a global embedding.
-
-    The first convolution has stride 2: full-resolution layers cost most on a CPU and add little.
-    """
-
-    def __init__(self, width: int, embed_dim: int):
-        super().__init__()
-        w = width
-        self.stem = nn.Sequential(_conv(3, w, stride=2), _conv(w, w))  # (B, w, H/2, W/2)
-        self.down1 = _block(w, 2 * w)  # (B, 2w, H/4, W/4)
-        self.down2 = _block(2 * w, 4 * w)  # (B, 4w, H/8, W/8)
-        self.down3 = _block(4 * w, 8 * w)  # (B, 8w, H/16, W/16)
-        self.up2 = _conv(8 * w + 4 * w, 4 * w)  # (B, 4w, H/8, W/8)
-        self.up1 = _conv(4 * w + 2 * w, 2 * w)  # (B, 2w, H/4, W/4)
-        self.up0 = _conv(2 * w + w, 2 * w)  # (B, 2w, H/2, W/2)
-        self.proj = nn.Conv2d(2 * w, embed_dim, 1)
-        self.embed_channels = 8 * w + 4 * w
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        s0 = self.stem(x)
-        s1 = self.down1(F.max_pool2d(s0, 2))
-        s2 = self.down2(F.max_pool2d(s1, 2))
-        s3 = self.down3(F.max_pool2d(s2, 2))
-        u2 = self.up2(torch.cat([_up(s3), s2], 1))
-        u1 = self.up1(torch.cat([_up(u2), s1], 1))
-        u0 = self.up0(torch.cat([_up(u1), s0], 1))
-        feats = self.proj(u0)  # (B, D, H/2, W/2)
-        embedding = torch.cat([s3.mean((2, 3)), s2.std((2, 3))], 1)  # (B, 12w): content and texture statistics
-        return feats, embedding
-
-
-def _up(x: torch.Tensor) -> torch.Tensor:
-    return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
-
-
-BACKBONES = {"scratch": ScratchBackbone}
-
-
 # ---------------------------------------------------------------------------- discriminator
 
 
 class Discriminator(nn.Module):
     memory_format = torch.channels_last  # about 2x faster convolutions on CPU (benchmarks/train_speed.py)
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, load_backbone_weights: bool = True):
         super().__init__()
-        if config.backbone not in BACKBONES:
-            msg = f"unknown backbone '{config.backbone}'; valid: {', '.join(sorted(BACKBONES))}"
-            raise ValueError(msg)
         self.config = config
-        self.backbone = BACKBONES[config.backbone](config.width, config.embed_dim)
+        options = dict(config.backbone_options)
+        if not load_backbone_weights:  # weights come from a saved state dict: build with random init
+            options["pretrained"] = ""
+        self.backbone, _ = create_backbone(config.backbone, config.width, config.embed_dim, options)
         self.type_embeddings = nn.Parameter(torch.randn(config.num_types + 1, config.embed_dim) * 0.5)  # (K+1, D)
         self.log_temperature = nn.Parameter(torch.tensor(math.log(0.07)))
         self.register_buffer("mean", torch.tensor(config.mean).view(1, 3, 1, 1))
@@ -205,7 +157,7 @@ def load_model(directory: str | Path, device: str = "cpu") -> Discriminator:
     if unknown:
         msg = f"{cfg_path}: unknown config keys {unknown}; the model was saved by another uniadc version"
         raise ValueError(msg)
-    model = Discriminator(ModelConfig(**raw))
+    model = Discriminator(ModelConfig(**raw), load_backbone_weights=False)
     expected = model.state_dict()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     wrong = [k for k in set(expected) & set(state) if expected[k].shape != state[k].shape]

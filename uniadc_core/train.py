@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from uniadc_core.backbones import create_clip, text_type_embeddings
 from uniadc_core.config import TrainConfig
 from uniadc_core.io import atomic_dir, load_image, load_mask, resize
 from uniadc_core.metrics import auroc
@@ -159,9 +160,13 @@ def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
 
 @torch.no_grad()
 def _update_ema(ema: Discriminator, model: Discriminator, decay: float) -> None:
-    for e, m in zip(ema.state_dict().values(), model.state_dict().values()):
-        if e.dtype.is_floating_point:
+    """Average the trained parameters and the buffers; frozen weights are the same in both."""
+    for e, m in zip(ema.parameters(), model.parameters()):
+        if m.requires_grad:
             e.mul_(decay).add_(m.detach(), alpha=1 - decay)
+    for e, m in zip(ema.buffers(), model.buffers()):
+        if e.dtype.is_floating_point:
+            e.mul_(decay).add_(m, alpha=1 - decay)
         else:
             e.copy_(m)
 
@@ -229,19 +234,34 @@ def train_discriminator(
         torch.set_num_threads(cfg.threads)
     gen = torch.Generator().manual_seed(cfg.seed)
     mean, std = channel_stats(data.normals.images)
+    options, size, embed_dim, type_init = {}, cfg.image_size, cfg.embed_dim, None
+    if cfg.backbone == "open_clip":
+        options = {**dataclasses.asdict(cfg.clip)}
+        clip, pre = create_clip(cfg.clip.model_name, cfg.clip.pretrained, cfg.clip.offline, cfg.clip.config_dir)
+        mean, std, size, embed_dim = pre.mean, pre.std, pre.image_size, clip.visual.output_dim
+        # defect types start at their text embeddings, as in UniADC
+        type_init = text_type_embeddings(clip, cfg.clip.model_name, cfg.clip.object_name, vocab.defect_types)
+        del clip
+        if size != data.normals.images.shape[-1]:
+            msg = (f"train.image_size is {data.normals.images.shape[-1]} but open_clip model '{cfg.clip.model_name}' "
+                   f"takes {size} px; set train.image_size: {size}")
+            raise ValueError(msg)
     config = ModelConfig(
         defect_types=vocab.defect_types,
         backbone=cfg.backbone,
-        image_size=cfg.image_size,
+        backbone_options=options,
+        image_size=size,
         width=cfg.width,
-        embed_dim=cfg.embed_dim,
+        embed_dim=embed_dim,
         mean=mean,
         std=std,
         classes={c: sorted(t) for c, t in vocab.classes.items()},
         resize=vocab.resize,
     )
     model = Discriminator(config)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if type_init is not None:
+        model.type_embeddings.data.copy_(type_init)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, len(_epoch_indices(data, cfg, torch.Generator().manual_seed(0))) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.15)
     ema = copy.deepcopy(model).requires_grad_(False)  # moving average of the weights: steadier than the last step

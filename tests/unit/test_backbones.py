@@ -1,0 +1,76 @@
+"""The open_clip backbone with a tiny random model built from a JSON config (nothing downloaded)."""
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from tests.conftest import TINY_TRAIN
+from uniadc_core.backbones import create_backbone, create_clip, resolve_pretrained
+from uniadc_core.config import ClipConfig
+from uniadc_core.model import load_model, save_model
+from uniadc_core.synth import load_inputs
+from uniadc_core.synth.shards import read_samples
+from uniadc_core.train import load_train_data, train_discriminator
+
+TINY_CLIP = {"embed_dim": 16, "vision_cfg": {"image_size": 64, "layers": 2, "width": 32, "patch_size": 16, "head_width": 16},
+             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}}
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("clip")
+    (d / "uniadc-tiny-clip.json").write_text(json.dumps(TINY_CLIP))
+    return d
+
+
+def test_unknown_backbone_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="unknown backbone 'resnet'; valid: scratch, open_clip"):
+        create_backbone("resnet", 8, 8, {})
+
+
+def test_open_clip_backbone_gives_dense_features_in_the_joint_space(clip_dir):
+    backbone, pre = create_backbone("open_clip", 0, 0, {"model_name": "uniadc-tiny-clip", "pretrained": "", "layers": [0, 1],
+                                                         "config_dir": str(clip_dir)})
+    assert pre.image_size == 64 and len(pre.mean) == 3
+    feats, emb = backbone(torch.randn(2, 3, 64, 64))
+    assert feats.shape == (2, 16, 4, 4) and emb.shape == (2, 16)
+    trainable = [n for n, p in backbone.named_parameters() if p.requires_grad]
+    assert trainable and all(n.startswith("proj.") for n in trainable)  # the ViT is frozen
+
+
+def test_weights_from_a_local_file_and_clear_errors(clip_dir, tmp_path):
+    from safetensors.torch import save_file
+
+    model, _ = create_clip("uniadc-tiny-clip", "", config_dir=str(clip_dir))
+    path = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    again, _ = create_clip("uniadc-tiny-clip", str(path), config_dir=str(clip_dir))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    with pytest.raises(FileNotFoundError, match="not found; put the file there"):
+        resolve_pretrained("uniadc-tiny-clip", str(tmp_path / "missing.safetensors"))
+    with pytest.raises(ValueError, match="unknown pretrained tag 'nope' for open_clip model 'ViT-B-32'; valid: openai"):
+        resolve_pretrained("ViT-B-32", "nope")
+    with pytest.raises(FileNotFoundError, match="not in the local cache and train.clip.offline is true. Provide them"):
+        resolve_pretrained("ViT-B-32", "openai", offline=True)
+    with pytest.raises(ValueError, match="unknown open_clip model 'no-such-model'"):
+        create_clip("no-such-model", "")
+
+
+def test_train_save_load_round_trip_with_open_clip(tiny_dataset, tiny_shards, clip_dir, tmp_path):
+    _, manifest_path, vocab_path = tiny_dataset
+    manifest, vocab = load_inputs(manifest_path, vocab_path)
+    cfg = replace(TINY_TRAIN, backbone="open_clip", epochs=1,
+                  clip=ClipConfig(model_name="uniadc-tiny-clip", pretrained="", layers=[0, 1], config_dir=str(clip_dir)))
+    data = load_train_data(manifest, vocab, read_samples(tiny_shards), 64)
+    model, history = train_discriminator(data, vocab, cfg, progress=False)
+    assert model.config.embed_dim == 16 and model.config.mean[0] == pytest.approx(0.4815, abs=1e-4)
+    assert len(history) == 1
+    save_model(model, tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    x = data.val.images[:3]
+    a, b = model.predict(x), loaded.predict(x)
+    assert torch.allclose(a.anomaly_map, b.anomaly_map, atol=1e-5) and torch.equal(a.pixel_types, b.pixel_types)
+    with pytest.raises(ValueError, match="takes 64 px; set train.image_size: 64"):
+        train_discriminator(load_train_data(manifest, vocab, read_samples(tiny_shards), 32), vocab, cfg, progress=False)
