@@ -35,7 +35,7 @@ def track(params: Params, metrics: dict, report_dir: str, model_dir: str, cada_d
         artifact_dirs=[Path(report_dir)],
         model_dir=Path(model_dir),
         cada_dir=Path(cada_dir),
-        threshold=params.evaluate.threshold,
+        threshold=metrics["threshold"],
         registered_model=cfg.registered_model if cfg.register else None,
     )
     get_run_logger().info("MLflow %s: run %s, model version %s", uri, result["run_id"], result["version"])

@@ -47,6 +47,7 @@ class CadaConfig:
     class_stats: dict[str, list]  # class -> [u, gamma, count, in_sample]
     global_stats: list[float]  # [u, gamma] over all held-out normals pooled: the "no alignment" baseline
     min_spread: float = MIN_SPREAD
+    threshold: float = 1.0  # calibrated decision threshold on the aligned score (fit_cada.threshold_percentile)
 
 
 class Regressor(nn.Module):
@@ -84,6 +85,10 @@ class Cada:
             raise ValueError(msg)
         u, gamma, _, _ = self.config.class_stats[object_class]
         return u, max(gamma, u + self.config.min_spread)
+
+    def decision_threshold(self, setting: float | str) -> float:
+        """``evaluate.threshold``: a number, or 'auto' for the threshold calibrated on held-out normals."""
+        return self.config.threshold if setting == "auto" else float(setting)
 
     def global_stats(self) -> tuple[float, float]:
         u, gamma = self.config.global_stats

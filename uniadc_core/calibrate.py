@@ -9,17 +9,17 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from uniadc_core.cada import ClassStats, class_statistics, fit_cada, save_cada
+from uniadc_core.cada import ClassStats, align, class_statistics, fit_cada, save_cada
 from uniadc_core.config import FitCadaConfig
-from uniadc_core.inference import score_arrays, score_paths
+from uniadc_core.inference import Scores, score_arrays, score_paths
 from uniadc_core.model import Discriminator
 from uniadc_core.synth.shards import decode_row
 
 log = logging.getLogger(__name__)
 
 
-def normal_statistics(model: Discriminator, manifest: pl.DataFrame) -> tuple[dict[str, ClassStats], tuple[float, float]]:
-    """Per-class and pooled (u, gamma) of held-out normal scores (training normals where a class has none)."""
+def normal_statistics(model: Discriminator, manifest: pl.DataFrame) -> tuple[dict[str, ClassStats], tuple[float, float], Scores]:
+    """Per-class and pooled (u, gamma) of held-out normal scores (training normals where a class has none), and those scores."""
     held = manifest.filter(pl.col("role") == "normal_holdout")
     frames, in_sample = [], {}
     for cls in sorted(manifest["object_class"].unique().to_list()):
@@ -34,7 +34,7 @@ def normal_statistics(model: Discriminator, manifest: pl.DataFrame) -> tuple[dic
     stats = class_statistics(s.score, normals["object_class"].to_list(), in_sample)
     for cls, st in stats.items():
         log.info("class %-12s u=%.4f gamma=%.4f from %d normals%s", cls, st.u, st.gamma, st.count, " (in-sample)" if st.in_sample else "")
-    return stats, (float(s.score.mean()), float(s.score.max()))
+    return stats, (float(s.score.mean()), float(s.score.max())), s
 
 
 def regressor_data(model: Discriminator, manifest: pl.DataFrame, synthetic: pa.Table, per_class: int, seed: int) -> tuple[np.ndarray, list[str]]:
@@ -56,9 +56,14 @@ def regressor_data(model: Discriminator, manifest: pl.DataFrame, synthetic: pa.T
 
 
 def fit(model: Discriminator, manifest: pl.DataFrame, synthetic: pa.Table, cfg: FitCadaConfig, out_dir: str | Path) -> Path:
-    stats, global_stats = normal_statistics(model, manifest)
+    stats, global_stats, held = normal_statistics(model, manifest)
     embeddings, classes = regressor_data(model, manifest, synthetic, cfg.synthetic_per_class, cfg.seed)
     cada = fit_cada(stats, embeddings, classes, cfg, global_stats)
+    # the calibrated decision threshold: a high percentile of the aligned held-out normal scores (normal data only)
+    aligned = align(held.score, *cada.predict_stats(held.embedding))
+    cada.config.threshold = float(np.percentile(aligned, cfg.threshold_percentile))
+    log.info("calibrated threshold %.4f = %.1fth percentile of %d aligned held-out normal scores",
+             cada.config.threshold, cfg.threshold_percentile, len(aligned))
     # how well it recovers each class's statistics on its own training images
     u, gamma = cada.predict_stats(embeddings)
     report = {}

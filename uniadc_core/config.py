@@ -121,6 +121,7 @@ class FitCadaConfig:
     lr: float = 0.01
     weight_decay: float = 0.001
     synthetic_per_class: int = 60  # synthetic anomalous images per class added to the regressor's data
+    threshold_percentile: float = 99.0  # calibrated threshold = this percentile of aligned held-out normal scores
     min_spread: float = 0.1  # floor on gamma - u (log-odds units): a class whose normals all score alike must not turn noise into alarms
 
 
@@ -134,7 +135,7 @@ class MlflowConfig:
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    threshold: float = 1.0  # image decision threshold on the CADA-normalised score (1.0 = predicted normal max)
+    threshold: Union[float, Literal["auto"]] = 1.0  # on the aligned score (1.0 = predicted normal max); auto = calibrated
     max_fpr: float = 0.3  # AUPRO integration limit
     overlays: int = 12  # images in the overlay grid
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
@@ -185,6 +186,7 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "fit_cada.weight_decay": (lambda v: v >= 0, "a number >= 0"),
     "fit_cada.synthetic_per_class": (lambda v: v >= 0, "an integer >= 0"),
     "fit_cada.min_spread": (lambda v: v > 0, "a number > 0"),
+    "fit_cada.threshold_percentile": (lambda v: 0.0 < v <= 100.0, "a number in (0, 100]"),
     "evaluate.max_fpr": (lambda v: 0.0 < v <= 1.0, "a number in (0, 1]"),
     "evaluate.overlays": (lambda v: v >= 0, "an integer >= 0"),
 }

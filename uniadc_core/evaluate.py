@@ -10,6 +10,7 @@ type when its aligned map value does. Pixel metrics are computed at the model's 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import NamedTuple
@@ -28,7 +29,7 @@ from uniadc_core.plots import plot_confusion, plot_overlays, plot_roc, plot_scor
 log = logging.getLogger(__name__)
 
 VARIANTS = ("none", "cada", "oracle")
-METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "type_accuracy", "miou")
+METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "type_accuracy", "miou", "false_positive_rate", "miss_rate")
 
 
 class EvalSet(NamedTuple):
@@ -90,6 +91,9 @@ def compute_metrics(scores: Scores, test: EvalSet, u: np.ndarray, gamma: np.ndar
         "f1_max": _safe(f1_max, s, is_anom),
         "type_accuracy": _safe(accuracy, test.labels, pred_label),
         "miou": _safe(mean_iou, pix_conf, present),
+        # the decision at the threshold: normals flagged, anomalies missed
+        "false_positive_rate": float((s[~is_anom] > cfg.threshold).mean()) if (~is_anom).any() else None,
+        "miss_rate": float((s[is_anom] <= cfg.threshold).mean()) if is_anom.any() else None,
     }
     return metrics, {"score": s, "pred_label": pred_label}
 
@@ -124,7 +128,9 @@ def evaluate(model: Discriminator, cada: Cada, manifest: pl.DataFrame, cfg: Eval
     test = load_test_set(manifest, types, model.config.image_size, model.config.resize)
     scores = score_arrays(model, test.images, progress=True)
     stats = variant_stats(cada, scores, test.classes)
-    flat, preds, per_variant = {}, {}, {}
+    threshold = cada.decision_threshold(cfg.threshold)
+    cfg = dataclasses.replace(cfg, threshold=threshold)
+    flat, preds, per_variant = {"threshold": threshold, "calibrated_threshold": cada.config.threshold}, {}, {}
     for v in VARIANTS:
         m, preds[v] = compute_metrics(scores, test, *stats[v], cfg, len(types))
         per_variant[v] = m

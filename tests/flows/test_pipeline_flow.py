@@ -59,8 +59,9 @@ def test_pipeline_writes_every_stage_output(pipeline_run):
     on_disk = json.loads((work / "data/reports/metrics.json").read_text())
     assert on_disk == metrics
     for variant in ("none", "cada", "oracle"):
-        for key in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "type_accuracy", "miou"):
+        for key in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "type_accuracy", "miou", "false_positive_rate", "miss_rate"):
             assert 0.0 <= on_disk[f"{key}_{variant}"] <= 1.0
+    assert on_disk["threshold"] == 1.0 and np.isfinite(on_disk["calibrated_threshold"])
     assert on_disk["test_images"] == 2 * 3 + 2 * 3 * 2
     for plot in ("roc.png", "confusion.png", "scores.png", "overlays.png"):
         assert (work / "data/reports/plots" / plot).stat().st_size > 1000

@@ -37,3 +37,19 @@ def test_degenerate_test_sets_give_none_not_nan(caplog):
     scores, test = _case([0, 1, 1], has_mask=[True, False, False])
     m, _ = compute_metrics(scores, test, np.full(3, -5.0), np.full(3, -2.0), EvaluateConfig(), 2)
     assert m["image_auroc"] == 1.0 and m["aupro"] is None
+
+
+def test_decision_rates_and_the_auto_threshold():
+    from uniadc_core.cada import Cada, CadaConfig, Regressor
+    from uniadc_core.config import parse_params
+
+    scores, test = _case([0, 0, 1, 1])
+    m, _ = compute_metrics(scores, test, np.full(4, -5.0), np.full(4, -2.0), EvaluateConfig(), 2)
+    assert m["false_positive_rate"] == 0.0 and m["miss_rate"] == 0.0
+    strict = EvaluateConfig(threshold=50.0)  # nothing is called anomalous
+    m, _ = compute_metrics(scores, test, np.full(4, -5.0), np.full(4, -2.0), strict, 2)
+    assert m["false_positive_rate"] == 0.0 and m["miss_rate"] == 1.0
+    cfg = CadaConfig(2, 4, [0, 0], [1, 1], [0, 0], [1, 1], {"a": [0, 1, 1, False]}, [0, 1], threshold=1.3)
+    cada = Cada(cfg, Regressor(2, 4))
+    assert cada.decision_threshold("auto") == 1.3 and cada.decision_threshold(0.8) == 0.8
+    assert parse_params({"evaluate": {"threshold": "auto"}}).evaluate.threshold == "auto"
