@@ -1,7 +1,6 @@
 """The whole pipeline as Prefect flows on a tiny demo, then the registered model loaded back from MLflow."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import polars as pl
