@@ -18,8 +18,9 @@ from uniadc_core.synth.shards import decode_row
 log = logging.getLogger(__name__)
 
 
-def normal_statistics(model: Discriminator, manifest: pl.DataFrame) -> tuple[dict[str, ClassStats], tuple[float, float], Scores]:
-    """Per-class and pooled (u, gamma) of held-out normal scores (training normals where a class has none), and those scores."""
+def normal_statistics(model: Discriminator, manifest: pl.DataFrame) -> tuple[dict[str, ClassStats], tuple[float, float], Scores, list[str]]:
+    """Per-class and pooled (u, gamma) of held-out normal scores (training normals where a class has none),
+    with those scores and the paths they belong to."""
     held = manifest.filter(pl.col("role") == "normal_holdout")
     frames, in_sample = [], {}
     for cls in sorted(manifest["object_class"].unique().to_list()):
@@ -34,13 +35,22 @@ def normal_statistics(model: Discriminator, manifest: pl.DataFrame) -> tuple[dic
     stats = class_statistics(s.score, normals["object_class"].to_list(), in_sample)
     for cls, st in stats.items():
         log.info("class %-12s u=%.4f gamma=%.4f from %d normals%s", cls, st.u, st.gamma, st.count, " (in-sample)" if st.in_sample else "")
-    return stats, (float(s.score.mean()), float(s.score.max())), s
+    return stats, (float(s.score.mean()), float(s.score.max())), s, normals["path"].to_list()
 
 
-def regressor_data(model: Discriminator, manifest: pl.DataFrame, synthetic: pa.Table, per_class: int, seed: int) -> tuple[np.ndarray, list[str]]:
-    """Embeddings of real training-side images (normal and anomaly shots) and synthetic anomalies."""
+def regressor_data(model: Discriminator, manifest: pl.DataFrame, synthetic: pa.Table, per_class: int, seed: int,
+                   known: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, list[str]]:
+    """Embeddings of real training-side images (normal and anomaly shots) and synthetic anomalies.
+
+    ``known`` maps paths already scored (the held-out normals) to their embeddings; only the rest is scored.
+    """
     real = manifest.filter(pl.col("role").is_in(["normal_shot", "normal_holdout", "anomaly_shot"]))
-    emb = [score_paths(model, real["path"].to_list(), progress=True).embedding]
+    known = known or {}
+    paths = real["path"].to_list()
+    todo = [p for p in paths if p not in known]
+    if todo:
+        known = {**known, **dict(zip(todo, score_paths(model, todo, progress=True).embedding))}
+    emb = [np.stack([known[p] for p in paths])]
     classes = real["object_class"].to_list()
     if per_class and synthetic.num_rows:
         rng = np.random.default_rng(seed)
@@ -56,8 +66,9 @@ def regressor_data(model: Discriminator, manifest: pl.DataFrame, synthetic: pa.T
 
 
 def fit(model: Discriminator, manifest: pl.DataFrame, synthetic: pa.Table, cfg: FitCadaConfig, out_dir: str | Path) -> Path:
-    stats, global_stats, held = normal_statistics(model, manifest)
-    embeddings, classes = regressor_data(model, manifest, synthetic, cfg.synthetic_per_class, cfg.seed)
+    stats, global_stats, held, held_paths = normal_statistics(model, manifest)
+    embeddings, classes = regressor_data(model, manifest, synthetic, cfg.synthetic_per_class, cfg.seed,
+                                         known=dict(zip(held_paths, held.embedding)))
     cada = fit_cada(stats, embeddings, classes, cfg, global_stats)
     # the calibrated decision threshold: a high percentile of the aligned held-out normal scores (normal data only)
     aligned = align(held.score, *cada.predict_stats(held.embedding))

@@ -14,8 +14,7 @@ import polars as pl
 from uniadc_core.config import IngestConfig
 from uniadc_core.datasets import list_records
 from uniadc_core.datasets.demo import generate_demo
-from uniadc_core.datasets.manifest import apply_few_shot, build_vocabulary, frame_from_checked
-from uniadc_core.datasets.validate import DatasetError, check_classes, check_records
+from uniadc_core.datasets.manifest import apply_few_shot, build_vocabulary, records_to_frame
 from uniadc_core.io import atomic_path, write_json
 
 log = logging.getLogger(__name__)
@@ -38,12 +37,8 @@ def ingest(cfg: IngestConfig, out_dir: str | Path = "data/prepared", raw_dir: st
     if cfg.kind == "demo":
         d = cfg.demo
         generate_demo(cfg.root, cfg.seed, d.classes, d.image_size, d.train_normals, d.test_normals, d.test_per_defect)
-    records = list_records(cfg)
-    good, problems = check_records(records, cfg.allow_missing_masks)
-    if problems and cfg.on_error == "fail":
-        raise DatasetError(problems)
-    check_classes(good)
-    frame = apply_few_shot(frame_from_checked(good), cfg.normal_shots, cfg.anomaly_shots, cfg.seed, cfg.holdout_fraction)
+    frame, problems = records_to_frame(list_records(cfg), cfg.allow_missing_masks, cfg.on_error)
+    frame = apply_few_shot(frame, cfg.normal_shots, cfg.anomaly_shots, cfg.seed, cfg.holdout_fraction)
     vocab = build_vocabulary(frame, cfg.resize)
     paths = IngestResult(frame, out_dir / "manifest.parquet", out_dir / "vocabulary.json", out_dir / "quarantine.csv")
     with atomic_path(paths.quarantine_path) as tmp:

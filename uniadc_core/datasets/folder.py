@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from uniadc_core.datasets.records import ImageRecord
+from uniadc_core.datasets.records import ImageRecord, list_files
 
 
 def _dir(root: Path, sub: str, what: str) -> Path:
@@ -23,11 +23,6 @@ def _dir(root: Path, sub: str, what: str) -> Path:
         msg = f"{path}: {what} folder not found; fix ingest.folder in params.yaml"
         raise FileNotFoundError(msg)
     return path
-
-
-def _files(folder: Path) -> list[Path]:
-    """Every visible file (not only image suffixes: validation reports the ones that are not images)."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
 
 
 def _mask_for(image: Path, folder: Path) -> Path | None:
@@ -55,9 +50,9 @@ def make_folder_records(root: str | Path, classes: dict, test_normal_fraction: f
             msg = (f"ingest.folder.classes.{cls}.masks: unknown defect type(s) {unknown}; "
                    f"defect types come from 'defects': {', '.join(sorted(spec.defects)) or 'none'}")
             raise ValueError(msg)
-        normals = [p for d in spec.normal for p in _files(_dir(root, d, f"class '{cls}' normal"))]
+        normals = [p for d in spec.normal for p in list_files(_dir(root, d, f"class '{cls}' normal"))]
         if spec.normal_test:
-            test_normals = {p for d in spec.normal_test for p in _files(_dir(root, d, f"class '{cls}' normal_test"))}
+            test_normals = {p for d in spec.normal_test for p in list_files(_dir(root, d, f"class '{cls}' normal_test"))}
             normals += sorted(test_normals)
         else:
             order = np.random.default_rng([seed, ci]).permutation(len(normals))
@@ -65,7 +60,7 @@ def make_folder_records(root: str | Path, classes: dict, test_normal_fraction: f
         records += [ImageRecord(p, "test" if p in test_normals else "train", cls, None, None) for p in normals]
         for defect, sub in sorted(spec.defects.items()):
             mask_dir = _dir(root, spec.masks[defect], f"class '{cls}' mask") if defect in spec.masks else None
-            for img in _files(_dir(root, sub, f"class '{cls}' defect '{defect}'")):
+            for img in list_files(_dir(root, sub, f"class '{cls}' defect '{defect}'")):
                 mask = _mask_for(img, mask_dir) if mask_dir else None
                 records.append(ImageRecord(img, "test", cls, defect, mask))
     return records

@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 
 from uniadc_core.datasets.records import ImageRecord
-from uniadc_core.datasets.validate import Checked, DatasetError, check_classes, check_records
+from uniadc_core.datasets.validate import Checked, DatasetError, Problem, check_classes, check_records
 from uniadc_core.priors import Vocabulary, default_prior
 
 ROLES = ("normal_shot", "normal_holdout", "unused_normal", "anomaly_shot", "test")
@@ -27,13 +27,18 @@ SCHEMA = {
 }
 
 
-def records_to_frame(records: list[ImageRecord], allow_missing_masks: bool = False) -> pl.DataFrame:
-    """Validate records (every problem raises, listed in one error) and build the manifest, no roles yet."""
+def records_to_frame(records: list[ImageRecord], allow_missing_masks: bool = False,
+                     on_error: str = "fail") -> tuple[pl.DataFrame, list[Problem]]:
+    """Validate records and build the manifest (no roles yet), with the problems left out.
+
+    ``on_error='fail'`` raises one error listing every problem; ``'skip'`` leaves those files out.
+    A class with no usable normal image is an error either way.
+    """
     good, problems = check_records(records, allow_missing_masks)
-    if problems:
+    if problems and on_error == "fail":
         raise DatasetError(problems)
     check_classes(good)
-    return frame_from_checked(good)
+    return frame_from_checked(good), problems
 
 
 def frame_from_checked(good: list[Checked]) -> pl.DataFrame:

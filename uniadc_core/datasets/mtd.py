@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from uniadc_core.datasets.records import ImageRecord
+from uniadc_core.datasets.records import ImageRecord, list_files
 
 NORMAL = "MT_Free"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}  # .png is the mask beside each image
@@ -27,7 +27,7 @@ def _is_mtd(root: Path) -> bool:
 
 def _images(folder: Path) -> list[Path]:
     sub = folder / "Imgs" if (folder / "Imgs").is_dir() else folder
-    return sorted(p for p in sub.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    return [p for p in list_files(sub) if p.suffix.lower() in IMAGE_SUFFIXES]
 
 
 def _one_class(root: Path, object_class: str, train_list: str, test_normal_fraction: float, seed: int) -> list[ImageRecord]:

@@ -10,12 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from uniadc_core.datasets.records import ImageRecord
-
-
-def _images(folder: Path) -> list[Path]:
-    """Every visible file: validation reports the ones that are not images."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+from uniadc_core.datasets.records import ImageRecord, list_files
 
 
 def make_mvtec_records(root: str | Path) -> list[ImageRecord]:
@@ -32,18 +27,18 @@ def make_mvtec_records(root: str | Path) -> list[ImageRecord]:
     for cls_dir in classes:
         cls = cls_dir.name
         good = cls_dir / "train" / "good"
-        if not good.is_dir() or not _images(good):
+        if not good.is_dir() or not list_files(good):
             msg = f"{good}: no normal training images; every class needs train/good/"
             raise ValueError(msg)
-        records += [ImageRecord(p, "train", cls, None, None) for p in _images(good)]
+        records += [ImageRecord(p, "train", cls, None, None) for p in list_files(good)]
         test = cls_dir / "test"
         if not test.is_dir():
             continue
         for sub in sorted(p for p in test.iterdir() if p.is_dir()):
             if sub.name == "good":
-                records += [ImageRecord(p, "test", cls, None, None) for p in _images(sub)]
+                records += [ImageRecord(p, "test", cls, None, None) for p in list_files(sub)]
                 continue
-            for img in _images(sub):
+            for img in list_files(sub):
                 mask = cls_dir / "ground_truth" / sub.name / f"{img.stem}_mask.png"
                 records.append(ImageRecord(img, "test", cls, sub.name, mask if mask.is_file() else None))
         gt = cls_dir / "ground_truth"

@@ -12,3 +12,8 @@ class ImageRecord(NamedTuple):
     object_class: str
     defect_type: str | None  # None for normal
     mask_path: Path | None
+
+
+def list_files(folder: Path) -> list[Path]:
+    """Every visible file of a folder, sorted (not only image suffixes: validation reports the ones that are not images)."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))

@@ -54,7 +54,8 @@ def test_ingest_applies_the_few_shot_protocol(tiny_dataset):
 
 def test_normal_shots_k_and_too_many_anomaly_shots(tmp_path):
     root = generate_demo(tmp_path / "d", classes=["tile"], train_normals=6, test_normals=2, test_per_defect=2)
-    frame = records_to_frame(make_mvtec_records(root))
+    frame, problems = records_to_frame(make_mvtec_records(root))
+    assert problems == []
     roles = apply_few_shot(frame, normal_shots=2, anomaly_shots=0, seed=0, holdout_fraction=0.5)
     counts = dict(roles.group_by("role").len().iter_rows())
     assert counts == {"normal_shot": 1, "normal_holdout": 1, "unused_normal": 4, "test": 8}
