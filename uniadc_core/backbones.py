@@ -155,12 +155,22 @@ class OpenClipBackbone(nn.Module):
         self.visual.eval()  # frozen: no dropout, no statistics updates
         return self
 
+    @torch.no_grad()
+    def encode_frozen(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The frozen ViT's part: (patch tokens of ``layers`` (B, L, width, h, w), pooled image features (B, joint)).
+
+        Nothing after this is frozen, so training may cache these per sample."""
+        out = self.visual.forward_intermediates(x.contiguous(), indices=self.layers, intermediates_only=False)
+        return torch.stack(out["image_intermediates"], 1), out["image_features"]
+
+    def decode_frozen(self, tokens: torch.Tensor, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The trainable part: per-layer projections summed into a dense map (B, joint, h, w)."""
+        tokens = tokens.to(self.proj[0].weight.dtype)
+        feats = sum(p(tokens[:, i].permute(0, 2, 3, 1)) for i, p in enumerate(self.proj)).permute(0, 3, 1, 2)
+        return feats, pooled.float()
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.no_grad():
-            out = self.visual.forward_intermediates(x.contiguous(), indices=self.layers, intermediates_only=False)
-        tokens = out["image_intermediates"]  # each (B, width, h, w)
-        feats = sum(p(t.permute(0, 2, 3, 1)) for p, t in zip(self.proj, tokens)).permute(0, 3, 1, 2)  # (B, joint, h, w)
-        return feats, out["image_features"]  # (B, joint)
+        return self.decode_frozen(*self.encode_frozen(x))
 
 
 @torch.no_grad()

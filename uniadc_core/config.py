@@ -96,6 +96,7 @@ class ClipConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     backbone: Literal["scratch", "open_clip"] = "scratch"
+    normal_class: Literal["explicit", "implicit"] = "explicit"  # explicit: a learned normal embedding; implicit: a learned normal logit
     image_size: int = 128
     width: int = 24  # channels of the first encoder level; doubles per level
     embed_dim: int = 32  # per-pixel feature and defect-type embedding size
@@ -104,13 +105,25 @@ class TrainConfig:
     lr: float = 0.003
     weight_decay: float = 0.0001
     ema_decay: float = 0.99  # the model kept is an exponential moving average of the weights, per step
-    synthetic_per_epoch: float = 1.0  # synthetic samples per epoch, as a multiple of the real normals
+    synthetic_fraction: float = 0.5  # share of each batch drawn from the synthetic shards
+    shot_fraction: float = 0.05  # share drawn from the real anomaly shots (where there are some); the rest are normals
     min_epoch_samples: int = 128  # few-shot: normals are repeated so an epoch has at least this many samples
     focal_gamma: float = 2.0
     type_loss_weight: float = 1.0
     seed: int = 0
     threads: int = 0  # torch CPU threads; 0 = all cores
+    loader_workers: int = 0  # DataLoader processes reading the shards; 0 = in the training process
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 (else fp16) autocast on cuda, fp32 on cpu
+    cache_features: Literal["auto", "on", "off"] = "auto"  # keep frozen-backbone features of each sample (auto: on for open_clip)
+    feature_cache_gb: float = 4.0  # memory cap of that cache; samples beyond it are recomputed
     clip: ClipConfig = field(default_factory=ClipConfig)  # used when backbone is open_clip
+
+    def __post_init__(self):
+        if self.synthetic_fraction + self.shot_fraction >= 1.0:
+            msg = (f"params keys 'train.synthetic_fraction' ({self.synthetic_fraction}) and 'train.shot_fraction' "
+                   f"({self.shot_fraction}) must sum to less than 1: the rest of each batch is real normal images")
+            raise ConfigError(msg)
 
 
 @dataclass(frozen=True)
@@ -175,7 +188,10 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "train.lr": (lambda v: v > 0, "a number > 0"),
     "train.weight_decay": (lambda v: v >= 0, "a number >= 0"),
     "train.ema_decay": (lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
-    "train.synthetic_per_epoch": (lambda v: v >= 0, "a number >= 0"),
+    "train.synthetic_fraction": (lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
+    "train.shot_fraction": (lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
+    "train.loader_workers": (lambda v: 0 <= v <= 64, "an integer in [0, 64]"),
+    "train.feature_cache_gb": (lambda v: v >= 0, "a number >= 0"),
     "train.min_epoch_samples": (lambda v: v >= 0, "an integer >= 0"),
     "train.focal_gamma": (lambda v: v >= 0, "a number >= 0"),
     "train.type_loss_weight": (lambda v: v >= 0, "a number >= 0"),

@@ -40,6 +40,7 @@ class ModelConfig:
     std: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25])
     classes: dict[str, list[str]] = field(default_factory=dict)  # object class -> its defect types
     resize: str = "stretch"  # how inputs are made square: stretch | pad (from ingest.resize)
+    normal_class: str = "explicit"  # explicit: normal is type embedding 0 | implicit: a learned constant normal logit
     package_version: str = uniadc_core.__version__
     format_version: int = FORMAT_VERSION
 
@@ -70,10 +71,21 @@ class Discriminator(nn.Module):
             options["pretrained"] = ""
         self.backbone, _ = create_backbone(config.backbone, config.width, config.embed_dim, options)
         self.type_embeddings = nn.Parameter(torch.randn(config.num_types + 1, config.embed_dim) * 0.5)  # (K+1, D)
+        if config.normal_class == "implicit":  # no normal embedding: a pixel is normal unless a defect type beats this logit
+            self.type_embeddings = nn.Parameter(torch.randn(config.num_types, config.embed_dim) * 0.5)  # (K, D)
+            self.normal_logit = nn.Parameter(torch.tensor(0.0))
+        elif config.normal_class != "explicit":
+            msg = f"normal_class must be explicit or implicit, got {config.normal_class!r}"
+            raise ValueError(msg)
         self.log_temperature = nn.Parameter(torch.tensor(math.log(0.07)))
         self.register_buffer("mean", torch.tensor(config.mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(config.std).view(1, 3, 1, 1))
         self.to(memory_format=self.memory_format)
+
+    @property
+    def has_frozen_part(self) -> bool:
+        """True when the backbone starts with frozen layers whose outputs can be cached per sample."""
+        return hasattr(self.backbone, "encode_frozen")
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, H, W) -> float, standardised."""
@@ -83,10 +95,26 @@ class Discriminator(nn.Module):
         """uint8 or float images (B, 3, H, W) -> (logits (B, K+1, H, W), embedding (B, E))."""
         x = self.normalise(images) if images.dtype == torch.uint8 else images
         feats, embedding = self.backbone(x.contiguous(memory_format=self.memory_format))
+        return self.head(feats, embedding, images.shape[-2:])
+
+    @torch.no_grad()
+    def encode_frozen(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The frozen backbone's outputs for uint8 images (only when ``has_frozen_part``)."""
+        return self.backbone.encode_frozen(self.normalise(images))
+
+    def forward_frozen(self, frozen: tuple[torch.Tensor, ...], size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward`` from cached ``encode_frozen`` outputs: the trainable layers only."""
+        feats, embedding = self.backbone.decode_frozen(*frozen)
+        return self.head(feats, embedding, size)
+
+    def head(self, feats: torch.Tensor, embedding: torch.Tensor, size) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cosine similarity of per-pixel features and type embeddings, over a learned temperature."""
         feats = F.normalize(feats, dim=1)
         types = F.normalize(self.type_embeddings, dim=1)
         logits = torch.einsum("bdhw,kd->bkhw", feats, types) / self.log_temperature.exp().clamp(min=1e-3)
-        logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        if self.config.normal_class == "implicit":
+            logits = torch.cat([self.normal_logit.expand_as(logits[:, :1]), logits], 1)
+        logits = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
         return logits, embedding
 
     @torch.no_grad()

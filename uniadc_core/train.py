@@ -11,15 +11,14 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
@@ -27,26 +26,21 @@ from tqdm import tqdm
 from uniadc_core.backbones import create_clip, text_type_embeddings
 from uniadc_core.config import TrainConfig
 from uniadc_core.io import atomic_dir, load_image, load_mask, resize
+from uniadc_core.loader import Batch, MixedStream, RowGroup, make_loader, read_row_group, row_groups, shards_fingerprint
 from uniadc_core.metrics import auroc
 from uniadc_core.model import Discriminator, ModelConfig, discriminator_loss, images_to_tensor, predict_from_logits, save_model
 from uniadc_core.priors import Vocabulary
-from uniadc_core.synth.shards import decode_row
 
 log = logging.getLogger(__name__)
 
 
-class Batch(NamedTuple):
-    images: torch.Tensor  # (N, 3, S, S) uint8
-    masks: torch.Tensor  # (N, S, S) uint8 defect index, 0 = normal
-    classes: list[str]
-
-
 @dataclass
 class TrainData:
-    normals: Batch
-    shots: Batch
-    synthetic: Batch
-    val: Batch
+    normals: Batch  # real normal shots, in memory
+    shots: Batch  # real anomaly shots, in memory
+    val: Batch  # held-out normals + the validation tenth of the synthetic samples
+    units: list[RowGroup] = field(default_factory=list)  # synthetic training samples, streamed from the shards
+    synthetic_fingerprint: str = ""
 
 
 def _real(frame: pl.DataFrame, vocab: Vocabulary, size: int) -> Batch:
@@ -75,77 +69,93 @@ def _cat(a: Batch, b: Batch) -> Batch:
     return Batch(torch.cat([a.images, b.images]), torch.cat([a.masks, b.masks]), a.classes + b.classes)
 
 
-def is_validation_sample(sample_id: str) -> bool:
-    """A fixed tenth of the synthetic samples, chosen by a hash of the id, is kept for checkpoint choice."""
-    return int(hashlib.sha256(sample_id.encode()).hexdigest()[:4], 16) % 10 == 0
-
-
-def synthetic_batches(table: pa.Table, size: int) -> tuple[Batch, Batch]:
-    """(train, validation) batches of the synthetic samples."""
-    parts: dict[bool, tuple[list, list, list]] = {False: ([], [], []), True: ([], [], [])}
-    for row in table.to_pylist():
-        image, mask = decode_row(row)
-        dest = parts[is_validation_sample(row["sample_id"])]
-        dest[0].append(resize(image, size))
-        dest[1].append(resize(mask, size, nearest=True))
-        dest[2].append(row["object_class"])
-    return _batch(*parts[False]), _batch(*parts[True])
-
-
-def load_train_data(manifest: pl.DataFrame, vocab: Vocabulary, synthetic: pa.Table, size: int) -> TrainData:
+def load_train_data(manifest: pl.DataFrame, vocab: Vocabulary, synthetic_dir: str | Path | None, size: int) -> TrainData:
+    """Real images into memory; the synthetic shards' row groups listed for streaming (their validation tenth read now)."""
     normals = _real(manifest.filter(pl.col("role") == "normal_shot"), vocab, size)
     if len(normals.classes) == 0:
         msg = "the manifest has no normal_shot images; training needs normal images (check ingest.normal_shots)"
         raise ValueError(msg)
     shots = _real(manifest.filter(pl.col("role") == "anomaly_shot"), vocab, size)
     holdout = _real(manifest.filter(pl.col("role") == "normal_holdout"), vocab, size)
-    syn_train, syn_val = synthetic_batches(synthetic, size)
-    return TrainData(normals, shots, syn_train, _cat(holdout, syn_val))
+    units = row_groups(synthetic_dir) if synthetic_dir is not None else []
+    val_rows = [r for unit in units for r in read_row_group(unit, size, validation=True)]
+    syn_val = _batch([r[2] for r in val_rows], [r[3] for r in val_rows], [r[1] for r in val_rows])
+    fingerprint = shards_fingerprint(synthetic_dir) if synthetic_dir is not None else ""
+    return TrainData(normals, shots, _cat(holdout, syn_val), units, fingerprint)
 
 
-def _augment(images: torch.Tensor, masks: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random horizontal and vertical flips per sample."""
-    n = images.shape[0]
-    for dim in (-1, -2):
-        flip = torch.rand(n, generator=gen) < 0.5
-        images = torch.where(flip.view(n, 1, 1, 1), images.flip(dim), images)
-        masks = torch.where(flip.view(n, 1, 1), masks.flip(dim), masks)
-    return images, masks
+def samples_per_epoch(data: TrainData, cfg: TrainConfig) -> int:
+    """Enough samples for every normal once at its share of the batch (at least ``min_epoch_samples``)."""
+    p_syn = cfg.synthetic_fraction if data.units else 0.0
+    p_shot = cfg.shot_fraction if data.shots.classes else 0.0
+    return max(cfg.min_epoch_samples, math.ceil(len(data.normals.classes) / (1.0 - p_syn - p_shot)))
 
 
-def _epoch_indices(data: TrainData, cfg: TrainConfig, gen: torch.Generator) -> list[tuple[str, int]]:
-    """One epoch's samples: every normal once (topped up at random to half of ``min_epoch_samples``
-    in few-shot settings), anomaly shots at about a tenth of that, synthetic samples in proportion."""
-    n = len(data.normals.classes)
-    n_real = max(n, cfg.min_epoch_samples // 2)
-    picks = list(range(n)) + [int(i) for i in torch.randint(n, (n_real - n,), generator=gen)]
-    items = [("normals", i) for i in picks]
-    if data.shots.classes:  # real anomalies are rare: repeat them so they weigh like ~10% of the normals
-        reps = max(1, round(0.1 * n_real / len(data.shots.classes)))
-        items += [("shots", i) for i in range(len(data.shots.classes))] * reps
-    n_syn = len(data.synthetic.classes)
-    if n_syn:
-        k = int(round(cfg.synthetic_per_epoch * n_real))
-        items += [("synthetic", int(i)) for i in torch.randint(n_syn, (k,), generator=gen)]
-    order = torch.randperm(len(items), generator=gen)
-    return [items[i] for i in order]
+def resolve_device(cfg: TrainConfig) -> torch.device:
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        msg = "train.device is cuda but torch sees no CUDA device; set train.device: auto or cpu"
+        raise RuntimeError(msg)
+    return torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
 
 
-def _gather(data: TrainData, items: list[tuple[str, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    images = torch.stack([getattr(data, src).images[i] for src, i in items])
-    masks = torch.stack([getattr(data, src).masks[i] for src, i in items])
-    return images, masks
+def resolve_precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32."""
+    choice = cfg.precision
+    if choice == "auto":
+        if device.type != "cuda":
+            return None
+        choice = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if choice == "fp16" and device.type != "cuda":
+        msg = "train.precision fp16 needs a CUDA device; use bf16 or fp32 on cpu"
+        raise ValueError(msg)
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[choice]
+
+
+class FeatureCache:
+    """Frozen-backbone outputs per sample key (the key includes the flips), stored in half precision
+    up to a memory cap. Exact for the trainable layers up to that rounding; nothing is cached for a
+    backbone without a frozen part."""
+
+    def __init__(self, max_gb: float, device: torch.device):
+        self.max_bytes, self.device = int(max_gb * 2**30), device
+        self.store: dict[str, tuple[torch.Tensor, ...]] = {}
+        self.bytes = self.hits = self.misses = 0
+
+    def frozen(self, model: Discriminator, images: torch.Tensor, keys: list[str]) -> tuple[torch.Tensor, ...]:
+        todo = [i for i, k in enumerate(keys) if k not in self.store]
+        self.hits += len(keys) - len(todo)
+        self.misses += len(todo)
+        fresh = {}
+        if todo:
+            out = model.encode_frozen(images[todo])
+            for j, i in enumerate(todo):
+                parts = tuple(t[j].to(self.device, torch.float16) for t in out)
+                fresh[keys[i]] = parts
+                size = sum(t.numel() * t.element_size() for t in parts)
+                if self.bytes + size <= self.max_bytes:
+                    self.store[keys[i]] = parts
+                    self.bytes += size
+        rows = [self.store.get(k) or fresh[k] for k in keys]
+        return tuple(torch.stack([r[n] for r in rows]).to(images.device) for n in range(len(rows[0])))
 
 
 @torch.no_grad()
-def validate(model: Discriminator, val: Batch, cfg: TrainConfig, batch_size: int = 32) -> dict[str, float]:
+def validate(model: Discriminator, val: Batch, cfg: TrainConfig, device: torch.device | None = None,
+             amp: torch.dtype | None = None, cache: FeatureCache | None = None, batch_size: int = 32) -> dict[str, float]:
+    device = device or torch.device("cpu")
     model.eval()
     losses, scores = [], []
     for i in range(0, len(val.classes), batch_size):
-        images, masks = val.images[i:i + batch_size], val.masks[i:i + batch_size].long()
-        logits, emb = model(images)
+        images, masks = val.images[i:i + batch_size].to(device), val.masks[i:i + batch_size].to(device).long()
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            if cache is not None:
+                keys = [f"val:{j}" for j in range(i, i + len(images))]
+                logits, emb = model.forward_frozen(cache.frozen(model, images, keys), images.shape[-2:])
+            else:
+                logits, emb = model(images)
+        logits = logits.float()
         losses.append(discriminator_loss(logits, masks, cfg.focal_gamma, cfg.type_loss_weight)["loss"].item() * len(images))
-        scores.append(predict_from_logits(logits, emb).score)
+        scores.append(predict_from_logits(logits, emb.float()).score.cpu())
     labels = (val.masks.flatten(1).amax(1) > 0).numpy()
     out = {"val_loss": float(np.sum(losses) / max(1, len(val.classes)))}
     if 0 < labels.sum() < len(labels):
@@ -172,29 +182,30 @@ def _update_ema(ema: Discriminator, model: Discriminator, decay: float) -> None:
 
 
 def _fingerprint(data: TrainData, cfg: TrainConfig, vocab: Vocabulary) -> str:
-    """What a checkpoint must match to be resumed: config, vocabulary and the training tensors."""
-    h = hashlib.sha256(json.dumps([dataclasses.asdict(cfg), vocab.defect_types], sort_keys=True).encode())
-    for part in (data.normals, data.shots, data.synthetic, data.val):
+    """What a checkpoint must match to be resumed: config, vocabulary, the real tensors and the shards."""
+    h = hashlib.sha256(json.dumps([dataclasses.asdict(cfg), vocab.defect_types, data.synthetic_fingerprint], sort_keys=True).encode())
+    for part in (data.normals, data.shots, data.val):
         h.update(str(tuple(part.images.shape)).encode())
         h.update(str(int(part.images.sum())).encode() + str(int(part.masks.sum())).encode())
     return h.hexdigest()[:16]
 
 
-def _save_checkpoint(path: Path, model, ema, best_state, opt, sched, gen, progress: dict) -> None:
-    """Everything needed to continue after ``progress['epoch']``; replaced atomically."""
+def _save_checkpoint(path: Path, model, ema, best_state, opt, sched, scaler, progress: dict) -> None:
+    """Everything needed to continue after ``progress['epoch']``; replaced atomically.
+
+    The sample stream needs no state: its random choices are seeded by (seed, epoch, worker)."""
     with atomic_dir(path) as tmp:
-        tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
-        tensors.update({f"ema.{k}": v.detach().contiguous() for k, v in ema.state_dict().items()})
+        tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        tensors.update({f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.state_dict().items()})
         if best_state is not None:
-            tensors.update({f"best.{k}": v.detach().contiguous() for k, v in best_state.items()})
-        tensors["rng.generator"] = gen.get_state()
+            tensors.update({f"best.{k}": v.detach().cpu().contiguous() for k, v in best_state.items()})
         tensors["rng.torch"] = torch.get_rng_state()
         save_file(tensors, str(tmp / "state.safetensors"))
-        torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, tmp / "optimizer.pt")
+        torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict()}, tmp / "optimizer.pt")
         (tmp / "progress.json").write_text(json.dumps(progress, indent=2))
 
 
-def _load_checkpoint(path: Path, fingerprint: str, model, ema, opt, sched, gen) -> tuple[dict | None, dict]:
+def _load_checkpoint(path: Path, fingerprint: str, model, ema, opt, sched, scaler) -> tuple[dict | None, dict]:
     """(best_state, progress) from a matching checkpoint, else (None, {})."""
     progress_file = path / "progress.json"
     if not progress_file.is_file():
@@ -207,32 +218,17 @@ def _load_checkpoint(path: Path, fingerprint: str, model, ema, opt, sched, gen) 
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
     best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
-    gen.set_state(tensors["rng.generator"])
     torch.set_rng_state(tensors["rng.torch"])
     states = torch.load(path / "optimizer.pt", weights_only=True)  # plain tensors and numbers only
     opt.load_state_dict(states["optimizer"])
     sched.load_state_dict(states["scheduler"])
+    scaler.load_state_dict(states["scaler"])
     log.info("train: resuming from %s after epoch %d", path, progress["epoch"])
     return best, progress
 
 
-def train_discriminator(
-    data: TrainData,
-    vocab: Vocabulary,
-    cfg: TrainConfig,
-    progress: bool = True,
-    checkpoint: str | Path | None = None,
-    stop_after: int | None = None,
-) -> tuple[Discriminator, list[dict]]:
-    """Train and return the model at its best validation loss, with the per-epoch history.
-
-    With ``checkpoint``, the state after every epoch is saved there and a matching checkpoint is
-    resumed; ``stop_after`` ends the run after that many epochs in total (the checkpoint remains).
-    """
-    torch.manual_seed(cfg.seed)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    gen = torch.Generator().manual_seed(cfg.seed)
+def build_model(data: TrainData, vocab: Vocabulary, cfg: TrainConfig) -> Discriminator:
+    """A fresh discriminator for the config: open_clip type embeddings start at their text embeddings."""
     mean, std = channel_stats(data.normals.images)
     options, size, embed_dim, type_init = {}, cfg.image_size, cfg.embed_dim, None
     if cfg.backbone == "open_clip":
@@ -257,30 +253,67 @@ def train_discriminator(
         std=std,
         classes={c: sorted(t) for c, t in vocab.classes.items()},
         resize=vocab.resize,
+        normal_class=cfg.normal_class,
     )
     model = Discriminator(config)
     if type_init is not None:
-        model.type_embeddings.data.copy_(type_init)
+        model.type_embeddings.data.copy_(type_init if cfg.normal_class == "explicit" else type_init[1:])
+    return model
+
+
+def train_discriminator(
+    data: TrainData,
+    vocab: Vocabulary,
+    cfg: TrainConfig,
+    progress: bool = True,
+    checkpoint: str | Path | None = None,
+    stop_after: int | None = None,
+) -> tuple[Discriminator, list[dict]]:
+    """Train and return the model at its best validation loss, with the per-epoch history.
+
+    With ``checkpoint``, the state after every epoch is saved there and a matching checkpoint is
+    resumed; ``stop_after`` ends the run after that many epochs in total (the checkpoint remains).
+    """
+    torch.manual_seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device, amp = resolve_device(cfg), None
+    amp = resolve_precision(cfg, device)
+    model = build_model(data, vocab, cfg).to(device)
+    use_cache = model.has_frozen_part and cfg.cache_features != "off" and cfg.feature_cache_gb > 0
+    cache = FeatureCache(cfg.feature_cache_gb, device) if use_cache else None
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = max(1, len(_epoch_indices(data, cfg, torch.Generator().manual_seed(0))) // cfg.batch_size)
+    steps_per_epoch = max(1, samples_per_epoch(data, cfg) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.15)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     ema = copy.deepcopy(model).requires_grad_(False)  # moving average of the weights: steadier than the last step
     fingerprint = _fingerprint(data, cfg, vocab)
-    best_state, state = _load_checkpoint(Path(checkpoint), fingerprint, model, ema, opt, sched, gen) if checkpoint else (None, {})
+    best_state, state = _load_checkpoint(Path(checkpoint), fingerprint, model, ema, opt, sched, scaler) if checkpoint else (None, {})
     start, best, history = state.get("epoch", 0), state.get("best", float("inf")), state.get("history", [])
     last = cfg.epochs if stop_after is None else min(cfg.epochs, stop_after)
+    stream = MixedStream(data.normals, data.shots, data.units, data.normals.images.shape[-1], cfg.batch_size, steps_per_epoch,
+                         cfg.synthetic_fraction, cfg.shot_fraction, cfg.seed)
+    loader = make_loader(stream, cfg.loader_workers, pin_memory=device.type == "cuda")
+    log.info("train: %s, %s, %d steps of %d per epoch, %d loader worker(s)%s", device, amp or "fp32", steps_per_epoch,
+             cfg.batch_size, cfg.loader_workers, ", frozen features cached" if cache else "")
     bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=start * steps_per_epoch, desc="train", unit="step", disable=not progress)
     for epoch in range(start, last):
         model.train()
-        t0, items, sums = time.perf_counter(), _epoch_indices(data, cfg, gen), {}
-        for step in range(steps_per_epoch):
-            images, masks = _gather(data, items[step * cfg.batch_size:(step + 1) * cfg.batch_size])
-            images, masks = _augment(images, masks, gen)
-            logits, _ = model(images)
-            parts = discriminator_loss(logits, masks.long(), cfg.focal_gamma, cfg.type_loss_weight)
+        stream.set_epoch(epoch)
+        t0, sums = time.perf_counter(), {}
+        for batch in loader:
+            images = batch["image"].to(device, non_blocking=True)
+            masks = batch["mask"].to(device, non_blocking=True).long()
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                if cache is not None:
+                    logits, _ = model.forward_frozen(cache.frozen(model, images, batch["key"]), images.shape[-2:])
+                else:
+                    logits, _ = model(images)
+            parts = discriminator_loss(logits.float(), masks, cfg.focal_gamma, cfg.type_loss_weight)
             opt.zero_grad(set_to_none=True)
-            parts["loss"].backward()
-            opt.step()
+            scaler.scale(parts["loss"]).backward()
+            scaler.step(opt)
+            scaler.update()
             sched.step()
             _update_ema(ema, model, cfg.ema_decay)
             for k, v in parts.items():
@@ -288,7 +321,7 @@ def train_discriminator(
             bar.update()
             bar.set_postfix(loss=f"{parts['loss'].item():.3f}")
         record = {"epoch": epoch + 1, **{f"train_{k}": v / steps_per_epoch for k, v in sums.items()}}
-        record.update(validate(ema, data.val, cfg) if data.val.classes else {})
+        record.update(validate(ema, data.val, cfg, device, amp, cache) if data.val.classes else {})
         record["seconds"] = time.perf_counter() - t0
         history.append(record)
         score = record.get("val_loss", record["train_loss"])
@@ -297,12 +330,14 @@ def train_discriminator(
             record["best"] = True
         log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()})
         if checkpoint:
-            _save_checkpoint(Path(checkpoint), model, ema, best_state, opt, sched, gen,
+            _save_checkpoint(Path(checkpoint), model, ema, best_state, opt, sched, scaler,
                              {"epoch": epoch + 1, "best": best, "history": history, "fingerprint": fingerprint})
     bar.close()
+    if cache is not None:
+        log.info("train: feature cache %d hits, %d misses, %.1f MiB", cache.hits, cache.misses, cache.bytes / 2**20)
     if best_state is not None:
         ema.load_state_dict(best_state)
-    return ema.eval(), history
+    return ema.cpu().eval(), history
 
 
 def checkpoint_path(out_dir: str | Path) -> Path:
@@ -311,11 +346,11 @@ def checkpoint_path(out_dir: str | Path) -> Path:
     return out_dir.with_name(f".{out_dir.name}.checkpoint")
 
 
-def train(manifest: pl.DataFrame, vocab: Vocabulary, synthetic: pa.Table, cfg: TrainConfig, out_dir: str | Path) -> Path:
+def train(manifest: pl.DataFrame, vocab: Vocabulary, synthetic_dir: str | Path | None, cfg: TrainConfig, out_dir: str | Path) -> Path:
     """Train (resuming an interrupted run of the same data and params) and save the model directory."""
-    data = load_train_data(manifest, vocab, synthetic, cfg.image_size)
-    log.info("train: %d normals, %d anomaly shots, %d synthetic, %d validation samples",
-             len(data.normals.classes), len(data.shots.classes), len(data.synthetic.classes), len(data.val.classes))
+    data = load_train_data(manifest, vocab, synthetic_dir, cfg.image_size)
+    log.info("train: %d normals, %d anomaly shots, %d synthetic (streamed from %d row groups), %d validation samples",
+             len(data.normals.classes), len(data.shots.classes), sum(u.rows for u in data.units), len(data.units), len(data.val.classes))
     ckpt = checkpoint_path(out_dir)
     model, history = train_discriminator(data, vocab, cfg, checkpoint=ckpt)
     path = save_model(model, out_dir, extra={"history.json": history})

@@ -11,8 +11,7 @@ from uniadc_core.backbones import create_backbone, create_clip, resolve_pretrain
 from uniadc_core.config import ClipConfig
 from uniadc_core.model import load_model, save_model
 from uniadc_core.synth import load_inputs
-from uniadc_core.synth.shards import read_samples
-from uniadc_core.train import load_train_data, train_discriminator
+from uniadc_core.train import FeatureCache, build_model, load_train_data, train_discriminator
 
 TINY_CLIP = {"embed_dim": 16, "vision_cfg": {"image_size": 64, "layers": 2, "width": 32, "patch_size": 16, "head_width": 16},
              "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}}
@@ -63,7 +62,7 @@ def test_train_save_load_round_trip_with_open_clip(tiny_dataset, tiny_shards, cl
     manifest, vocab = load_inputs(manifest_path, vocab_path)
     cfg = replace(TINY_TRAIN, backbone="open_clip", epochs=1,
                   clip=ClipConfig(model_name="uniadc-tiny-clip", pretrained="", layers=[0, 1], config_dir=str(clip_dir)))
-    data = load_train_data(manifest, vocab, read_samples(tiny_shards), 64)
+    data = load_train_data(manifest, vocab, tiny_shards, 64)
     model, history = train_discriminator(data, vocab, cfg, progress=False)
     assert model.config.embed_dim == 16 and model.config.mean[0] == pytest.approx(0.4815, abs=1e-4)
     assert len(history) == 1
@@ -73,4 +72,49 @@ def test_train_save_load_round_trip_with_open_clip(tiny_dataset, tiny_shards, cl
     a, b = model.predict(x), loaded.predict(x)
     assert torch.allclose(a.anomaly_map, b.anomaly_map, atol=1e-5) and torch.equal(a.pixel_types, b.pixel_types)
     with pytest.raises(ValueError, match="takes 64 px; set train.image_size: 64"):
-        train_discriminator(load_train_data(manifest, vocab, read_samples(tiny_shards), 32), vocab, cfg, progress=False)
+        train_discriminator(load_train_data(manifest, vocab, tiny_shards, 32), vocab, cfg, progress=False)
+
+
+def _clip_cfg(clip_dir, **kw):
+    return replace(TINY_TRAIN, backbone="open_clip", epochs=2,
+                   clip=ClipConfig(model_name="uniadc-tiny-clip", pretrained="", layers=[0, 1], config_dir=str(clip_dir)), **kw)
+
+
+def test_cached_frozen_features_give_the_same_outputs_and_training(tiny_dataset, tiny_shards, clip_dir):
+    _, manifest_path, vocab_path = tiny_dataset
+    manifest, vocab = load_inputs(manifest_path, vocab_path)
+    data = load_train_data(manifest, vocab, tiny_shards, 64)
+    model = build_model(data, vocab, _clip_cfg(clip_dir)).eval()
+    assert model.has_frozen_part and not build_model(data, vocab, TINY_TRAIN).has_frozen_part
+    cache = FeatureCache(1.0, torch.device("cpu"))
+    images, keys = data.val.images[:4], [f"k{i}" for i in range(4)]
+    with torch.no_grad():
+        direct, _ = model(images)
+        cached, _ = model.forward_frozen(cache.frozen(model, images, keys), images.shape[-2:])
+        again, _ = model.forward_frozen(cache.frozen(model, images, keys), images.shape[-2:])
+    assert cache.misses == 4 and cache.hits == 4 and cache.bytes > 0
+    assert torch.allclose(direct, cached, atol=0.05, rtol=0.01) and torch.equal(cached, again)  # half-precision storage
+    # a cap of zero bytes stores nothing and still gives the outputs
+    tiny = FeatureCache(0.0, torch.device("cpu"))
+    with torch.no_grad():
+        capped, _ = model.forward_frozen(tiny.frozen(model, images, keys), images.shape[-2:])
+    assert torch.equal(capped, cached) and not tiny.store
+    on, h_on = train_discriminator(data, vocab, _clip_cfg(clip_dir, cache_features="on"), progress=False)
+    off, h_off = train_discriminator(data, vocab, _clip_cfg(clip_dir, cache_features="off"), progress=False)
+    for a, b in zip(h_on, h_off, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=0.02)
+
+
+def test_implicit_normal_class_trains_saves_and_loads(tiny_dataset, tiny_shards, tmp_path):
+    _, manifest_path, vocab_path = tiny_dataset
+    manifest, vocab = load_inputs(manifest_path, vocab_path)
+    data = load_train_data(manifest, vocab, tiny_shards, 64)
+    model, history = train_discriminator(data, vocab, replace(TINY_TRAIN, normal_class="implicit"), progress=False)
+    assert model.type_embeddings.shape == (len(vocab.defect_types), 8)
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    save_model(model, tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    assert loaded.config.normal_class == "implicit" and "normal_logit" in loaded.state_dict()
+    x = data.val.images[:3]
+    a, b = model.predict(x), loaded.predict(x)
+    assert torch.equal(a.anomaly_map, b.anomaly_map) and a.type_probs.shape == (3, len(vocab.defect_types))

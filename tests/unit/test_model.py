@@ -6,7 +6,6 @@ import torch
 from tests.conftest import TINY_TRAIN
 from uniadc_core.model import Discriminator, ModelConfig, discriminator_loss, load_model, save_model
 from uniadc_core.synth import load_inputs
-from uniadc_core.synth.shards import read_samples
 from uniadc_core.train import load_train_data, train_discriminator
 
 
@@ -72,7 +71,7 @@ def test_loss_prefers_the_right_answer():
 def test_training_reduces_loss_and_keeps_the_best_epoch(tiny_dataset, tiny_shards):
     _, manifest_path, vocab_path = tiny_dataset
     manifest, vocab = load_inputs(manifest_path, vocab_path)
-    data = load_train_data(manifest, vocab, read_samples(tiny_shards), TINY_TRAIN.image_size)
+    data = load_train_data(manifest, vocab, tiny_shards, TINY_TRAIN.image_size)
     assert len(data.val.classes) > 0 and len(data.shots.classes) == 6
     model, history = train_discriminator(data, vocab, TINY_TRAIN, progress=False)
     assert len(history) == TINY_TRAIN.epochs
@@ -86,7 +85,7 @@ def test_interrupted_training_resumes_to_the_same_model(tiny_dataset, tiny_shard
 
     _, manifest_path, vocab_path = tiny_dataset
     manifest, vocab = load_inputs(manifest_path, vocab_path)
-    data = load_train_data(manifest, vocab, read_samples(tiny_shards), TINY_TRAIN.image_size)
+    data = load_train_data(manifest, vocab, tiny_shards, TINY_TRAIN.image_size)
     cfg = replace(TINY_TRAIN, epochs=3)
     straight, h1 = train_discriminator(data, vocab, cfg, progress=False)
     ckpt = tmp_path / "ckpt"

@@ -1,0 +1,177 @@
+"""Training samples as a stream: real images in memory, synthetic samples read from the Parquet
+shards one row group at a time, mixed by configured shares and split across DataLoader workers.
+
+    units = row_groups(synthetic_dir)               # (shard, row group) pairs of the complete index
+    stream = MixedStream(normals, shots, units, ...)
+    loader = make_loader(stream, batch_size, workers)
+    stream.set_epoch(e); for batch in loader: ...    # batch["image"] (B, 3, S, S) uint8, ["mask"], ["key"]
+
+Determinism: every random choice comes from generators seeded by (seed, epoch, worker), and the
+DataLoader returns batches in worker order, so a seed and a worker count fix the batches exactly.
+Only a tenth of the synthetic samples (chosen by a hash of the id) is kept out for validation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing as mp
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from uniadc_core.io import read_json, resize
+from uniadc_core.synth.shards import complete_shards, decode_row
+
+START_METHOD = "forkserver"
+
+
+class Batch(NamedTuple):
+    """Samples held in memory."""
+
+    images: torch.Tensor  # (N, 3, S, S) uint8
+    masks: torch.Tensor  # (N, S, S) uint8 defect index, 0 = normal
+    classes: list[str]
+
+
+@dataclass(frozen=True)
+class RowGroup:
+    """One unit of streaming work: a row group of a complete shard."""
+
+    path: str
+    index: int
+    rows: int
+
+
+def is_validation_sample(sample_id: str) -> bool:
+    """A fixed tenth of the synthetic samples, chosen by a hash of the id, is kept for checkpoint choice."""
+    return int(hashlib.sha256(sample_id.encode()).hexdigest()[:4], 16) % 10 == 0
+
+
+def row_groups(synthetic_dir: str | Path) -> list[RowGroup]:
+    """Every row group of the complete shards, in shard order."""
+    units = []
+    for path in complete_shards(synthetic_dir):
+        meta = pq.ParquetFile(path).metadata
+        units += [RowGroup(str(path), i, meta.row_group(i).num_rows) for i in range(meta.num_row_groups)]
+    return units
+
+
+def shards_fingerprint(synthetic_dir: str | Path) -> str:
+    """The index's plan fingerprint and shard checksums: what a training checkpoint was made from."""
+    index = read_json(Path(synthetic_dir) / "index.json")
+    h = hashlib.sha256(str(index.get("fingerprint")).encode())
+    for name, entry in sorted(index.get("shards", {}).items()):
+        h.update(f"{name}:{entry['sha256']}".encode())
+    return h.hexdigest()[:16]
+
+
+def read_row_group(unit: RowGroup, size: int, validation: bool = False) -> list[tuple[str, str, np.ndarray, np.ndarray]]:
+    """(sample id, object class, image (S, S, 3), mask (S, S)) of one row group's training rows, or of its validation rows."""
+    table = pq.ParquetFile(unit.path).read_row_group(unit.index, columns=["sample_id", "object_class", "image_png", "mask_png"])
+    out = []
+    for row in table.to_pylist():
+        if is_validation_sample(row["sample_id"]) != validation:
+            continue
+        image, mask = decode_row(row)
+        out.append((row["sample_id"], row["object_class"], resize(image, size), resize(mask, size, nearest=True)))
+    return out
+
+
+def _seed(*parts: int) -> int:
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") & ((1 << 63) - 1)
+
+
+class MixedStream(IterableDataset):
+    """``steps`` batches per epoch; each sample is synthetic with probability ``synthetic_fraction``,
+    a real anomaly shot with ``shot_fraction`` (when there are shots), else a real normal.
+
+    Normals are visited in a fresh random order each epoch (cycled when the epoch needs more);
+    synthetic row groups are shuffled per epoch and dealt to the workers, rows shuffled within
+    each group. Random horizontal and vertical flips are applied per sample and recorded in the key.
+    """
+
+    def __init__(self, normals: Batch, shots: Batch, units: list[RowGroup], image_size: int, batch_size: int, steps: int,
+                 synthetic_fraction: float, shot_fraction: float, seed: int, augment: bool = True):
+        super().__init__()
+        self.normals, self.shots, self.units = normals, shots, list(units)
+        self.image_size, self.batch_size, self.steps = image_size, batch_size, steps
+        self.p_syn = synthetic_fraction if self.units else 0.0
+        self.p_shot = shot_fraction if len(shots.classes) else 0.0
+        self.seed, self.augment = seed, augment
+        # shared with persistent DataLoader workers, which keep their own copy of everything else
+        self._epoch = mp.get_context(START_METHOD).RawValue("q", 0)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch.value)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Call before iterating the loader for that epoch."""
+        self._epoch.value = epoch
+
+    def __len__(self) -> int:
+        return self.steps * self.batch_size
+
+    def _synthetic(self, units: list[RowGroup], gen: torch.Generator) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
+        while True:
+            produced = False
+            for unit in units:
+                rows = read_row_group(unit, self.image_size)
+                for i in torch.randperm(len(rows), generator=gen).tolist():
+                    sid, _, image, mask = rows[i]
+                    produced = True
+                    yield f"syn:{sid}", torch.from_numpy(np.array(image)).permute(2, 0, 1), torch.from_numpy(np.array(mask))
+            if not produced:  # no training rows at all (every row is a validation sample)
+                return
+
+    def _normals(self, gen: torch.Generator) -> Iterator[int]:
+        while True:
+            yield from torch.randperm(len(self.normals.classes), generator=gen).tolist()
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        wid, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        order = torch.randperm(len(self.units), generator=torch.Generator().manual_seed(_seed(self.seed, self.epoch))).tolist()
+        mine = [self.units[i] for i in order[wid::workers]] or [self.units[i] for i in order]
+        gen = torch.Generator().manual_seed(_seed(self.seed, self.epoch, wid))
+        synthetic, normals = self._synthetic(mine, gen), self._normals(gen)
+        for _ in range(wid, self.steps, workers):  # this worker's batches; the DataLoader takes them in turn
+            for _ in range(self.batch_size):
+                u = torch.rand((), generator=gen).item()
+                item = next(synthetic, None) if u < self.p_syn else None
+                if item is None and u < self.p_syn + self.p_shot and self.p_shot:
+                    i = int(torch.randint(len(self.shots.classes), (), generator=gen))
+                    item = (f"shot:{i}", self.shots.images[i], self.shots.masks[i])
+                if item is None:
+                    i = next(normals)
+                    item = (f"normal:{i}", self.normals.images[i], self.normals.masks[i])
+                key, image, mask = item
+                if self.augment:
+                    flips = (torch.rand(2, generator=gen) < 0.5).tolist()
+                    dims = [d for d, f in zip((-1, -2), flips) if f]
+                    if dims:
+                        image, mask = image.flip(dims), mask.flip(dims)
+                    key = f"{key}|{int(flips[0])}{int(flips[1])}"
+                yield {"image": image.contiguous(), "mask": mask.contiguous(), "key": key}
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # decoding is per sample; the training process keeps the cores
+
+
+def make_loader(stream: MixedStream, workers: int = 0, pin_memory: bool = False) -> DataLoader:
+    """Batches of the stream; with ``workers`` > 0, row groups are read and decoded in that many processes.
+
+    Workers are started once (persistent) from a clean forkserver process: a plain fork would copy
+    whatever threads and exit handlers the caller runs (a Prefect flow run, MLflow) into each worker.
+    """
+    if not workers:
+        return DataLoader(stream, batch_size=stream.batch_size)
+    return DataLoader(stream, batch_size=stream.batch_size, num_workers=workers, pin_memory=pin_memory,
+                      worker_init_fn=_worker_init, prefetch_factor=4, persistent_workers=True,
+                      multiprocessing_context=START_METHOD)
