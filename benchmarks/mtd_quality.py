@@ -1,7 +1,11 @@
 """MTD quality benchmark: the whole pipeline on the Magnetic Tile Defect dataset in UniADC's settings.
 
     .venv/bin/python benchmarks/mtd_quality.py [--root ../shared/datasets/mtd] [--settings all]
-        [--epochs 12] [--image-size 128] [--out benchmarks/results/mtd_quality]
+        [--epochs 12] [--image-size 128] [--set train.normal_class=implicit ...] [--label NAME]
+        [--out benchmarks/results/mtd_quality]
+
+``--set`` overrides any params key (as ``dvc exp run -S`` does) and ``--label`` names the run in the
+ablation log: every run is appended to ``<out>_ablation.json`` and ``<out>_ablation.md`` lists them all.
 
 Settings: 2 normal shots or all 761 train normals, with 0 or 1 anomaly shot per defect type.
 Each runs ingest -> synthesize -> train -> fit_cada -> evaluate with the library calls the Prefect
@@ -22,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -51,15 +56,26 @@ SETTINGS = {
 COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "type_accuracy", "miou")
 
 
-def run_setting(name: str, root: Path, work: Path, epochs: int, image_size: int) -> dict:
+def _override(data: dict, assignment: str) -> None:
+    key, _, raw = assignment.partition("=")
+    *parents, leaf = key.split(".")
+    for part in parents:
+        data = data.setdefault(part, {})
+    data[leaf] = yaml.safe_load(raw)
+
+
+def run_setting(name: str, root: Path, work: Path, epochs: int, image_size: int, overrides: list[str] = ()) -> dict:
     base = load_params(ROOT / "params.yaml")
     shots = SETTINGS[name]
-    params = parse_params({
+    raw = {
         # one MTD image (MT_Uneven/exp4_num_124690) has an all-soft mask: kept, without pixel truth
         "ingest": {"kind": "mtd", "root": str(root), "seed": 0, "holdout_fraction": 0.25, "allow_missing_masks": True, **shots},
         "synthesize": {"image_size": image_size, "samples_per_type": 120},
         "train": {"image_size": image_size, "epochs": epochs, "min_epoch_samples": 256},
-    })
+    }
+    for assignment in overrides:
+        _override(raw, assignment)
+    params = parse_params(raw)
     params = dataclasses.replace(params, fit_cada=base.fit_cada, evaluate=base.evaluate)
     shutil.rmtree(work, ignore_errors=True)
     times: dict[str, float] = {}
@@ -79,7 +95,7 @@ def run_setting(name: str, root: Path, work: Path, epochs: int, image_size: int)
     model = load_model(work / "models/discriminator")
     timed("fit_cada", fit, model, manifest, samples, params.fit_cada, work / "models/cada")
     metrics = timed("evaluate", evaluate, model, load_cada(work / "models/cada"), manifest, params.evaluate, work / "reports")
-    return {"setting": name, **shots, "metrics": metrics, "seconds": times}
+    return {"setting": name, **shots, "overrides": list(overrides), "metrics": metrics, "seconds": times}
 
 
 def table(results: list[dict]) -> str:
@@ -94,12 +110,33 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def log_ablation(out: Path, result: dict) -> None:
+    """Append a run to ``<out>_ablation.json`` and rewrite the ``.md`` table of all runs."""
+    path = out.with_name(out.name + "_ablation.json")
+    runs = json.loads(path.read_text()) if path.is_file() else []
+    runs.append(result)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(runs, indent=2))
+    head = "| run | setting | epochs | px | overrides | " + " | ".join(COLUMNS) + " | train s |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 6)]
+    for r in runs:
+        m = r["metrics"]
+        ours = " | ".join(f"{100 * m[f'{c}_cada']:.2f}" if m.get(f"{c}_cada") is not None else "-" for c in COLUMNS)
+        lines.append(f"| {r['label']} | {r['setting']} | {r['epochs']} | {r['image_size']} | {' '.join(r['overrides']) or '-'} | "
+                     f"{ours} | {r['seconds']['train']:.0f} |")
+    with atomic_path(path.with_suffix(".md")) as tmp:
+        tmp.write_text("# MTD ablation log\n\nOne row per run of `benchmarks/mtd_quality.py` (CADA variant, %, scratch "
+                       "backbone, this CPU), in the order they were run.\n\n" + "\n".join(lines) + "\n")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--root", default=str(ROOT.parent / "shared/datasets/mtd"))
     p.add_argument("--settings", default="all", help=f"comma-separated from {', '.join(SETTINGS)}, or all")
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a params key (repeatable)")
+    p.add_argument("--label", default="", help="name of this run in the ablation log")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/mtd_quality"))
     a = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -109,12 +146,17 @@ def main() -> None:
     names = list(SETTINGS) if a.settings == "all" else a.settings.split(",")
     results = []
     for name in names:
-        r = run_setting(name, root, ROOT / "benchmarks/work" / name, a.epochs, a.image_size)
+        r = run_setting(name, root, ROOT / "benchmarks/work" / name, a.epochs, a.image_size, a.set)
+        r.update({"label": a.label or "baseline", "epochs": a.epochs, "image_size": a.image_size})
         results.append(r)
+        log_ablation(Path(a.out), r)
         print(name, json.dumps({k: round(v, 4) for k, v in r["metrics"].items() if k.endswith("_cada")}), r["seconds"], flush=True)
     text = table(results)
     print(text)
     out = Path(a.out)
+    if names != list(SETTINGS) or a.set:
+        print(f"partial or modified run: logged in {out.name}_ablation.md; {out.name}.md (all four settings) left as it is")
+        return
     command = "python benchmarks/mtd_quality.py " + " ".join(sys.argv[1:])
     env = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
     with atomic_path(out.with_suffix(".json")) as tmp:

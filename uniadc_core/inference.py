@@ -40,13 +40,13 @@ class Detection(NamedTuple):
 @torch.no_grad()
 def score_arrays(model: Discriminator, images: list[np.ndarray], batch_size: int = 32, progress: bool = False) -> Scores:
     """Score (H, W, 3) uint8 images (resized to the model's size)."""
-    size = model.config.image_size
+    size, device = model.config.image_size, model.mean.device
     parts: list = []
     starts = range(0, len(images), batch_size)
     for i in tqdm(starts, desc="score", unit="batch", disable=not progress, leave=False):
         batch = images_to_tensor([resize(im, size, policy=model.config.resize) for im in images[i:i + batch_size]])
-        p = model.predict(batch)
-        parts.append((p.score, p.anomaly_map, p.type_probs, p.pixel_types.to(torch.uint8), p.embedding))
+        p = model.predict(batch.to(device))
+        parts.append(tuple(t.cpu() for t in (p.score, p.anomaly_map, p.type_probs, p.pixel_types.to(torch.uint8), p.embedding)))
     if not parts:
         k, e = model.config.num_types, model.backbone.embed_channels
         return Scores(np.zeros(0), np.zeros((0, size, size), np.float32), np.zeros((0, k)), np.zeros((0, size, size), np.uint8), np.zeros((0, e)))

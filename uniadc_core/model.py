@@ -61,7 +61,7 @@ class Prediction(NamedTuple):
 
 
 class Discriminator(nn.Module):
-    memory_format = torch.channels_last  # 1.3-1.5x faster training steps on this CPU (benchmarks/train_speed.py)
+    memory_format = torch.channels_last  # faster training steps on this CPU (benchmarks/throughput.py)
 
     def __init__(self, config: ModelConfig, load_backbone_weights: bool = True):
         super().__init__()

@@ -261,6 +261,24 @@ def build_model(data: TrainData, vocab: Vocabulary, cfg: TrainConfig) -> Discrim
     return model
 
 
+def train_step(model: Discriminator, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, batch: dict, cfg: TrainConfig,
+               device: torch.device, amp: torch.dtype | None = None, cache: FeatureCache | None = None) -> dict[str, torch.Tensor]:
+    """One optimizer step on a loader batch (autocast when ``amp``; frozen features from ``cache`` when given)."""
+    images = batch["image"].to(device, non_blocking=True)
+    masks = batch["mask"].to(device, non_blocking=True).long()
+    with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        if cache is not None:
+            logits, _ = model.forward_frozen(cache.frozen(model, images, batch["key"]), images.shape[-2:])
+        else:
+            logits, _ = model(images)
+    parts = discriminator_loss(logits.float(), masks, cfg.focal_gamma, cfg.type_loss_weight)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(parts["loss"]).backward()
+    scaler.step(opt)
+    scaler.update()
+    return parts
+
+
 def train_discriminator(
     data: TrainData,
     vocab: Vocabulary,
@@ -302,18 +320,7 @@ def train_discriminator(
         stream.set_epoch(epoch)
         t0, sums = time.perf_counter(), {}
         for batch in loader:
-            images = batch["image"].to(device, non_blocking=True)
-            masks = batch["mask"].to(device, non_blocking=True).long()
-            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                if cache is not None:
-                    logits, _ = model.forward_frozen(cache.frozen(model, images, batch["key"]), images.shape[-2:])
-                else:
-                    logits, _ = model(images)
-            parts = discriminator_loss(logits.float(), masks, cfg.focal_gamma, cfg.type_loss_weight)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(parts["loss"]).backward()
-            scaler.step(opt)
-            scaler.update()
+            parts = train_step(model, opt, scaler, batch, cfg, device, amp, cache)
             sched.step()
             _update_ema(ema, model, cfg.ema_decay)
             for k, v in parts.items():
