@@ -113,6 +113,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0  # torch CPU threads; 0 = all cores
     loader_workers: int = 0  # DataLoader processes reading the shards; 0 = in the training process
+    shuffle_buffer: int = 512  # synthetic rows each reader keeps in memory to draw from at random
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 (else fp16) autocast on cuda, fp32 on cpu
     cache_features: Literal["auto", "on", "off"] = "auto"  # keep frozen-backbone features of each sample (auto: on for open_clip)
@@ -191,6 +192,7 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "train.synthetic_fraction": (lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
     "train.shot_fraction": (lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
     "train.loader_workers": (lambda v: 0 <= v <= 64, "an integer in [0, 64]"),
+    "train.shuffle_buffer": (lambda v: v >= 1, "an integer >= 1"),
     "train.feature_cache_gb": (lambda v: v >= 0, "a number >= 0"),
     "train.min_epoch_samples": (lambda v: v >= 0, "an integer >= 0"),
     "train.focal_gamma": (lambda v: v >= 0, "a number >= 0"),

@@ -91,18 +91,18 @@ class MixedStream(IterableDataset):
     a real anomaly shot with ``shot_fraction`` (when there are shots), else a real normal.
 
     Normals are visited in a fresh random order each epoch (cycled when the epoch needs more);
-    synthetic row groups are shuffled per epoch and dealt to the workers, rows shuffled within
-    each group. Random horizontal and vertical flips are applied per sample and recorded in the key.
+    synthetic row groups are shuffled per epoch and dealt to the workers, and each worker draws at
+    random from a buffer of ``buffer_rows`` rows filled from several of its row groups. Random horizontal and vertical flips are applied per sample and recorded in the key.
     """
 
     def __init__(self, normals: Batch, shots: Batch, units: list[RowGroup], image_size: int, batch_size: int, steps: int,
-                 synthetic_fraction: float, shot_fraction: float, seed: int, augment: bool = True):
+                 synthetic_fraction: float, shot_fraction: float, seed: int, augment: bool = True, buffer_rows: int = 512):
         super().__init__()
         self.normals, self.shots, self.units = normals, shots, list(units)
         self.image_size, self.batch_size, self.steps = image_size, batch_size, steps
         self.p_syn = synthetic_fraction if self.units else 0.0
         self.p_shot = shot_fraction if len(shots.classes) else 0.0
-        self.seed, self.augment = seed, augment
+        self.seed, self.augment, self.buffer_rows = seed, augment, buffer_rows
         # shared with persistent DataLoader workers, which keep their own copy of everything else
         self._epoch = mp.get_context(START_METHOD).RawValue("q", 0)
 
@@ -117,17 +117,30 @@ class MixedStream(IterableDataset):
     def __len__(self) -> int:
         return self.steps * self.batch_size
 
-    def _synthetic(self, units: list[RowGroup], gen: torch.Generator) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
+    def _rows(self, units: list[RowGroup]) -> Iterator[tuple[str, str, np.ndarray, np.ndarray]]:
+        """The training rows of ``units``, cycled; ends only if a whole pass has none."""
         while True:
             produced = False
             for unit in units:
                 rows = read_row_group(unit, self.image_size)
-                for i in torch.randperm(len(rows), generator=gen).tolist():
-                    sid, _, image, mask = rows[i]
-                    produced = True
-                    yield f"syn:{sid}", torch.from_numpy(np.array(image)).permute(2, 0, 1), torch.from_numpy(np.array(mask))
-            if not produced:  # no training rows at all (every row is a validation sample)
+                produced = produced or bool(rows)
+                yield from rows
+            if not produced:
                 return
+
+    def _synthetic(self, units: list[RowGroup], gen: torch.Generator) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
+        """Samples drawn at random from a buffer of ``buffer_rows`` rows kept full from the row groups,
+        so consecutive samples come from several row groups, not one."""
+        source, buffer = self._rows(units), []
+        while True:
+            while len(buffer) < self.buffer_rows and (row := next(source, None)) is not None:
+                buffer.append(row)
+            if not buffer:
+                return
+            i = int(torch.randint(len(buffer), (), generator=gen))
+            buffer[i], buffer[-1] = buffer[-1], buffer[i]
+            sid, _, image, mask = buffer.pop()
+            yield f"syn:{sid}", torch.from_numpy(np.array(image)).permute(2, 0, 1), torch.from_numpy(np.array(mask))
 
     def _normals(self, gen: torch.Generator) -> Iterator[int]:
         while True:

@@ -174,7 +174,10 @@ def save_model(model: Discriminator, directory: str | Path, extra: dict | None =
     return save_weights_dir(directory, model.state_dict(), dataclasses.asdict(model.config), extra)
 
 
-def load_model(directory: str | Path, device: str = "cpu") -> Discriminator:
+def load_model(directory: str | Path, device: str = "auto") -> Discriminator:
+    """The saved discriminator, on ``device`` (auto: cuda when available)."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     raw, state = read_weights_dir(directory, "train")
     cfg_path, weights = Path(directory) / "config.json", Path(directory) / "model.safetensors"
     if raw.get("format_version") != FORMAT_VERSION:

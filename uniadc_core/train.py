@@ -310,7 +310,7 @@ def train_discriminator(
     start, best, history = state.get("epoch", 0), state.get("best", float("inf")), state.get("history", [])
     last = cfg.epochs if stop_after is None else min(cfg.epochs, stop_after)
     stream = MixedStream(data.normals, data.shots, data.units, data.normals.images.shape[-1], cfg.batch_size, steps_per_epoch,
-                         cfg.synthetic_fraction, cfg.shot_fraction, cfg.seed)
+                         cfg.synthetic_fraction, cfg.shot_fraction, cfg.seed, buffer_rows=cfg.shuffle_buffer)
     loader = make_loader(stream, cfg.loader_workers, pin_memory=device.type == "cuda")
     log.info("train: %s, %s, %d steps of %d per epoch, %d loader worker(s)%s", device, amp or "fp32", steps_per_epoch,
              cfg.batch_size, cfg.loader_workers, ", frozen features cached" if cache else "")

@@ -101,3 +101,17 @@ def test_mix_shares_must_leave_room_for_normals():
         parse_params({"train": {"synthetic_fraction": 0.8, "shot_fraction": 0.2}})
     with pytest.raises(ConfigError, match="train.loader_workers"):
         parse_params({"train": {"loader_workers": -1}})
+
+
+def test_batches_mix_row_groups_and_defect_types(data):
+    groups, types = {}, {}
+    for unit in data.units:
+        table = pq.ParquetFile(unit.path).read_row_group(unit.index, columns=["sample_id", "defect_type"])
+        for sid, dt in zip(table.column(0).to_pylist(), table.column(1).to_pylist(), strict=True):
+            groups[sid], types[sid] = (unit.path, unit.index), dt
+    # the synthesis plan is shuffled: row groups hold several types, not one sorted run
+    assert sum(len({types[s] for s in groups if groups[s] == g}) > 1 for g in set(groups.values())) >= len(set(groups.values())) // 2
+    batches = _epoch(_stream(data, steps=10, p_syn=0.99, p_shot=0.0), 0)
+    ids = [[k.split("|")[0][4:] for k in b["key"] if k.startswith("syn:")] for b in batches]
+    assert min(len({groups[s] for s in b}) for b in ids) >= 2  # each batch draws on several row groups
+    assert sum(len({types[s] for s in b}) for b in ids) / len(ids) >= 2.5

@@ -82,7 +82,7 @@ def _sample_seed(seed: int, sample_id: str) -> int:
 
 
 def plan_samples(manifest: pl.DataFrame, vocab: Vocabulary, cfg: SynthesizeConfig) -> list[SampleSpec]:
-    """Every synthetic sample to make, in a fixed order; depends only on its inputs and the seed."""
+    """Every synthetic sample to make, in a fixed shuffled order; depends only on its inputs and the seed."""
     specs: list[SampleSpec] = []
     normals = manifest.filter(pl.col("role") == "normal_shot")
     shots = manifest.filter(pl.col("role") == "anomaly_shot")
@@ -111,7 +111,10 @@ def plan_samples(manifest: pl.DataFrame, vocab: Vocabulary, cfg: SynthesizeConfi
                     shot_path=shot["path"] if shot else None,
                     shot_mask_path=shot["mask_path"] if shot else None,
                 ))
-    return specs
+    # a seeded shuffle: every shard and row group mixes classes and defect types, so a reader
+    # streaming a few row groups at a time still sees all of them
+    order = np.random.default_rng([cfg.seed, 0x5EED]).permutation(len(specs))
+    return [specs[i] for i in order]
 
 
 def make_sample(spec: SampleSpec, vocab: Vocabulary, image_size: int) -> dict:
