@@ -53,7 +53,7 @@ def prepare_data() -> tuple:
 
 def stream_for(data, cfg: TrainConfig, steps: int) -> MixedStream:
     return MixedStream(data.normals, data.shots, data.units, data.normals.images.shape[-1], cfg.batch_size, steps,
-                       cfg.synthetic_fraction, cfg.shot_fraction, cfg.seed, buffer_rows=cfg.shuffle_buffer)
+                       cfg.synthetic_fraction, cfg.shot_fraction, cfg.seed, cfg.augment, cfg.shuffle_buffer)
 
 
 def loading_rate(data, cfg: TrainConfig, workers: int, repeats: int) -> float:

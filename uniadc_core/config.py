@@ -113,6 +113,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0  # torch CPU threads; 0 = all cores
     loader_workers: int = 0  # DataLoader processes reading the shards; 0 = in the training process
+    augment: Literal["none", "flip", "strong"] = "flip"  # strong: flips + random crops + brightness/contrast jitter
     shuffle_buffer: int = 512  # synthetic rows each reader keeps in memory to draw from at random
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 (else fp16) autocast on cuda, fp32 on cpu

@@ -28,6 +28,7 @@ from uniadc_core.io import read_json, resize
 from uniadc_core.synth.shards import complete_shards, decode_row
 
 START_METHOD = "forkserver"
+AUGMENTATIONS = ("none", "flip", "strong")
 
 
 class Batch(NamedTuple):
@@ -96,12 +97,15 @@ class MixedStream(IterableDataset):
     """
 
     def __init__(self, normals: Batch, shots: Batch, units: list[RowGroup], image_size: int, batch_size: int, steps: int,
-                 synthetic_fraction: float, shot_fraction: float, seed: int, augment: bool = True, buffer_rows: int = 512):
+                 synthetic_fraction: float, shot_fraction: float, seed: int, augment: str = "flip", buffer_rows: int = 512):
         super().__init__()
         self.normals, self.shots, self.units = normals, shots, list(units)
         self.image_size, self.batch_size, self.steps = image_size, batch_size, steps
         self.p_syn = synthetic_fraction if self.units else 0.0
         self.p_shot = shot_fraction if len(shots.classes) else 0.0
+        if augment not in AUGMENTATIONS:
+            msg = f"unknown augmentation '{augment}'; valid: {', '.join(AUGMENTATIONS)}"
+            raise ValueError(msg)
         self.seed, self.augment, self.buffer_rows = seed, augment, buffer_rows
         # shared with persistent DataLoader workers, which keep their own copy of everything else
         self._epoch = mp.get_context(START_METHOD).RawValue("q", 0)
@@ -164,13 +168,34 @@ class MixedStream(IterableDataset):
                     i = next(normals)
                     item = (f"normal:{i}", self.normals.images[i], self.normals.masks[i])
                 key, image, mask = item
-                if self.augment:
+                if self.augment != "none":
                     flips = (torch.rand(2, generator=gen) < 0.5).tolist()
-                    dims = [d for d, f in zip((-1, -2), flips) if f]
+                    dims = [d for d, f in zip((-1, -2), flips, strict=True) if f]
                     if dims:
                         image, mask = image.flip(dims), mask.flip(dims)
                     key = f"{key}|{int(flips[0])}{int(flips[1])}"
+                if self.augment == "strong":
+                    image, mask = _crop_and_jitter(image, mask, gen)
+                    key = f"{key}|{int(torch.randint(1 << 62, (), generator=gen))}"  # every strong view is new
                 yield {"image": image.contiguous(), "mask": mask.contiguous(), "key": key}
+
+
+def _crop_and_jitter(image: torch.Tensor, mask: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random crop of 60-100% of the area (aspect 0.8-1.25) resized back, then brightness and contrast
+    jitter; the mask follows the crop (nearest)."""
+    size = image.shape[-1]
+    r = torch.rand(6, generator=gen).tolist()
+    area, aspect = 0.6 + 0.4 * r[0], 0.8 * (1.25 / 0.8) ** r[1]
+    h = min(size, max(8, round(size * (area / aspect) ** 0.5)))
+    w = min(size, max(8, round(size * (area * aspect) ** 0.5)))
+    y, x = int(r[2] * (size - h + 1)), int(r[3] * (size - w + 1))
+    crop = image[:, y:y + h, x:x + w].float()[None]
+    out = torch.nn.functional.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False)[0]
+    m = torch.nn.functional.interpolate(mask[y:y + h, x:x + w][None, None].float(), size=(size, size), mode="nearest")[0, 0]
+    contrast, brightness = 0.8 + 0.4 * r[4], 40.0 * (r[5] - 0.5)
+    mean = out.mean()
+    out = ((out - mean) * contrast + mean + brightness).clamp(0, 255).round()
+    return out.to(torch.uint8), m.to(mask.dtype)
 
 
 def _worker_init(_: int) -> None:

@@ -298,7 +298,10 @@ def train_discriminator(
     device, amp = resolve_device(cfg), None
     amp = resolve_precision(cfg, device)
     model = build_model(data, vocab, cfg).to(device)
-    use_cache = model.has_frozen_part and cfg.cache_features != "off" and cfg.feature_cache_gb > 0
+    # strong augmentation makes every view new, so there would be nothing to reuse
+    use_cache = model.has_frozen_part and cfg.cache_features != "off" and cfg.feature_cache_gb > 0 and cfg.augment != "strong"
+    if model.has_frozen_part and cfg.cache_features == "on" and not use_cache:
+        log.warning("train: feature cache off (train.augment is strong: no view repeats, or feature_cache_gb is 0)")
     cache = FeatureCache(cfg.feature_cache_gb, device) if use_cache else None
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, samples_per_epoch(data, cfg) // cfg.batch_size)
@@ -310,7 +313,7 @@ def train_discriminator(
     start, best, history = state.get("epoch", 0), state.get("best", float("inf")), state.get("history", [])
     last = cfg.epochs if stop_after is None else min(cfg.epochs, stop_after)
     stream = MixedStream(data.normals, data.shots, data.units, data.normals.images.shape[-1], cfg.batch_size, steps_per_epoch,
-                         cfg.synthetic_fraction, cfg.shot_fraction, cfg.seed, buffer_rows=cfg.shuffle_buffer)
+                         cfg.synthetic_fraction, cfg.shot_fraction, cfg.seed, cfg.augment, cfg.shuffle_buffer)
     loader = make_loader(stream, cfg.loader_workers, pin_memory=device.type == "cuda")
     log.info("train: %s, %s, %d steps of %d per epoch, %d loader worker(s)%s", device, amp or "fp32", steps_per_epoch,
              cfg.batch_size, cfg.loader_workers, ", frozen features cached" if cache else "")

@@ -9,7 +9,7 @@ import torch
 
 from tests.conftest import TINY_TRAIN
 from uniadc_core.config import ConfigError, parse_params
-from uniadc_core.loader import MixedStream, is_validation_sample, make_loader, row_groups
+from uniadc_core.loader import MixedStream, _crop_and_jitter, is_validation_sample, make_loader
 from uniadc_core.synth import load_inputs
 from uniadc_core.synth.shards import read_samples
 from uniadc_core.train import load_train_data, samples_per_epoch
@@ -115,3 +115,32 @@ def test_batches_mix_row_groups_and_defect_types(data):
     ids = [[k.split("|")[0][4:] for k in b["key"] if k.startswith("syn:")] for b in batches]
     assert min(len({groups[s] for s in b}) for b in ids) >= 2  # each batch draws on several row groups
     assert sum(len({types[s] for s in b}) for b in ids) / len(ids) >= 2.5
+
+
+def test_strong_augmentation_crops_image_and_mask_together(data):
+    def stream(aug):
+        return MixedStream(data.normals, data.shots, data.units, 64, 8, 6, 0.9, 0.0, 0, aug)
+
+    strong, again, plain = _epoch(stream("strong"), 0), _epoch(stream("strong"), 0), _epoch(stream("none"), 0)
+    for a, b in zip(strong, again, strict=True):
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])  # seeded
+    seen = {v for b in plain for v in b["mask"].unique().tolist()}
+    for b, p in zip(strong, plain, strict=True):
+        assert b["image"].shape == p["image"].shape and b["image"].dtype == torch.uint8
+        assert set(b["mask"].unique().tolist()) <= seen | {0}
+        assert not torch.equal(b["image"], p["image"])
+    # geometry: a bright square marked in the mask is still exactly where the mask says after the crop
+    image = torch.full((3, 64, 64), 40, dtype=torch.uint8)
+    image[:, 20:40, 24:44] = 220
+    mask = torch.zeros(64, 64, dtype=torch.uint8)
+    mask[20:40, 24:44] = 3
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(10):
+        out, m = _crop_and_jitter(image, mask, gen)
+        assert set(m.unique().tolist()) <= {0, 3}
+        bright = out[0].float() > out[0].float().mean()
+        inside = m > 0
+        if inside.sum() > 20:
+            assert (bright == inside).float().mean() > 0.95
+    with pytest.raises(ValueError, match="unknown augmentation 'wild'"):
+        stream("wild")
