@@ -14,7 +14,7 @@ from uniadc_core.config import load_params
 def synthesize_flow(params_path: str = paths.PARAMS, out_dir: str = paths.SYNTHETIC) -> dict:
     cfg = load_params(params_path).synthesize
     pending = plan_shards(paths.MANIFEST, paths.VOCABULARY, out_dir, cfg)
-    shards = make_shard.map(pending, unmapped(paths.VOCABULARY), unmapped(out_dir), unmapped(cfg.row_group_size))
+    shards = make_shard.map(pending, unmapped(out_dir), unmapped(cfg.row_group_size))
     shards.wait()
     return finalize_index(out_dir, wait_for=[shards])
 

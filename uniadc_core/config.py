@@ -72,8 +72,29 @@ class IngestConfig:
 
 
 @dataclass(frozen=True)
+class DiffusionConfig:
+    model: str = "runwayml/stable-diffusion-inpainting"  # hub id or local directory of a Stable-Diffusion-style inpainting pipeline
+    offline: bool = True  # read with local_files_only; a missing model is an error saying how to supply it
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"  # auto: fp16 on cuda, fp32 on cpu
+    compile: bool = False  # torch.compile the UNet (cuda only)
+    resolution: int = 512  # generation size; samples are stored at synthesize.image_size
+    steps: int = 30
+    guidance: float = 7.5
+    strengths: list[float] = field(default_factory=lambda: [1.0, 0.9])  # zero-shot noise strengths, cycled over candidates
+    repaint_strength: float = 0.6  # few-shot repaint of a pasted real defect (< 1 keeps its layout)
+    batch_size: int = 4  # images per pipeline call
+    candidates: int = 2  # generations per kept sample; the best is kept
+    selector_model: str = ""  # open_clip model for candidate selection ('' = mask consistency)
+    selector_pretrained: str = ""
+    selector_config_dir: str = ""
+
+
+@dataclass(frozen=True)
 class SynthesizeConfig:
-    backend: Literal["procedural"] = "procedural"
+    backend: Literal["procedural", "diffusion"] = "procedural"
+    priors: str = ""  # anomaly priors file (YAML; see uniadc_core/priors.py); '' = priors from the defect names
+    foreground: str = "border"  # foreground estimator masks are clipped to (border | none | a registered one)
     seed: int = 0
     image_size: int = 128  # synthetic samples are stored at this square size
     samples_per_type: int = 80  # per object class and defect type
@@ -81,6 +102,7 @@ class SynthesizeConfig:
     shard_size: int = 128  # rows per Parquet shard
     row_group_size: int = 64
     workers: int = 2  # threads mapping over shard ids
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)  # used when backend is diffusion
 
 
 @dataclass(frozen=True)
@@ -182,6 +204,13 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "synthesize.shard_size": (lambda v: v >= 1, "an integer >= 1"),
     "synthesize.row_group_size": (lambda v: v >= 1, "an integer >= 1"),
     "synthesize.workers": (lambda v: v >= 1, "an integer >= 1"),
+    "synthesize.diffusion.resolution": (lambda v: v >= 32 and v % 8 == 0, "a multiple of 8, >= 32"),
+    "synthesize.diffusion.steps": (lambda v: v >= 1, "an integer >= 1"),
+    "synthesize.diffusion.guidance": (lambda v: v >= 0, "a number >= 0"),
+    "synthesize.diffusion.strengths": (lambda v: len(v) > 0 and all(0 < x <= 1 for x in v), "a non-empty list of numbers in (0, 1]"),
+    "synthesize.diffusion.repaint_strength": (lambda v: 0 < v < 1, "a number in (0, 1)"),
+    "synthesize.diffusion.batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "synthesize.diffusion.candidates": (lambda v: v >= 1, "an integer >= 1"),
     "train.image_size": (lambda v: v >= 32 and v % 16 == 0, "a multiple of 16, >= 32"),
     "train.width": (lambda v: v >= 4, "an integer >= 4"),
     "train.embed_dim": (lambda v: v >= 4, "an integer >= 4"),

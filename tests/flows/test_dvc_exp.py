@@ -33,7 +33,7 @@ def test_dvc_repro_then_exp_run_with_open_clip(tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
     shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
-    for package in ("flows", "tasks", "uniadc_core"):  # the stage deps: DVC hashes them
+    for package in ("flows", "tasks", "uniadc_core", "priors"):  # the stage deps: DVC hashes them
         shutil.copytree(ROOT / package, repo / package, ignore=shutil.ignore_patterns("__pycache__"))
     params = _merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY_PARAMS)  # every key present, as users have it
     params["evaluate"]["mlflow"]["register"] = False

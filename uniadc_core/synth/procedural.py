@@ -54,10 +54,10 @@ def _appearance(kind: str, img: np.ndarray, mask: np.ndarray, rng: np.random.Gen
     raise ValueError(msg)
 
 
-def synthesize_zero_shot(normal: np.ndarray, prior: DefectPrior, rng: np.random.Generator) -> Synthetic:
+def synthesize_zero_shot(normal: np.ndarray, prior: DefectPrior, rng: np.random.Generator, foreground: str = "border") -> Synthetic:
     """Paint a defect drawn from ``prior`` into a normal image (H, W, 3) uint8."""
     img = normal.astype(np.float32)
-    mask = sample_mask(prior, rng, img.shape[:2], estimate_foreground(normal))
+    mask = sample_mask(prior, rng, img.shape[:2], estimate_foreground(normal, foreground))
     changed = _appearance(str(rng.choice(prior.appearances)), img, mask, rng)
     alpha = (_soft(mask, rng) * rng.uniform(0.75, 1.0))[..., None]
     out = np.clip(img * (1 - alpha) + changed * alpha, 0, 255)
@@ -77,7 +77,7 @@ def _augment_patch(patch: np.ndarray, pmask: np.ndarray, rng: np.random.Generato
 
 
 def synthesize_cut_paste(
-    normal: np.ndarray, shot: np.ndarray, shot_mask: np.ndarray, rng: np.random.Generator
+    normal: np.ndarray, shot: np.ndarray, shot_mask: np.ndarray, rng: np.random.Generator, foreground: str = "border"
 ) -> Synthetic:
     """Paste the augmented defect region of a real anomaly ``shot`` onto ``normal`` (same size)."""
     h, w = normal.shape[:2]
@@ -91,7 +91,7 @@ def synthesize_cut_paste(
     patch, pmask = _augment_patch(shot[y0:y1, x0:x1].astype(np.float32), shot_mask[y0:y1, x0:x1], rng)
     ph, pw = min(pmask.shape[0], h), min(pmask.shape[1], w)
     patch, pmask = patch[:ph, :pw], pmask[:ph, :pw]
-    fg = estimate_foreground(normal)
+    fg = estimate_foreground(normal, foreground)
     for _ in range(20):  # place it where most of it lands on the foreground
         ty, tx = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
         if fg[ty:ty + ph, tx:tx + pw][pmask].mean() > 0.9:

@@ -28,7 +28,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from uniadc_core.config import SynthesizeConfig
+from uniadc_core.config import SynthesizeConfig, parse_params
 from uniadc_core.io import atomic_path, decode_image, load_image, load_mask, png_bytes, read_json, resize, sha256_file, write_json
 from uniadc_core.priors import Vocabulary
 from uniadc_core.synth.procedural import synthesize_cut_paste, synthesize_zero_shot
@@ -42,9 +42,10 @@ SHARD_SCHEMA = pa.schema([
     ("defect_type", pa.string()),
     ("image_png", pa.binary()),
     ("mask_png", pa.binary()),  # pixel value = defect index (vocabulary order, 1-based), 0 = normal
-    ("generator", pa.string()),  # procedural | cutpaste (| diffusion | repaint)
+    ("generator", pa.string()),  # procedural | cutpaste | diffusion | repaint
     ("seed", pa.int64()),
     ("quality", pa.float32()),
+    ("settings", pa.string()),  # JSON: how the sample was made (prior; diffusion: model, strength, steps, guidance, seed, selection)
 ])
 
 
@@ -104,7 +105,7 @@ def plan_samples(manifest: pl.DataFrame, vocab: Vocabulary, cfg: SynthesizeConfi
                     object_class=cls,
                     defect_type=defect,
                     defect_index=vocab.index(defect),
-                    generator="cutpaste" if shot else cfg.backend,
+                    generator=("repaint" if cfg.backend == "diffusion" else "cutpaste") if shot else cfg.backend,
                     seed=_sample_seed(cfg.seed, sample_id),
                     source_image_id=src["image_id"],
                     source_path=src["path"],
@@ -117,27 +118,56 @@ def plan_samples(manifest: pl.DataFrame, vocab: Vocabulary, cfg: SynthesizeConfi
     return [specs[i] for i in order]
 
 
-def make_sample(spec: SampleSpec, vocab: Vocabulary, image_size: int) -> dict:
-    """One shard row."""
+def make_sample(spec: SampleSpec, vocab: Vocabulary, image_size: int, foreground: str = "border") -> dict:
+    """One shard row made by the procedural synthesizer (zero-shot or cut-paste)."""
     rng = np.random.default_rng(spec.seed)
     normal = resize(load_image(spec.source_path), image_size, policy=vocab.resize)
+    prior = vocab.prior(spec.object_class, spec.defect_type)
     if spec.shot_path is not None:
         shot = resize(load_image(spec.shot_path), image_size, policy=vocab.resize)
         shot_mask = resize(load_mask(spec.shot_mask_path), image_size, policy=vocab.resize)
-        out = synthesize_cut_paste(normal, shot, shot_mask, rng)
+        out = synthesize_cut_paste(normal, shot, shot_mask, rng, foreground)
+        settings = {"shot": Path(spec.shot_path).name, "foreground": foreground}
     else:
-        out = synthesize_zero_shot(normal, vocab.prior(spec.object_class, spec.defect_type), rng)
+        out = synthesize_zero_shot(normal, prior, rng, foreground)
+        settings = {"shape": prior.shape, "size": prior.size, "foreground": foreground}
+    return _row(spec, out.image, out.mask, out.quality, settings)
+
+
+def _row(spec: SampleSpec, image: np.ndarray, mask: np.ndarray, quality: float, settings: dict) -> dict:
     return {
         "sample_id": spec.sample_id,
         "source_image_id": spec.source_image_id,
         "object_class": spec.object_class,
         "defect_type": spec.defect_type,
-        "image_png": png_bytes(out.image),
-        "mask_png": png_bytes(out.mask.astype(np.uint8) * spec.defect_index),
+        "image_png": png_bytes(image),
+        "mask_png": png_bytes(mask.astype(np.uint8) * spec.defect_index),
         "generator": spec.generator,
         "seed": spec.seed,
-        "quality": out.quality,
+        "quality": quality,
+        "settings": json.dumps(settings, sort_keys=True),
     }
+
+
+def make_diffusion_rows(specs: list[SampleSpec], vocab: Vocabulary, cfg: SynthesizeConfig) -> list[dict]:
+    """Shard rows made by the diffusion synthesizer, in batched pipeline calls."""
+    from uniadc_core.synth.diffusion import Job, shared_pipeline, shared_selector, synthesize_batch
+
+    size = cfg.image_size
+    jobs = []
+    for spec in specs:
+        normal = resize(load_image(spec.source_path), size, policy=vocab.resize)
+        shot = shot_mask = None
+        if spec.shot_path is not None:
+            shot = resize(load_image(spec.shot_path), size, policy=vocab.resize)
+            shot_mask = resize(load_mask(spec.shot_mask_path), size, policy=vocab.resize)
+        types = vocab.classes[spec.object_class]
+        class_types = {t: (p.prompts[0] if p.prompts else t.replace("_", " ")) for t, p in types.items()}
+        jobs.append(Job(normal, vocab.prior(spec.object_class, spec.defect_type), spec.seed, spec.defect_type,
+                        class_types, shot, shot_mask, cfg.foreground))
+    with shared_pipeline(cfg.diffusion) as pipe:
+        made = synthesize_batch(pipe, jobs, cfg.diffusion, shared_selector(cfg.diffusion, pipe.device))
+    return [_row(spec, out.image, out.mask, out.quality, settings) for spec, (out, settings) in zip(specs, made, strict=True)]
 
 
 # ---------------------------------------------------------------------------- the store
@@ -165,12 +195,17 @@ def _read_index(out_dir: Path) -> dict:
         return {"fingerprint": None, "shards": {}, "complete": False}
 
 
-def prepare(out_dir: str | Path, specs: list[SampleSpec], cfg: SynthesizeConfig) -> list[int]:
-    """Write the plan, keep complete shards of the same plan, remove anything else; return pending shard ids."""
+def prepare(out_dir: str | Path, specs: list[SampleSpec], cfg: SynthesizeConfig, vocab: Vocabulary) -> list[int]:
+    """Write the plan (with the resolved priors), keep complete shards of the same plan, remove anything
+    else; return pending shard ids."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     shards = [specs[i:i + cfg.shard_size] for i in range(0, len(specs), cfg.shard_size)]
-    plan = {"config": asdict(cfg), "code": code_version(), "shards": [[asdict(s) for s in shard] for shard in shards]}
+    config = asdict(cfg)
+    if cfg.backend != "diffusion":  # diffusion knobs do not change procedural shards
+        config.pop("diffusion")
+    plan = {"config": config, "code": code_version(), "vocabulary": vocab.to_dict(),
+            "shards": [[asdict(s) for s in shard] for shard in shards]}
     fingerprint = hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:16]
     plan["fingerprint"] = fingerprint
     with _index_lock(out_dir):
@@ -204,17 +239,21 @@ def load_plan(out_dir: str | Path) -> dict:
     return read_json(Path(out_dir) / "plan.json")
 
 
-def write_shard(out_dir: str | Path, shard_id: int, vocab: Vocabulary, row_group_size: int = 64, progress: bool = False) -> Path:
-    """Make one shard from the plan, write it atomically and add it to the index."""
+def write_shard(out_dir: str | Path, shard_id: int, row_group_size: int = 64, progress: bool = False) -> Path:
+    """Make one shard from the plan (its config and priors included), write it atomically, index it."""
     out_dir = Path(out_dir)
     plan = load_plan(out_dir)
     specs = [SampleSpec(**s) for s in plan["shards"][shard_id]]
-    image_size = plan["config"]["image_size"]
-    if progress:
-        from tqdm import tqdm
+    vocab = Vocabulary.from_dict(plan["vocabulary"])
+    cfg = parse_params({"synthesize": plan["config"]}).synthesize
+    if cfg.backend == "diffusion":
+        rows = make_diffusion_rows(specs, vocab, cfg)
+    else:
+        if progress:
+            from tqdm import tqdm
 
-        specs = tqdm(specs, desc=shard_name(shard_id), unit="sample", leave=False)
-    rows = [make_sample(s, vocab, image_size) for s in specs]
+            specs = tqdm(specs, desc=shard_name(shard_id), unit="sample", leave=False)
+        rows = [make_sample(s, vocab, cfg.image_size, cfg.foreground) for s in specs]
     table = pa.Table.from_pylist(rows, schema=SHARD_SCHEMA)
     path = out_dir / shard_name(shard_id)
     with atomic_path(path) as tmp:
@@ -245,6 +284,10 @@ def finalize(out_dir: str | Path) -> dict:
             raise RuntimeError(msg)
         index["complete"] = True
         index["rows"] = sum(e["rows"] for e in index["shards"].values())
+        config = plan["config"]
+        candidates = config.get("diffusion", {}).get("candidates", 1) if config.get("backend") == "diffusion" else 1
+        index["generated"] = index["rows"] * candidates  # every kept sample is the best of its candidates
+        index["kept_ratio"] = round(1 / candidates, 6)
         write_json(out_dir / "index.json", index)
     return index
 

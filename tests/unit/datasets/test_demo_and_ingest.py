@@ -48,7 +48,7 @@ def test_ingest_applies_the_few_shot_protocol(tiny_dataset):
     assert hold.group_by("object_class").len()["len"].to_list() == [2, 2]  # 25% of 8
     vocab = json.loads(vocab_path.read_text())
     assert vocab["defect_types"] == ["crack", "hole", "scratch", "stain"]
-    assert vocab["classes"]["fabric"]["stain"]["shape"] == "blob"
+    assert vocab["classes"]["fabric"]["stain"]["shape"] == "perlin"
     assert set(vocab["classes"]["tile"]) == {"crack", "scratch", "stain"}
 
 

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import signal
@@ -75,9 +76,10 @@ def test_killed_synthesis_resumes_without_redoing_complete_shards(tiny_dataset, 
     out = tmp_path / "syn"
     cfg = replace(TINY_SYNTH, samples_per_type=40, shard_size=6, image_size=256)  # ~40 shards, a few seconds
     script = textwrap.dedent(f"""
-        from uniadc_core.config import SynthesizeConfig
+        from uniadc_core.config import parse_params
         from uniadc_core.synth import synthesize
-        synthesize({str(manifest_path)!r}, {str(vocab_path)!r}, {str(out)!r}, SynthesizeConfig(**{cfg.__dict__!r}))
+        cfg = parse_params({{"synthesize": {dataclasses.asdict(cfg)!r}}}).synthesize
+        synthesize({str(manifest_path)!r}, {str(vocab_path)!r}, {str(out)!r}, cfg)
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     index_path = out / "index.json"
@@ -127,3 +129,23 @@ def test_shards_of_other_code_are_not_resumed(tiny_dataset, tmp_path, monkeypatc
     synthesize(manifest_path, vocab_path, out, TINY_SYNTH)
     after = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.parquet")}
     assert before.keys() == after.keys() and all(after[k] != before[k] for k in before)
+
+
+def test_priors_file_reaches_the_shards_and_the_plan(tiny_dataset, tmp_path):
+    _, manifest_path, vocab_path = tiny_dataset
+    priors = tmp_path / "priors.yaml"
+    priors.write_text("classes:\n  tile:\n    stain: {shape: rectangle, size: large}\n")
+    cfg = replace(TINY_SYNTH, repaint_fraction=0.0)
+    base = synthesize(manifest_path, vocab_path, tmp_path / "a", cfg)
+    big = synthesize(manifest_path, vocab_path, tmp_path / "b", replace(cfg, priors=str(priors)))
+    assert base["fingerprint"] != big["fingerprint"]  # the resolved priors are part of the plan
+    plan = json.loads((tmp_path / "b/plan.json").read_text())
+    assert plan["vocabulary"]["classes"]["tile"]["stain"]["shape"] == "rectangle"
+
+    def areas(out):
+        rows = [r for r in read_samples(out).to_pylist() if r["object_class"] == "tile" and r["defect_type"] == "stain"]
+        return [(decode_row(r)[1] > 0).mean() for r in rows]
+
+    assert min(areas(tmp_path / "b")) >= 0.06 - 1e-3 > max(areas(tmp_path / "a"))  # large bin vs the name's small bin
+    for r in read_samples(tmp_path / "b").to_pylist():
+        assert json.loads(r["settings"])["foreground"] == "border"
