@@ -1,4 +1,9 @@
-"""Anomaly synthesis into Parquet shards: `python -m flows.synthesize` (DVC stage `synthesize`)."""
+"""Anomaly synthesis into Parquet shards: `python -m flows.synthesize` (DVC stage `synthesize`).
+
+The flow maps `make_shard` over the pending shard ids; `synthesize.runner` picks the task runner:
+`local` (threads) or `dask` (prefect-dask: an existing cluster at `dask_address`, or a LocalCluster
+of `workers` processes on 127.0.0.1). Both make the same shards for the same seed.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import paths
 from tasks.synthesize import finalize_index, make_shard, plan_shards
-from uniadc_core.config import load_params
+from uniadc_core.config import SynthesizeConfig, load_params
 
 
 @flow(name="synthesize")
@@ -19,10 +24,24 @@ def synthesize_flow(params_path: str = paths.PARAMS, out_dir: str = paths.SYNTHE
     return finalize_index(out_dir, wait_for=[shards])
 
 
+def task_runner(cfg: SynthesizeConfig):
+    """The Prefect task runner the params ask for."""
+    if cfg.runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if cfg.dask_address:
+            return DaskTaskRunner(address=cfg.dask_address)
+        return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs={
+            "n_workers": cfg.workers, "threads_per_worker": 1, "processes": True,
+            "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0",  # nothing listens beyond this machine
+        })
+    return ThreadPoolTaskRunner(max_workers=cfg.workers)
+
+
 def run(params_path: str = paths.PARAMS, out_dir: str = paths.SYNTHETIC) -> dict:
-    """Run with the task runner the params ask for (threads mapping over shard ids)."""
-    workers = load_params(params_path).synthesize.workers
-    return synthesize_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=workers))(params_path, out_dir)
+    """Run with the task runner the params ask for."""
+    cfg = load_params(params_path).synthesize
+    return synthesize_flow.with_options(task_runner=task_runner(cfg))(params_path, out_dir)
 
 
 if __name__ == "__main__":

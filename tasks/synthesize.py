@@ -13,9 +13,26 @@ def plan_shards(manifest_path: str, vocab_path: str, out_dir: str, cfg: Synthesi
     return plan(manifest_path, vocab_path, out_dir, cfg)
 
 
+def _pin_gpu() -> None:
+    """In a Dask worker on a machine with GPUs: one GPU per worker, by worker name."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return  # not in a Dask worker
+    import torch
+
+    if torch.cuda.is_available():
+        name = str(worker.name)
+        index = int(name) if name.isdigit() else sum(name.encode())
+        torch.cuda.set_device(index % torch.cuda.device_count())
+
+
 @task(name="write-shard", retries=2, retry_delay_seconds=[2, 5])
 def make_shard(shard_id: int, out_dir: str, row_group_size: int) -> str:
     """Make one shard from the plan (atomic write, then indexed)."""
+    _pin_gpu()
     path = write_shard(out_dir, shard_id, row_group_size)
     get_run_logger().info("wrote %s", path)
     return str(path)

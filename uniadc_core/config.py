@@ -101,7 +101,9 @@ class SynthesizeConfig:
     repaint_fraction: float = 0.5  # share of samples made from real anomaly shots, where a type has one
     shard_size: int = 128  # rows per Parquet shard
     row_group_size: int = 64
-    workers: int = 2  # threads mapping over shard ids
+    workers: int = 2  # shards made at once: threads (runner local) or Dask workers of a LocalCluster (runner dask)
+    runner: Literal["local", "dask"] = "local"  # Prefect task runner mapping over shard ids
+    dask_address: str = ""  # runner dask: scheduler address of an existing cluster ('' = start a LocalCluster of `workers`)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)  # used when backend is diffusion
 
 

@@ -75,3 +75,21 @@ def test_dvc_stages_list_exactly_their_own_section():
         assert stage["params"] == [name], name
         assert name in sections
         assert stage["cmd"] == f"python -m flows.{name}"
+
+
+def test_atomic_writes_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    from uniadc_core.io import atomic_dir, atomic_path
+
+    mask = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "f.json") as tmp:
+            tmp.write_text("{}")
+        with atomic_dir(tmp_path / "d") as tmp:
+            (tmp / "x").write_text("1")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "f.json").stat().st_mode) == 0o644  # not mkstemp's private 0600
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755

@@ -202,6 +202,8 @@ def prepare(out_dir: str | Path, specs: list[SampleSpec], cfg: SynthesizeConfig,
     out_dir.mkdir(parents=True, exist_ok=True)
     shards = [specs[i:i + cfg.shard_size] for i in range(0, len(specs), cfg.shard_size)]
     config = asdict(cfg)
+    for key in ("workers", "runner", "dask_address"):  # how shards are scheduled does not change what they hold
+        config.pop(key)
     if cfg.backend != "diffusion":  # diffusion knobs do not change procedural shards
         config.pop("diffusion")
     plan = {"config": config, "code": code_version(), "vocabulary": vocab.to_dict(),
