@@ -41,4 +41,4 @@ def test_mtd_runs_end_to_end_with_either_synthesizer(backend, tmp_path):
     assert {s["generator"] for shard in plan["shards"] for s in shard} <= generators
     assert plan["vocabulary"]["classes"]["magnetic_tile"]["uneven"]["size"] == "large"  # priors/mtd.yaml applied
     m = result["metrics"]
-    assert m["test_images"] > 500 and 0.0 <= m["image_auroc_cada"] <= 1.0
+    assert m["test_images"] > 200 and 0.0 <= m["image_auroc_cada"] <= 1.0
