@@ -3,6 +3,8 @@
     uniadc run                 # dvc repro: the whole pipeline, only what changed
     uniadc stage train         # one stage's flow, without DVC
     uniadc check-params        # validate params.yaml and print the parsed config
+    uniadc promote [--rollback]                      # gated promotion of @challenger to @champion
+    uniadc predict IMAGES_OR_FOLDERS [--model M] [--out predictions.csv] [--overlays DIR]
 """
 
 from __future__ import annotations
@@ -25,7 +27,16 @@ def main(argv: list[str] | None = None) -> int:
     stage = sub.add_parser("stage", help="run one stage's Prefect flow")
     stage.add_argument("name", choices=STAGES)
     check = sub.add_parser("check-params", help="validate params.yaml")
-    for p in (stage, check):
+    promote = sub.add_parser("promote", help="promote @challenger to @champion if it passes the gates (params: promote)")
+    promote.add_argument("--rollback", action="store_true", help="move @champion back to the previous champion")
+    predict = sub.add_parser("predict", help="score image files or folders with a model")
+    predict.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
+    predict.add_argument("--model", default="", help="models:/NAME@ALIAS, runs:/..., or a local models directory "
+                         "(with discriminator/ and cada/, e.g. data/models); default models:/<registered model>@champion")
+    predict.add_argument("--out", default="predictions.csv", help="a .csv or .json file")
+    predict.add_argument("--overlays", default="", help="write an overlay PNG per image into this folder")
+    predict.add_argument("--batch-size", type=int, default=32)
+    for p in (stage, check, promote, predict):
         p.add_argument("--params", default=paths.PARAMS)
     args = parser.parse_args(argv)
 
@@ -41,11 +52,60 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-params":
         print(json.dumps(dataclasses.asdict(params), indent=2))
         return 0
+    if args.command == "promote":
+        from flows.promote import promote_flow
+
+        print(json.dumps(promote_flow(args.params, rollback_champion=args.rollback), indent=2, default=str))
+        return 0
+    if args.command == "predict":
+        return _predict(args, params)
     import importlib
 
     module = importlib.import_module(f"flows.{args.name}")
     runner = getattr(module, "run", None) or getattr(module, f"{args.name}_flow")
     runner(args.params)
+    return 0
+
+
+def load_detector(model: str, params):
+    """A detector from an MLflow model URI or a local models directory (threshold: evaluate.threshold)."""
+    from pathlib import Path
+
+    from uniadc_core.cada import load_cada
+    from uniadc_core.inference import Detector
+    from uniadc_core.model import load_model
+
+    if model.startswith(("models:/", "runs:/")):
+        from uniadc_core.tracking import load_pyfunc, tracking_uri
+
+        return load_pyfunc(model, tracking_uri(params.evaluate.mlflow.tracking_uri)).unwrap_python_model().detector
+    root = Path(model)
+    for disc, cada in ((root / "discriminator", root / "cada"), (root / "artifacts/discriminator", root / "artifacts/cada")):
+        if disc.is_dir() and cada.is_dir():
+            c = load_cada(cada)
+            return Detector(load_model(disc), c, c.decision_threshold(params.evaluate.threshold))
+    msg = f"{root}: not a model directory (expected discriminator/ and cada/ inside, e.g. data/models), nor models:/NAME@ALIAS"
+    raise FileNotFoundError(msg)
+
+
+def _predict(args, params) -> int:
+    from uniadc_core.predict import list_images, predict_files, write_rows
+
+    model = args.model or f"models:/{params.evaluate.mlflow.registered_model}@champion"
+    try:
+        files = list_images(args.inputs)
+        detector = load_detector(model, params)
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001  (MLflow: unknown model or alias)
+        print(f"error: could not load {model}: {exc}", file=sys.stderr)
+        return 2
+    rows = predict_files(detector, files, args.batch_size, args.overlays or None)
+    out = write_rows(rows, args.out)
+    bad = sum(1 for r in rows if r.get("error"))
+    flagged = sum(1 for r in rows if r.get("is_anomaly"))
+    print(f"{len(rows)} images ({flagged} anomalous, {bad} unreadable) scored with {model} -> {out}")
     return 0
 
 

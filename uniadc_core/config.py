@@ -181,12 +181,24 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class PromoteConfig:
+    min_image_auroc: float = 0.9  # absolute gates on the challenger (CADA variant)
+    min_type_accuracy: float = 0.6
+    max_drop: float = 0.02  # largest allowed drop against the champion on any tracked metric
+    min_gain: float = 0.0  # the mean tracked gain must exceed this (a tie keeps the champion)
+    tracked: list[str] = field(default_factory=lambda: ["image_auroc_cada", "pixel_auroc_cada", "aupro_cada", "type_accuracy_cada", "miou_cada"])
+    image_auroc_key: str = "image_auroc_cada"
+    type_accuracy_key: str = "type_accuracy_cada"
+
+
+@dataclass(frozen=True)
 class Params:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     synthesize: SynthesizeConfig = field(default_factory=SynthesizeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     fit_cada: FitCadaConfig = field(default_factory=FitCadaConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    promote: PromoteConfig = field(default_factory=PromoteConfig)  # not a DVC stage: `uniadc promote`, the retraining flow
 
 
 # value checks that the type system does not express: key -> (predicate, what is allowed)
@@ -238,6 +250,10 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "fit_cada.min_spread": (lambda v: v > 0, "a number > 0"),
     "fit_cada.threshold_percentile": (lambda v: 0.0 < v <= 100.0, "a number in (0, 100]"),
     "evaluate.max_fpr": (lambda v: 0.0 < v <= 1.0, "a number in (0, 1]"),
+    "promote.min_image_auroc": (lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]"),
+    "promote.min_type_accuracy": (lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]"),
+    "promote.max_drop": (lambda v: v >= 0, "a number >= 0"),
+    "promote.tracked": (lambda v: len(v) > 0, "a non-empty list of metric names (keys of metrics.json)"),
     "evaluate.overlays": (lambda v: v >= 0, "an integer >= 0"),
 }
 

@@ -102,6 +102,56 @@ def log_run(
     return result
 
 
+HISTORY_TAG = "uniadc.champion_history"  # registered-model tag: champion versions, oldest first
+
+
+def alias_version(uri: str, name: str, alias: str) -> str | None:
+    """The version ``alias`` points at, or None when the alias (or the model) does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(MlflowClient(uri).get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def load_detector(uri: str, name: str, version: str):
+    """The ``Detector`` (discriminator + CADA + threshold) of a registered version."""
+    mlflow.set_tracking_uri(uri)
+    return mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model().detector
+
+
+def record_decision(uri: str, name: str, challenger: str, champion: str | None, promote: bool, tags: dict[str, str]) -> None:
+    """Tag both versions with the decision and its figures; on promotion move ``@champion`` and extend the history."""
+    client = MlflowClient(uri)
+    challenger, champion = str(challenger), (str(champion) if champion is not None else None)
+    for version in filter(None, (challenger, champion)):
+        for k, v in tags.items():
+            client.set_model_version_tag(name, version, k, v)
+        client.set_model_version_tag(name, version, "promotion.challenger_version", challenger)
+        client.set_model_version_tag(name, version, "promotion.champion_version", champion or "none")
+    if promote:
+        client.set_registered_model_alias(name, "champion", challenger)
+        history = [v for v in (client.get_registered_model(name).tags.get(HISTORY_TAG) or "").split(",") if v]
+        client.set_registered_model_tag(name, HISTORY_TAG, ",".join([*history, challenger]))
+        log.info("MLflow: %s version %s is now @champion (was %s)", name, challenger, champion or "none")
+
+
+def rollback_champion(uri: str, name: str) -> str:
+    """Point ``@champion`` back at the previous champion; returns that version."""
+    client = MlflowClient(uri)
+    history = [v for v in (client.get_registered_model(name).tags.get(HISTORY_TAG) or "").split(",") if v]
+    if len(history) < 2:
+        msg = f"{name}: no earlier champion to roll back to (champion history: {history or 'empty'})"
+        raise ValueError(msg)
+    current, previous = history[-1], history[-2]
+    client.set_registered_model_alias(name, "champion", previous)
+    client.set_registered_model_tag(name, HISTORY_TAG, ",".join(history[:-1]))
+    client.set_model_version_tag(name, current, "promotion.decision", f"rolled back to version {previous}")
+    log.info("MLflow: %s @champion rolled back from version %s to %s", name, current, previous)
+    return previous
+
+
 def load_pyfunc(model_uri: str, uri: str | None = None):
     """Load a logged or registered model, e.g. ``models:/uniadc-discriminator@champion``."""
     if uri:
@@ -113,4 +163,5 @@ def predict_paths(model, paths: list[str]) -> pd.DataFrame:
     return model.predict(pd.DataFrame({"path": [str(p) for p in paths]}))
 
 
-__all__ = ["UniadcModel", "load_pyfunc", "log_run", "predict_paths", "tracking_uri"]
+__all__ = ["UniadcModel", "alias_version", "load_detector", "load_pyfunc", "log_run", "predict_paths", "record_decision",
+           "rollback_champion", "tracking_uri"]

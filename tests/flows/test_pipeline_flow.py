@@ -15,6 +15,7 @@ TINY_PARAMS = {
     "train": {"image_size": 64, "width": 8, "embed_dim": 8, "epochs": 2, "batch_size": 8, "threads": 2, "min_epoch_samples": 0},
     "fit_cada": {"steps": 50, "synthetic_per_class": 4},
     "evaluate": {"overlays": 4, "mlflow": {"registered_model": "uniadc-test", "experiment": "tests"}},
+    "promote": {"min_image_auroc": 0.0, "min_type_accuracy": 0.0},  # a 2-epoch model: the gates are tested elsewhere
 }
 
 
@@ -85,3 +86,67 @@ def test_registered_challenger_scores_like_the_local_model(pipeline_run):
     np.testing.assert_allclose(remote["score"].to_numpy(), local.score, rtol=1e-5, atol=1e-6)
     assert remote["defect_type"].tolist() == local.defect_type
     assert remote["is_anomaly"].tolist() == local.is_anomaly.tolist()
+
+
+def test_promote_flow_makes_the_first_passing_challenger_champion(pipeline_run):
+    import os
+
+    from mlflow import MlflowClient
+
+    from flows.promote import promote_flow
+
+    work, uri, metrics = pipeline_run
+    old = os.getcwd()
+    os.chdir(work)
+    try:
+        first = promote_flow("params.yaml")
+        again = promote_flow("params.yaml")
+        with pytest.raises(ValueError, match="no earlier champion to roll back to"):
+            promote_flow("params.yaml", rollback_champion=True)
+    finally:
+        os.chdir(old)
+    client = MlflowClient(uri)
+    champion = client.get_model_version_by_alias("uniadc-test", "champion")
+    assert first["promoted"] and first["champion"] == str(champion.version) == first["challenger"]
+    assert "no champion yet" in first["decision"]
+    # scored again on the same evaluation data: the same figures as the pipeline's evaluation
+    assert first["challenger_metrics"]["image_auroc_cada"] == pytest.approx(metrics["image_auroc_cada"], abs=1e-9)
+    assert champion.tags["promotion.decision"] == "promoted"
+    assert float(champion.tags["promotion.challenger.image_auroc_cada"]) == pytest.approx(metrics["image_auroc_cada"], abs=1e-4)
+    assert again == {"challenger": first["challenger"], "champion": first["challenger"], "promoted": False, "decision": "already champion"}
+
+
+def test_predict_command_scores_a_folder_with_a_corrupt_file(pipeline_run, tmp_path, monkeypatch):
+    import shutil
+
+    from flows.cli import main
+    from uniadc_core.inference import Detector
+    from uniadc_core.io import load_image
+
+    work, uri, _ = pipeline_run
+    manifest = pl.read_parquet(work / "data/prepared/manifest.parquet")
+    folder = tmp_path / "incoming"
+    (folder / "sub").mkdir(parents=True)
+    picks = [work / p for p in manifest.filter(pl.col("role") == "test")["path"].to_list()[:4]]
+    for i, p in enumerate(picks):
+        shutil.copy(p, folder / ("sub" if i % 2 else "") / f"img{i}.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(work)
+    out = tmp_path / "predictions.csv"
+    assert main(["predict", str(folder), "--model", "models:/uniadc-test@challenger", "--out", str(out),
+                 "--overlays", str(tmp_path / "overlays"), "--batch-size", "2"]) == 0
+    rows = pl.read_csv(out)
+    assert rows.height == 5
+    broken = rows.filter(pl.col("path").str.ends_with("broken.png"))
+    assert broken.height == 1 and "broken.png" in broken["error"][0] and broken["score"][0] is None
+    good = rows.filter(pl.col("error").is_null())
+    local = Detector.load(work / "data/models/discriminator", work / "data/models/cada")
+    expected = local.detect([load_image(p) for p in good["path"].to_list()])
+    np.testing.assert_allclose(good["score"].to_numpy(), expected.score, rtol=1e-5, atol=1e-6)
+    assert good["defect_type"].to_list() == expected.defect_type
+    assert len(list((tmp_path / "overlays").glob("*.png"))) == 4
+    # a local models directory works too, and JSON output
+    assert main(["predict", str(folder / "img0.png"), "--model", "data/models", "--out", str(tmp_path / "p.json")]) == 0
+    assert json.loads((tmp_path / "p.json").read_text())[0]["defect_type"] == expected.defect_type[0]
+    assert main(["predict", str(tmp_path / "missing")]) == 2

@@ -1,0 +1,44 @@
+"""Gated promotion: `uniadc promote` (or `python -m flows.promote`), and the last step of retraining.
+
+Scores `@challenger` and `@champion` on the same evaluation data (the current manifest's test
+images), applies the `promote` gates, tags both versions with the decision and the figures, and
+moves `@champion` only when the challenger passes. `--rollback` moves `@champion` back one version.
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from flows import paths
+from tasks.promote import decide_promotion, record, rollback, score_version
+from uniadc_core.config import load_params
+
+
+@flow(name="promote")
+def promote_flow(params_path: str = paths.PARAMS, rollback_champion: bool = False) -> dict:
+    from uniadc_core.tracking import alias_version, tracking_uri
+
+    params = load_params(params_path)
+    cfg = params.evaluate.mlflow
+    uri, name = tracking_uri(cfg.tracking_uri), cfg.registered_model
+    if rollback_champion:
+        return {"champion": rollback(uri, name), "decision": "rolled back"}
+    challenger, champion = alias_version(uri, name, "challenger"), alias_version(uri, name, "champion")
+    if challenger is None:
+        msg = f"{name} has no @challenger version at {uri}; run the pipeline (dvc repro) first"
+        raise ValueError(msg)
+    if challenger == champion:
+        return {"challenger": challenger, "champion": champion, "promoted": False, "decision": "already champion"}
+    mine = score_version(uri, name, challenger, paths.MANIFEST, params.evaluate)
+    theirs = score_version(uri, name, champion, paths.MANIFEST, params.evaluate) if champion else None
+    decision = decide_promotion(mine, theirs, params.promote)
+    record(uri, name, challenger, champion, decision)
+    return {"challenger": challenger, "champion": challenger if decision.promote else champion,
+            "promoted": decision.promote, "decision": decision.reason, "challenger_metrics": decision.challenger,
+            "champion_metrics": decision.champion}
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(promote_flow(rollback_champion="--rollback" in sys.argv[1:]))

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import tempfile
+
+from prefect import get_run_logger, task
+
+from uniadc_core.config import EvaluateConfig, PromoteConfig
+from uniadc_core.datasets.manifest import read_manifest
+from uniadc_core.evaluate import evaluate
+from tasks import retry_on_io
+from uniadc_core.promotion import Decision, decide
+
+
+@task(name="score-version", retries=2, retry_delay_seconds=[2, 5], retry_condition_fn=retry_on_io)
+def score_version(uri: str, name: str, version: str, manifest_path: str, cfg: EvaluateConfig) -> dict:
+    """Evaluate a registered version on today's evaluation data (the manifest's test images)."""
+    from uniadc_core.tracking import load_detector
+
+    detector = load_detector(uri, name, version)
+    with tempfile.TemporaryDirectory() as tmp:
+        metrics = evaluate(detector.model, detector.cada, read_manifest(manifest_path), cfg, tmp)
+    get_run_logger().info("%s version %s on %s: image AUROC %s, type accuracy %s", name, version, manifest_path,
+                          metrics.get("image_auroc_cada"), metrics.get("type_accuracy_cada"))
+    return metrics
+
+
+@task(name="decide-promotion")
+def decide_promotion(challenger: dict, champion: dict | None, cfg: PromoteConfig) -> Decision:
+    decision = decide(challenger, champion, cfg)
+    get_run_logger().info("promotion: %s (%s)", "promote" if decision.promote else "keep the champion", decision.reason)
+    return decision
+
+
+@task(name="record-decision", retries=2, retry_delay_seconds=[2, 5], retry_condition_fn=retry_on_io)
+def record(uri: str, name: str, challenger: str, champion: str | None, decision: Decision) -> None:
+    from uniadc_core.tracking import record_decision
+
+    record_decision(uri, name, challenger, champion, decision.promote, decision.tags())
+
+
+@task(name="rollback-champion", retries=2, retry_delay_seconds=[2, 5], retry_condition_fn=retry_on_io)
+def rollback(uri: str, name: str) -> str:
+    from uniadc_core.tracking import rollback_champion
+
+    return rollback_champion(uri, name)

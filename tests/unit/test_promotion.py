@@ -1,0 +1,69 @@
+"""The promotion gate: better, worse, tie, missing champion, missing metrics, absolute gates; MLflow tags and rollback."""
+
+import pytest
+
+from uniadc_core.config import PromoteConfig
+from uniadc_core.promotion import decide
+
+CFG = PromoteConfig(min_image_auroc=0.8, min_type_accuracy=0.5, max_drop=0.02,
+                    tracked=["image_auroc_cada", "pixel_auroc_cada", "type_accuracy_cada"])
+CHAMP = {"image_auroc_cada": 0.90, "pixel_auroc_cada": 0.95, "type_accuracy_cada": 0.70}
+
+
+def test_better_is_promoted_with_the_figures():
+    d = decide({"image_auroc_cada": 0.93, "pixel_auroc_cada": 0.95, "type_accuracy_cada": 0.72}, CHAMP, CFG)
+    assert d.promote and "better than the champion" in d.reason
+    tags = d.tags()
+    assert tags["promotion.decision"] == "promoted" and tags["promotion.challenger.image_auroc_cada"] == "0.9300"
+    assert tags["promotion.champion.image_auroc_cada"] == "0.9000"
+
+
+def test_worse_is_never_promoted():
+    d = decide({"image_auroc_cada": 0.85, "pixel_auroc_cada": 0.96, "type_accuracy_cada": 0.75}, CHAMP, CFG)
+    assert not d.promote and "image_auroc_cada drops by 0.0500" in d.reason
+    small = decide({"image_auroc_cada": 0.89, "pixel_auroc_cada": 0.94, "type_accuracy_cada": 0.69}, CHAMP, CFG)
+    assert not small.promote and "not better than" in small.reason  # small drops everywhere: worse on the mean
+
+
+def test_a_tie_keeps_the_champion():
+    d = decide(dict(CHAMP), CHAMP, CFG)
+    assert not d.promote and "a tie with the champion" in d.reason
+
+
+def test_without_a_champion_the_gates_decide():
+    assert decide(dict(CHAMP), None, CFG).promote
+    low = decide({**CHAMP, "type_accuracy_cada": 0.4}, None, CFG)
+    assert not low.promote and "type_accuracy_cada 0.4000 is below the gate 0.5000" in low.reason
+
+
+def test_missing_metrics_reject():
+    d = decide({"image_auroc_cada": 0.99, "pixel_auroc_cada": None, "type_accuracy_cada": 0.9}, CHAMP, CFG)
+    assert not d.promote and "lacks metrics ['pixel_auroc_cada']" in d.reason
+    assert not decide({"image_auroc_cada": float("nan"), "pixel_auroc_cada": 0.9, "type_accuracy_cada": 0.9}, None, CFG).promote
+    # a champion scored without one metric is compared on the others
+    partial = {k: v for k, v in CHAMP.items() if k != "pixel_auroc_cada"}
+    assert decide({"image_auroc_cada": 0.95, "pixel_auroc_cada": 0.5, "type_accuracy_cada": 0.75}, partial, CFG).promote
+
+
+def test_mlflow_tags_alias_history_and_rollback(tmp_path):
+    from mlflow import MlflowClient
+
+    from uniadc_core.tracking import alias_version, record_decision, rollback_champion
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    client.create_registered_model("m")
+    versions = [str(client.create_model_version("m", source=str(tmp_path / f"v{i}")).version) for i in range(3)]
+    assert alias_version(uri, "m", "champion") is None and alias_version(uri, "nope", "champion") is None
+    record_decision(uri, "m", versions[0], None, True, decide(dict(CHAMP), None, CFG).tags())
+    better = decide({"image_auroc_cada": 0.95, "pixel_auroc_cada": 0.96, "type_accuracy_cada": 0.75}, CHAMP, CFG)
+    record_decision(uri, "m", versions[1], versions[0], better.promote, better.tags())
+    worse = decide({"image_auroc_cada": 0.80, "pixel_auroc_cada": 0.96, "type_accuracy_cada": 0.75}, CHAMP, CFG)
+    record_decision(uri, "m", versions[2], versions[1], worse.promote, worse.tags())
+    assert alias_version(uri, "m", "champion") == versions[1]  # the worse one was not promoted
+    rejected = client.get_model_version("m", versions[2]).tags
+    assert rejected["promotion.decision"] == "rejected" and rejected["promotion.champion_version"] == versions[1]
+    assert rollback_champion(uri, "m") == versions[0] and alias_version(uri, "m", "champion") == versions[0]
+    assert "rolled back" in client.get_model_version("m", versions[1]).tags["promotion.decision"]
+    with pytest.raises(ValueError, match="no earlier champion"):
+        rollback_champion(uri, "m")
