@@ -5,6 +5,8 @@
     uniadc check-params        # validate params.yaml and print the parsed config
     uniadc promote [--rollback]                      # gated promotion of @challenger to @champion
     uniadc predict IMAGES_OR_FOLDERS [--model M] [--out predictions.csv] [--overlays DIR]
+    uniadc retrain                                   # dvc repro, promotion, dvc push: once
+    uniadc serve [--cron "0 2 * * *"]                # the same on a schedule (Prefect flow.serve)
 """
 
 from __future__ import annotations
@@ -36,12 +38,23 @@ def main(argv: list[str] | None = None) -> int:
     predict.add_argument("--out", default="predictions.csv", help="a .csv or .json file")
     predict.add_argument("--overlays", default="", help="write an overlay PNG per image into this folder")
     predict.add_argument("--batch-size", type=int, default=32)
+    sub.add_parser("retrain", help="dvc repro, then gated promotion, then dvc push (once)")
+    serve = sub.add_parser("serve", help="run the retraining flow on a cron schedule (flow.serve)")
+    serve.add_argument("--cron", default="0 2 * * *")
     for p in (stage, check, promote, predict):
         p.add_argument("--params", default=paths.PARAMS)
     args = parser.parse_args(argv)
 
     if args.command == "run":
         return subprocess.call(["dvc", "repro"])
+    if args.command in ("retrain", "serve"):
+        from flows.retrain import retrain_flow, serve
+
+        if args.command == "serve":
+            serve(args.cron)
+            return 0
+        print(json.dumps(retrain_flow(), indent=2, default=str))
+        return 0
     from uniadc_core.config import ConfigError, load_params
 
     try:

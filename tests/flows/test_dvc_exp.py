@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from tests.flows.test_pipeline_flow import TINY_PARAMS
-from tests.unit.test_backbones import TINY_CLIP
+from tests.tiny_models import TINY_CLIP
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,18 +29,17 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def test_dvc_repro_then_exp_run_with_open_clip(tmp_path):
+def tiny_repo(tmp_path: Path, extra_params: dict | None = None) -> tuple[Path, dict]:
+    """A git + DVC repository with this project's pipeline and tiny params; (repo, environment to run in it)."""
     repo = tmp_path / "repo"
     repo.mkdir()
-    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
+    for name in ("dvc.yaml", "prefect.yaml"):
+        shutil.copy(ROOT / name, repo / name)
     for package in ("flows", "tasks", "uniadc_core", "priors"):  # the stage deps: DVC hashes them
         shutil.copytree(ROOT / package, repo / package, ignore=shutil.ignore_patterns("__pycache__"))
     params = _merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY_PARAMS)  # every key present, as users have it
-    params["evaluate"]["mlflow"]["register"] = False
+    params = _merge(params, extra_params or {})
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
-    clip_dir = tmp_path / "clip"
-    clip_dir.mkdir()
-    (clip_dir / "uniadc-tiny-clip.json").write_text(json.dumps(TINY_CLIP))
     (repo / ".gitignore").write_text("/data/\nmlflow.db\n__pycache__/\n")
     env = {**os.environ,
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",  # `python` in dvc.yaml is this one
@@ -48,11 +47,19 @@ def test_dvc_repro_then_exp_run_with_open_clip(tmp_path):
            "DVC_SITE_CACHE_DIR": str(tmp_path / "dvc-site"), "DVC_NO_ANALYTICS": "1",
            "PREFECT_HOME": str(tmp_path / "prefect"), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-    dvc = [sys.executable, "-m", "dvc"]
     _run(["git", "init", "-q"], repo, env)
-    _run([*dvc, "init", "-q"], repo, env)
+    _run([sys.executable, "-m", "dvc", "init", "-q"], repo, env)
     _run(["git", "add", "-A"], repo, env)
     _run(["git", "commit", "-qm", "tiny pipeline"], repo, env)
+    return repo, env
+
+
+def test_dvc_repro_then_exp_run_with_open_clip(tmp_path):
+    repo, env = tiny_repo(tmp_path, {"evaluate": {"mlflow": {"register": False}}})
+    clip_dir = tmp_path / "clip"
+    clip_dir.mkdir()
+    (clip_dir / "uniadc-tiny-clip.json").write_text(json.dumps(TINY_CLIP))
+    dvc = [sys.executable, "-m", "dvc"]
 
     _run([*dvc, "repro"], repo, env)
     scratch = json.loads((repo / "data/models/discriminator/config.json").read_text())

@@ -13,8 +13,7 @@ from uniadc_core.model import load_model, save_model
 from uniadc_core.synth import load_inputs
 from uniadc_core.train import FeatureCache, build_model, load_train_data, train_discriminator
 
-TINY_CLIP = {"embed_dim": 16, "vision_cfg": {"image_size": 64, "layers": 2, "width": 32, "patch_size": 16, "head_width": 16},
-             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}}
+from tests.tiny_models import TINY_CLIP  # noqa: E402
 
 
 @pytest.fixture(scope="module")

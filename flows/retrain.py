@@ -1,0 +1,75 @@
+"""Scheduled retraining: `dvc repro` (or `dvc exp run -S ...`), then gated promotion, then `dvc push`
+when a DVC remote is configured.
+
+    python -m flows.retrain                  # once, here
+    uniadc serve --cron "0 2 * * *"          # a long-running process that runs it on a schedule
+    prefect deploy --all                     # the deployment declared in prefect.yaml (a work pool + worker)
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+
+from flows import paths
+from flows.promote import promote_flow
+from tasks import retry_on_io
+
+
+class CommandError(OSError):
+    """A command that failed (an OSError, so I/O-style failures are retried)."""
+
+
+def _run(args: list[str], cwd: str) -> str:
+    proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        msg = f"`{' '.join(args)}` failed in {cwd} (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+        raise CommandError(msg)
+    return proc.stdout + proc.stderr
+
+
+@task(name="dvc-repro", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_on_io)
+def reproduce(repo: str, set_params: list[str]) -> str:
+    """`dvc repro`, or `dvc exp run -S ...` when params are overridden (the workspace gets the results)."""
+    args = ["dvc", "exp", "run", *[a for p in set_params for a in ("-S", p)]] if set_params else ["dvc", "repro"]
+    out = _run(args, repo)
+    get_run_logger().info("%s: %s", " ".join(args), out.strip().splitlines()[-1] if out.strip() else "done")
+    return out
+
+
+@task(name="dvc-push", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_on_io)
+def push(repo: str) -> bool:
+    """`dvc push` when a remote is configured; False (nothing pushed) otherwise."""
+    if not _run(["dvc", "remote", "list"], repo).strip():
+        get_run_logger().info("no DVC remote configured; nothing pushed")
+        return False
+    _run(["dvc", "push"], repo)
+    return True
+
+
+@flow(name="retrain")
+def retrain_flow(repo: str = ".", params_path: str = paths.PARAMS, set_params: list[str] | None = None) -> dict:
+    """Retrain what changed, promote the challenger if it passes the gates, push data and models."""
+    repo = str(Path(repo).resolve())
+    reproduce(repo, list(set_params or []))
+    import os
+
+    old = os.getcwd()
+    os.chdir(repo)  # the promotion reads the manifest and params relative to the repository
+    try:
+        decision = promote_flow(params_path)
+    finally:
+        os.chdir(old)
+    pushed = push(repo)
+    return {**decision, "pushed": pushed}
+
+
+def serve(cron: str = "0 2 * * *", repo: str = ".", name: str = "uniadc-retrain") -> None:
+    """Run the retraining flow on a cron schedule from this process (Ctrl-C stops it)."""
+    retrain_flow.serve(name=name, cron=cron, parameters={"repo": str(Path(repo).resolve())})
+
+
+if __name__ == "__main__":
+    retrain_flow()
