@@ -22,7 +22,7 @@ from flows import paths
 STAGES = ("ingest", "synthesize", "train", "fit_cada", "evaluate")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="uniadc", description="Anomaly detection and classification pipeline")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="run the pipeline with DVC (dvc repro)")
@@ -43,6 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--cron", default="0 2 * * *")
     for p in (stage, check, promote, predict):
         p.add_argument("--params", default=paths.PARAMS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
 
     if args.command == "run":

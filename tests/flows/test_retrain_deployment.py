@@ -39,3 +39,24 @@ def test_deployment_is_created_with_its_schedule_and_runs_once(tmp_path):
     champion = client.get_model_version_by_alias("uniadc-test", "champion")
     assert champion.tags["promotion.decision"] == "promoted"
     assert (repo / "data/reports/metrics.json").is_file()
+    # ... and the line engineer's command scores new images with that champion (the default model)
+    import os
+
+    import polars as pl
+
+    from flows.cli import main
+
+    images = sorted((repo / "data/raw/demo").rglob("test/*/*.png"))[:3]
+    old_cwd, old_uri = os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI")
+    os.chdir(repo)
+    os.environ["MLFLOW_TRACKING_URI"] = env["MLFLOW_TRACKING_URI"]
+    try:
+        assert main(["predict", *map(str, images), "--out", str(tmp_path / "p.csv")]) == 0
+    finally:
+        os.chdir(old_cwd)
+        if old_uri is None:
+            os.environ.pop("MLFLOW_TRACKING_URI")
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = old_uri
+    rows = pl.read_csv(tmp_path / "p.csv")
+    assert rows.height == 3 and rows["error"].is_null().all() and rows["defect_type"].is_not_null().all()
