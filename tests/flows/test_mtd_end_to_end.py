@@ -39,6 +39,6 @@ def test_mtd_runs_end_to_end_with_either_synthesizer(backend, tmp_path):
     generators = {"procedural": {"procedural", "cutpaste"}, "diffusion": {"diffusion", "repaint"}}[backend]
     plan = json.loads((tmp_path / "work/synthetic/plan.json").read_text())
     assert {s["generator"] for shard in plan["shards"] for s in shard} <= generators
-    assert plan["vocabulary"]["classes"]["magnetic_tile"]["uneven"]["size"] == "large"  # priors/mtd.yaml applied
+    assert plan["vocabulary"]["classes"]["magnetic_tile"]["blowhole"]["size"] == "tiny"  # priors/mtd.yaml applied
     m = result["metrics"]
     assert m["test_images"] > 200 and 0.0 <= m["image_auroc_cada"] <= 1.0

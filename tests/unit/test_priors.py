@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.parametrize("name,family", [("crack", "crack"), ("deep_scratch", "scratch"), ("Blowhole", "hole"),
                                           ("oil_stain", "perlin"), ("Fray", "line"), ("chip", "polygon"), ("weird", "perlin"),
-                                          ("Uneven", "perlin"), ("fold", "brush")])
+                                          ("Uneven", "polygon"), ("rough_patch", "perlin"), ("fold", "brush")])
 def test_default_prior_from_name(name, family):
     prior = default_prior(name, "tile")
     assert prior.shape == family
@@ -99,4 +99,4 @@ def test_the_shipped_mtd_priors_file_is_valid():
     types = ["blowhole", "break", "crack", "fray", "uneven"]
     vocab = Vocabulary({"magnetic_tile": {t: default_prior(t, "magnetic_tile") for t in types}})
     mtd = apply_priors_file(vocab, ROOT / "priors/mtd.yaml")
-    assert mtd.prior("magnetic_tile", "uneven").size == "large" and mtd.prior("magnetic_tile", "fray").shape == "brush"
+    assert mtd.prior("magnetic_tile", "uneven").shape == "polygon" and mtd.prior("magnetic_tile", "fray").shape == "brush"
