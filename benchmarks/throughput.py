@@ -34,9 +34,9 @@ sys.path.insert(0, str(ROOT))
 from uniadc_core.config import ClipConfig, DemoConfig, IngestConfig, SynthesizeConfig, TrainConfig  # noqa: E402
 from uniadc_core.ingest import ingest  # noqa: E402
 from uniadc_core.io import atomic_path  # noqa: E402
-from uniadc_core.loader import MixedStream, make_loader  # noqa: E402
+from uniadc_core.loader import make_loader  # noqa: E402
 from uniadc_core.synth import load_inputs, synthesize  # noqa: E402
-from uniadc_core.train import FeatureCache, build_model, load_train_data, samples_per_epoch, train_step  # noqa: E402
+from uniadc_core.train import FeatureCache, build_model, load_train_data, samples_per_epoch, train_step, training_stream  # noqa: E402
 
 WORK = ROOT / "benchmarks/work/throughput"
 
@@ -51,15 +51,10 @@ def prepare_data() -> tuple:
     return manifest, vocab
 
 
-def stream_for(data, cfg: TrainConfig, steps: int) -> MixedStream:
-    return MixedStream(data.normals, data.shots, data.units, data.normals.images.shape[-1], cfg.batch_size, steps,
-                       cfg.synthetic_fraction, cfg.shot_fraction, cfg.seed, cfg.augment, cfg.shuffle_buffer)
-
-
 def loading_rate(data, cfg: TrainConfig, workers: int, repeats: int) -> float:
     """Samples/s of the loader alone over one epoch-sized pass (workers started before timing)."""
     steps = max(8, samples_per_epoch(data, cfg) // cfg.batch_size)
-    stream = stream_for(data, cfg, steps)
+    stream = training_stream(data, cfg, steps)
     loader = make_loader(stream, workers)
     stream.set_epoch(0)
     for _ in loader:  # starts the workers and warms the file cache
@@ -84,7 +79,7 @@ def training_rate(data, vocab, cfg: TrainConfig, device: torch.device, steps: in
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     feature_cache = FeatureCache(8.0, device) if cache else None
-    stream = stream_for(data, cfg, steps + 2)
+    stream = training_stream(data, cfg, steps + 2)
     loader = make_loader(stream, cfg.loader_workers, pin_memory=device.type == "cuda")
     rates = []
     for r in range(repeats + 1):

@@ -8,6 +8,7 @@ when a DVC remote is configured.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -54,8 +55,6 @@ def retrain_flow(repo: str = ".", params_path: str = paths.PARAMS, set_params: l
     """Retrain what changed, promote the challenger if it passes the gates, push data and models."""
     repo = str(Path(repo).resolve())
     reproduce(repo, list(set_params or []))
-    import os
-
     old = os.getcwd()
     os.chdir(repo)  # the promotion reads the manifest and params relative to the repository
     try:

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import tempfile
-
 from prefect import get_run_logger, task
 
 from uniadc_core.config import EvaluateConfig, PromoteConfig
@@ -17,8 +15,7 @@ def score_version(uri: str, name: str, version: str, manifest_path: str, cfg: Ev
     from uniadc_core.tracking import load_detector
 
     detector = load_detector(uri, name, version)
-    with tempfile.TemporaryDirectory() as tmp:
-        metrics = evaluate(detector.model, detector.cada, read_manifest(manifest_path), cfg, tmp)
+    metrics = evaluate(detector.model, detector.cada, read_manifest(manifest_path), cfg, None)  # metrics only, no report files
     get_run_logger().info("%s version %s on %s: image AUROC %s, type accuracy %s", name, version, manifest_path,
                           metrics.get("image_auroc_cada"), metrics.get("type_accuracy_cada"))
     return metrics

@@ -16,8 +16,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-OPENAI_MEAN = [0.48145466, 0.4578275, 0.40821073]
-OPENAI_STD = [0.26862954, 0.26130258, 0.27577711]
 TEMPLATES = ("a photo of a {} with {}.", "a close-up photo of {} on a {}.", "an industrial photo of a {} showing {}.")
 NORMAL_TEMPLATES = ("a photo of a flawless {}.", "a close-up photo of a normal {} without defect.")
 
@@ -137,9 +135,11 @@ def create_clip(model_name: str, pretrained: str, offline: bool = True, config_d
 class OpenClipBackbone(nn.Module):
     """Frozen open_clip ViT: patch tokens of ``layers`` projected into the joint space and summed."""
 
-    def __init__(self, model_name: str, pretrained: str, layers: list[int], offline: bool = True, config_dir: str = ""):
+    def __init__(self, model_name: str, pretrained: str, layers: list[int], offline: bool = True, config_dir: str = "",
+                 loaded=None):
+        """``loaded``: the (model, Preprocess) ``create_clip`` already returned, so the weights are read once."""
         super().__init__()
-        clip, self.preprocess = create_clip(model_name, pretrained, offline, config_dir)
+        clip, self.preprocess = loaded or create_clip(model_name, pretrained, offline, config_dir)
         self.visual = clip.visual.requires_grad_(False)
         width, joint = self.visual.transformer.width, self.visual.output_dim
         self.layers = list(layers)
@@ -190,13 +190,15 @@ def text_type_embeddings(clip, model_name: str, object_name: str, defect_types: 
 # ---------------------------------------------------------------------------- registry
 
 
-def create_backbone(name: str, width: int, embed_dim: int, options: dict) -> tuple[nn.Module, Preprocess | None]:
-    """The backbone and its preprocessing (None: normalise with training statistics, any size)."""
+def create_backbone(name: str, width: int, embed_dim: int, options: dict, loaded_clip=None) -> tuple[nn.Module, Preprocess | None]:
+    """The backbone and its preprocessing (None: normalise with training statistics, any size).
+
+    ``loaded_clip``: an open_clip (model, Preprocess) from ``create_clip`` to use instead of loading it again."""
     if name == "scratch":
         return ScratchBackbone(width, embed_dim), None
     if name == "open_clip":
         backbone = OpenClipBackbone(options["model_name"], options.get("pretrained", ""), options["layers"],
-                                    options.get("offline", True), options.get("config_dir", ""))
+                                    options.get("offline", True), options.get("config_dir", ""), loaded_clip)
         return backbone, backbone.preprocess
     msg = f"unknown backbone '{name}'; valid: {', '.join(BACKBONES)}"
     raise ValueError(msg)

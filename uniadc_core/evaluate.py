@@ -121,9 +121,9 @@ def _per_class(test: EvalSet, preds: dict[str, dict]) -> pl.DataFrame:
     return pl.DataFrame(rows)
 
 
-def evaluate(model: Discriminator, cada: Cada, manifest: pl.DataFrame, cfg: EvaluateConfig, out_dir: str | Path) -> dict:
-    """Score the test set, write metrics.json, per_class.csv, predictions.parquet and plots; return the flat metrics."""
-    out_dir = Path(out_dir)
+def evaluate(model: Discriminator, cada: Cada, manifest: pl.DataFrame, cfg: EvaluateConfig, out_dir: str | Path | None) -> dict:
+    """Score the test set, write metrics.json, per_class.csv, predictions.csv and plots (not when ``out_dir``
+    is None: the metrics alone, as promotion needs); return the flat metrics."""
     types = model.config.defect_types
     test = load_test_set(manifest, types, model.config.image_size, model.config.resize)
     scores = score_arrays(model, test.images, progress=True)
@@ -139,7 +139,10 @@ def evaluate(model: Discriminator, cada: Cada, manifest: pl.DataFrame, cfg: Eval
     flat["test_anomalies"] = int((test.labels > 0).sum())
     for v in VARIANTS:
         log.info("%-6s %s", v, "  ".join(f"{k}={per_variant[v][k]}" for k in METRICS))
+    if out_dir is None:
+        return flat
 
+    out_dir = Path(out_dir)
     write_json(out_dir / "metrics.json", flat)
     table = _per_class(test, preds)
     with atomic_path(out_dir / "per_class.csv") as tmp:

@@ -89,11 +89,16 @@ def register_foreground_estimator(name: str, fn: Callable[[np.ndarray], np.ndarr
     FOREGROUND_ESTIMATORS[name] = fn
 
 
-def estimate_foreground(image: np.ndarray, method: str = "border") -> np.ndarray:
+def foreground_estimator(method: str) -> Callable[[np.ndarray], np.ndarray]:
+    """The registered estimator called ``method``, or a clear error."""
     if method not in FOREGROUND_ESTIMATORS:
         msg = f"unknown foreground estimator '{method}'; registered: {', '.join(FOREGROUND_ESTIMATORS)}"
         raise ValueError(msg)
-    return FOREGROUND_ESTIMATORS[method](image)
+    return FOREGROUND_ESTIMATORS[method]
+
+
+def estimate_foreground(image: np.ndarray, method: str = "border") -> np.ndarray:
+    return foreground_estimator(method)(image)
 
 
 # ---------------------------------------------------------------------------- score fields

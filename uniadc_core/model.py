@@ -63,13 +63,13 @@ class Prediction(NamedTuple):
 class Discriminator(nn.Module):
     memory_format = torch.channels_last  # faster training steps on this CPU (benchmarks/throughput.py)
 
-    def __init__(self, config: ModelConfig, load_backbone_weights: bool = True):
+    def __init__(self, config: ModelConfig, load_backbone_weights: bool = True, loaded_clip=None):
         super().__init__()
         self.config = config
         options = dict(config.backbone_options)
         if not load_backbone_weights:  # weights come from a saved state dict: build with random init
             options["pretrained"] = ""
-        self.backbone, _ = create_backbone(config.backbone, config.width, config.embed_dim, options)
+        self.backbone, _ = create_backbone(config.backbone, config.width, config.embed_dim, options, loaded_clip)
         self.type_embeddings = nn.Parameter(torch.randn(config.num_types + 1, config.embed_dim) * 0.5)  # (K+1, D)
         if config.normal_class == "implicit":  # no normal embedding: a pixel is normal unless a defect type beats this logit
             self.type_embeddings = nn.Parameter(torch.randn(config.num_types, config.embed_dim) * 0.5)  # (K, D)

@@ -91,6 +91,12 @@ def samples_per_epoch(data: TrainData, cfg: TrainConfig) -> int:
     return max(cfg.min_epoch_samples, math.ceil(len(data.normals.classes) / (1.0 - p_syn - p_shot)))
 
 
+def training_stream(data: TrainData, cfg: TrainConfig, steps: int) -> MixedStream:
+    """The stream of ``steps`` training batches per epoch, mixed and augmented as ``cfg`` says."""
+    return MixedStream(data.normals, data.shots, data.units, data.normals.images.shape[-1], cfg.batch_size, steps,
+                       cfg.synthetic_fraction, cfg.shot_fraction, cfg.seed, cfg.augment, cfg.shuffle_buffer)
+
+
 def resolve_device(cfg: TrainConfig) -> torch.device:
     if cfg.device == "cuda" and not torch.cuda.is_available():
         msg = "train.device is cuda but torch sees no CUDA device; set train.device: auto or cpu"
@@ -122,7 +128,7 @@ class FeatureCache:
         self.bytes = self.hits = self.misses = 0
 
     def frozen(self, model: Discriminator, images: torch.Tensor, keys: list[str]) -> tuple[torch.Tensor, ...]:
-        todo = [i for i, k in enumerate(keys) if k not in self.store]
+        todo = list({k: i for i, k in enumerate(keys) if k not in self.store}.values())  # a key repeated in a batch once
         self.hits += len(keys) - len(todo)
         self.misses += len(todo)
         fresh = {}
@@ -135,7 +141,7 @@ class FeatureCache:
                 if self.bytes + size <= self.max_bytes:
                     self.store[keys[i]] = parts
                     self.bytes += size
-        rows = [self.store.get(k) or fresh[k] for k in keys]
+        rows = [self.store[k] if k in self.store else fresh[k] for k in keys]
         return tuple(torch.stack([r[n] for r in rows]).to(images.device) for n in range(len(rows[0])))
 
 
@@ -230,14 +236,14 @@ def _load_checkpoint(path: Path, fingerprint: str, model, ema, opt, sched, scale
 def build_model(data: TrainData, vocab: Vocabulary, cfg: TrainConfig) -> Discriminator:
     """A fresh discriminator for the config: open_clip type embeddings start at their text embeddings."""
     mean, std = channel_stats(data.normals.images)
-    options, size, embed_dim, type_init = {}, cfg.image_size, cfg.embed_dim, None
+    options, size, embed_dim, type_init, loaded = {}, cfg.image_size, cfg.embed_dim, None, None
     if cfg.backbone == "open_clip":
         options = {**dataclasses.asdict(cfg.clip)}
-        clip, pre = create_clip(cfg.clip.model_name, cfg.clip.pretrained, cfg.clip.offline, cfg.clip.config_dir)
+        loaded = create_clip(cfg.clip.model_name, cfg.clip.pretrained, cfg.clip.offline, cfg.clip.config_dir)  # read once
+        clip, pre = loaded
         mean, std, size, embed_dim = pre.mean, pre.std, pre.image_size, clip.visual.output_dim
         # defect types start at their text embeddings, as in UniADC
         type_init = text_type_embeddings(clip, cfg.clip.model_name, cfg.clip.object_name, vocab.defect_types)
-        del clip
         if size != data.normals.images.shape[-1]:
             msg = (f"train.image_size is {data.normals.images.shape[-1]} but open_clip model '{cfg.clip.model_name}' "
                    f"takes {size} px; set train.image_size: {size}")
@@ -255,7 +261,7 @@ def build_model(data: TrainData, vocab: Vocabulary, cfg: TrainConfig) -> Discrim
         resize=vocab.resize,
         normal_class=cfg.normal_class,
     )
-    model = Discriminator(config)
+    model = Discriminator(config, loaded_clip=loaded)
     if type_init is not None:
         model.type_embeddings.data.copy_(type_init if cfg.normal_class == "explicit" else type_init[1:])
     return model
@@ -295,7 +301,7 @@ def train_discriminator(
     torch.manual_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device, amp = resolve_device(cfg), None
+    device = resolve_device(cfg)
     amp = resolve_precision(cfg, device)
     model = build_model(data, vocab, cfg).to(device)
     # strong augmentation makes every view new, so there would be nothing to reuse
@@ -312,8 +318,7 @@ def train_discriminator(
     best_state, state = _load_checkpoint(Path(checkpoint), fingerprint, model, ema, opt, sched, scaler) if checkpoint else (None, {})
     start, best, history = state.get("epoch", 0), state.get("best", float("inf")), state.get("history", [])
     last = cfg.epochs if stop_after is None else min(cfg.epochs, stop_after)
-    stream = MixedStream(data.normals, data.shots, data.units, data.normals.images.shape[-1], cfg.batch_size, steps_per_epoch,
-                         cfg.synthetic_fraction, cfg.shot_fraction, cfg.seed, cfg.augment, cfg.shuffle_buffer)
+    stream = training_stream(data, cfg, steps_per_epoch)
     loader = make_loader(stream, cfg.loader_workers, pin_memory=device.type == "cuda")
     log.info("train: %s, %s, %d steps of %d per epoch, %d loader worker(s)%s", device, amp or "fp32", steps_per_epoch,
              cfg.batch_size, cfg.loader_workers, ", frozen features cached" if cache else "")

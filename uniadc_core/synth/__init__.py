@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from uniadc_core.config import SynthesizeConfig
 from uniadc_core.datasets.manifest import read_manifest
 from uniadc_core.io import read_json
-from uniadc_core.priors import Vocabulary, apply_priors_file, estimate_foreground
+from uniadc_core.masks import foreground_estimator
+from uniadc_core.priors import Vocabulary, apply_priors_file
 from uniadc_core.synth.shards import finalize, plan_samples, prepare, write_shard
 
 BACKENDS = ("procedural", "diffusion")
@@ -27,7 +26,7 @@ def plan(manifest_path: str | Path, vocab_path: str | Path, out_dir: str | Path,
     if cfg.backend not in BACKENDS:
         msg = f"unknown synthesizer '{cfg.backend}'; valid: {', '.join(BACKENDS)}"
         raise ValueError(msg)
-    estimate_foreground(np.zeros((4, 4, 3), np.uint8), cfg.foreground)  # an unknown estimator fails here, not per shard
+    foreground_estimator(cfg.foreground)  # an unknown estimator fails here, not per shard
     manifest, vocab = load_inputs(manifest_path, vocab_path, cfg.priors)
     return prepare(out_dir, plan_samples(manifest, vocab, cfg), cfg, vocab)
 

@@ -32,7 +32,7 @@ from scipy import ndimage
 
 from uniadc_core.config import DiffusionConfig
 from uniadc_core.priors import DefectPrior, estimate_foreground, sample_mask
-from uniadc_core.synth.procedural import Synthetic, synthesize_cut_paste
+from uniadc_core.synth.procedural import Synthetic, finish, synthesize_cut_paste
 
 log = logging.getLogger(__name__)
 
@@ -188,45 +188,39 @@ class Job:
 def synthesize_batch(pipe, jobs: list[Job], cfg: DiffusionConfig, selector: ClipSelector | None = None) -> list[tuple[Synthetic, dict]]:
     """Make every job's candidates in batched pipeline calls, keep the best of each;
     returns (sample, settings) with the settings recorded in the shard."""
-    requests, owners, sources = [], [], []
-    for j, job in enumerate(jobs):
+    n = cfg.candidates
+    requests = []  # job j's candidates are requests[j * n:(j + 1) * n]
+    for job in jobs:
         rng = np.random.default_rng(job.seed)
         prompts = job.prior.prompts or (f"a photo with a {job.defect_type.replace('_', ' ')}",)
-        for c in range(cfg.candidates):
+        fg = estimate_foreground(job.normal, job.foreground) if job.shot is None else None
+        for c in range(n):
             if job.shot is not None:  # few-shot repaint: paste the real defect, then repaint it lightly
                 pasted = synthesize_cut_paste(job.normal, job.shot, job.shot_mask, rng, job.foreground)
                 source, mask, strength = pasted.image, pasted.mask, cfg.repaint_strength
             else:
-                mask = sample_mask(job.prior, rng, job.normal.shape[:2], estimate_foreground(job.normal, job.foreground))
+                mask = sample_mask(job.prior, rng, job.normal.shape[:2], fg)
                 source, strength = job.normal, float(cfg.strengths[c % len(cfg.strengths)])
             seed = int(rng.integers(2**31 - 1))
             requests.append(Request(source, mask, str(prompts[c % len(prompts)]), job.prior.negative_prompt, strength, seed))
-            owners.append(j)
-            sources.append(source)
     generated = generate(pipe, requests, cfg)
-    best: dict[int, tuple[float, int]] = {}
-    for i, (req, gen) in enumerate(zip(requests, generated, strict=True)):
-        job = jobs[owners[i]]
-        image = composite(req.image, gen, req.mask)
-        if selector is not None and len(job.class_types) > 1:
-            score = selector.score(image, req.mask, job.defect_type, job.class_types)
-        else:
-            score = mask_consistency(sources[i], gen, req.mask)
-        if owners[i] not in best or score > best[owners[i]][0]:
-            best[owners[i]] = (score, i)
     out = []
     for j, job in enumerate(jobs):
-        score, i = best[j]
+        use_clip = selector is not None and len(job.class_types) > 1
+        candidates = []
+        for i in range(j * n, (j + 1) * n):
+            req, gen = requests[i], generated[i]
+            image = composite(req.image, gen, req.mask)
+            score = (selector.score(image, req.mask, job.defect_type, job.class_types) if use_clip
+                     else mask_consistency(req.image, gen, req.mask))
+            candidates.append((score, i, image))
+        score, i, image = max(candidates, key=lambda t: t[0])  # the first of equal scores
         req = requests[i]
-        image = composite(req.image, generated[i], req.mask)
-        diff = np.abs(image.astype(np.float32) - job.normal.astype(np.float32)).mean(-1)
-        quality = float(diff[req.mask].mean() / 255.0) if req.mask.any() else 0.0
         settings = {"model": cfg.model, "strength": req.strength, "steps": cfg.steps, "guidance": cfg.guidance,
                     "resolution": cfg.resolution, "seed": req.seed, "prompt": req.prompt, "negative_prompt": req.negative_prompt,
-                    "candidates": cfg.candidates, "kept": i - min(k for k, o in enumerate(owners) if o == j),
-                    "selector": "clip" if selector is not None and len(job.class_types) > 1 else "mask_consistency",
+                    "candidates": n, "kept": i - j * n, "selector": "clip" if use_clip else "mask_consistency",
                     "selection_score": round(score, 6)}
-        out.append((Synthetic(image, req.mask, quality), settings))
+        out.append((finish(job.normal, image.astype(np.float32), req.mask), settings))
     return out
 
 

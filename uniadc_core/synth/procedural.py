@@ -61,7 +61,7 @@ def synthesize_zero_shot(normal: np.ndarray, prior: DefectPrior, rng: np.random.
     changed = _appearance(str(rng.choice(prior.appearances)), img, mask, rng)
     alpha = (_soft(mask, rng) * rng.uniform(0.75, 1.0))[..., None]
     out = np.clip(img * (1 - alpha) + changed * alpha, 0, 255)
-    return _finish(normal, out, mask)
+    return finish(normal, out, mask)
 
 
 def _augment_patch(patch: np.ndarray, pmask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -103,10 +103,10 @@ def synthesize_cut_paste(
     layer[ty:ty + ph, tx:tx + pw] = patch
     alpha = _soft(mask, rng)[..., None]
     out = np.clip(normal.astype(np.float32) * (1 - alpha) + layer * alpha, 0, 255)
-    return _finish(normal, out, mask)
+    return finish(normal, out, mask)
 
 
-def _finish(normal: np.ndarray, out: np.ndarray, mask: np.ndarray) -> Synthetic:
+def finish(normal: np.ndarray, out: np.ndarray, mask: np.ndarray) -> Synthetic:
     out8 = np.round(out).astype(np.uint8)
     diff = np.abs(out8.astype(np.float32) - normal.astype(np.float32)).mean(-1)
     quality = float(diff[mask].mean() / 255.0) if mask.any() else 0.0

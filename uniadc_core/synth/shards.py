@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import os
-import sys
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -64,13 +63,12 @@ class SampleSpec:
 
 
 def code_version() -> str:
-    """A hash of the synthesizer's source: shards made by other code are not resumed."""
-    import uniadc_core.priors
-    import uniadc_core.synth.procedural
-
+    """A hash of the synthesizers' source (priors, masks, both backends, this module): shards made by
+    other code are not resumed."""
+    here = Path(__file__).parent
     h = hashlib.sha256()
-    for module in (uniadc_core.priors, uniadc_core.synth.procedural, sys.modules[__name__]):
-        h.update(Path(module.__file__).read_bytes())
+    for path in (here.parent / "priors.py", here.parent / "masks.py", here / "procedural.py", here / "diffusion.py", here / "shards.py"):
+        h.update(path.read_bytes())
     return h.hexdigest()[:16]
 
 
@@ -121,17 +119,24 @@ def plan_samples(manifest: pl.DataFrame, vocab: Vocabulary, cfg: SynthesizeConfi
 def make_sample(spec: SampleSpec, vocab: Vocabulary, image_size: int, foreground: str = "border") -> dict:
     """One shard row made by the procedural synthesizer (zero-shot or cut-paste)."""
     rng = np.random.default_rng(spec.seed)
-    normal = resize(load_image(spec.source_path), image_size, policy=vocab.resize)
+    normal, shot, shot_mask = _load_sources(spec, vocab, image_size)
     prior = vocab.prior(spec.object_class, spec.defect_type)
-    if spec.shot_path is not None:
-        shot = resize(load_image(spec.shot_path), image_size, policy=vocab.resize)
-        shot_mask = resize(load_mask(spec.shot_mask_path), image_size, policy=vocab.resize)
+    if shot is not None:
         out = synthesize_cut_paste(normal, shot, shot_mask, rng, foreground)
         settings = {"shot": Path(spec.shot_path).name, "foreground": foreground}
     else:
         out = synthesize_zero_shot(normal, prior, rng, foreground)
         settings = {"shape": prior.shape, "size": prior.size, "foreground": foreground}
     return _row(spec, out.image, out.mask, out.quality, settings)
+
+
+def _load_sources(spec: SampleSpec, vocab: Vocabulary, size: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """(normal image, real anomaly shot or None, its mask or None) of a spec, at ``size``."""
+    normal = resize(load_image(spec.source_path), size, policy=vocab.resize)
+    if spec.shot_path is None:
+        return normal, None, None
+    shot = resize(load_image(spec.shot_path), size, policy=vocab.resize)
+    return normal, shot, resize(load_mask(spec.shot_mask_path), size, policy=vocab.resize)
 
 
 def _row(spec: SampleSpec, image: np.ndarray, mask: np.ndarray, quality: float, settings: dict) -> dict:
@@ -153,14 +158,9 @@ def make_diffusion_rows(specs: list[SampleSpec], vocab: Vocabulary, cfg: Synthes
     """Shard rows made by the diffusion synthesizer, in batched pipeline calls."""
     from uniadc_core.synth.diffusion import Job, shared_pipeline, shared_selector, synthesize_batch
 
-    size = cfg.image_size
     jobs = []
     for spec in specs:
-        normal = resize(load_image(spec.source_path), size, policy=vocab.resize)
-        shot = shot_mask = None
-        if spec.shot_path is not None:
-            shot = resize(load_image(spec.shot_path), size, policy=vocab.resize)
-            shot_mask = resize(load_mask(spec.shot_mask_path), size, policy=vocab.resize)
+        normal, shot, shot_mask = _load_sources(spec, vocab, cfg.image_size)
         types = vocab.classes[spec.object_class]
         class_types = {t: (p.prompts[0] if p.prompts else t.replace("_", " ")) for t, p in types.items()}
         jobs.append(Job(normal, vocab.prior(spec.object_class, spec.defect_type), spec.seed, spec.defect_type,
