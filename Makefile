@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 run: setup
-	@start=$$(date +%s); dvc repro && echo "pipeline: $$(( $$(date +%s) - start )) s" && dvc metrics show
+	@start=$$(date +%s); dvc repro && echo "pipeline: $$(( $$(date +%s) - start )) s" && uniadc report
 
 test: setup
 	pytest -q

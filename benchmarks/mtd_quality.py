@@ -26,21 +26,20 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from uniadc_core.cada import load_cada  # noqa: E402
-from uniadc_core.calibrate import fit  # noqa: E402
-from uniadc_core.config import load_params, parse_params  # noqa: E402
-from uniadc_core.evaluate import evaluate  # noqa: E402
-from uniadc_core.ingest import ingest  # noqa: E402
+from uniadc_core.cada.fit import fit  # noqa: E402
+from uniadc_core.config import apply_overrides, load_params, parse_params  # noqa: E402
+from uniadc_core.data.ingest import ingest  # noqa: E402
+from uniadc_core.data.shards import read_samples  # noqa: E402
+from uniadc_core.evaluation.evaluate import evaluate  # noqa: E402
 from uniadc_core.io import atomic_path  # noqa: E402
-from uniadc_core.model import load_model  # noqa: E402
-from uniadc_core.synth import load_inputs, synthesize  # noqa: E402
-from uniadc_core.synth.shards import read_samples  # noqa: E402
-from uniadc_core.train import train  # noqa: E402
+from uniadc_core.model.discriminator import load_model  # noqa: E402
+from uniadc_core.model.train import train  # noqa: E402
+from uniadc_core.serving.detector import Detector  # noqa: E402
+from uniadc_core.synthesis.synthesize import load_inputs, synthesize  # noqa: E402
 
 # UniADC (arXiv 2511.06644), MTD, 2 normal shots: image AUROC, pixel AUROC, PRO, type accuracy, mIoU
 PAPER = {
@@ -56,14 +55,6 @@ SETTINGS = {
 COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "type_accuracy", "miou")
 
 
-def _override(data: dict, assignment: str) -> None:
-    key, _, raw = assignment.partition("=")
-    *parents, leaf = key.split(".")
-    for part in parents:
-        data = data.setdefault(part, {})
-    data[leaf] = yaml.safe_load(raw)
-
-
 def run_setting(name: str, root: Path, work: Path, epochs: int, image_size: int, overrides: list[str] = ()) -> dict:
     base = load_params(ROOT / "params.yaml")
     shots = SETTINGS[name]
@@ -73,10 +64,9 @@ def run_setting(name: str, root: Path, work: Path, epochs: int, image_size: int,
         "synthesize": {"image_size": image_size, "samples_per_type": 120},
         "train": {"image_size": image_size, "epochs": epochs, "min_epoch_samples": 256},
     }
-    for assignment in overrides:
-        _override(raw, assignment)
+    apply_overrides(raw, list(overrides), create=True)
     params = parse_params(raw)
-    params = dataclasses.replace(params, fit_cada=base.fit_cada, evaluate=base.evaluate)
+    params = dataclasses.replace(params, **{k: getattr(base, k) for k in ("fit_cada", "evaluate") if k not in raw})
     shutil.rmtree(work, ignore_errors=True)
     times: dict[str, float] = {}
 
@@ -94,7 +84,7 @@ def run_setting(name: str, root: Path, work: Path, epochs: int, image_size: int,
     timed("train", train, manifest, vocab, work / "synthetic", params.train, work / "models/discriminator")
     model = load_model(work / "models/discriminator")
     timed("fit_cada", fit, model, manifest, samples, params.fit_cada, work / "models/cada")
-    metrics = timed("evaluate", evaluate, model, load_cada(work / "models/cada"), manifest, params.evaluate, work / "reports")
+    metrics = timed("evaluate", evaluate, Detector.load(work / "models"), manifest, params.evaluate, work / "reports")
     return {"setting": name, **shots, "overrides": list(overrides), "metrics": metrics, "seconds": times}
 
 

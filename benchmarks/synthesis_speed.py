@@ -29,11 +29,12 @@ sys.path.insert(0, str(ROOT))
 
 from tests.tiny_models import build_tiny_inpaint_pipeline  # noqa: E402
 from uniadc_core.config import DemoConfig, DiffusionConfig, IngestConfig, SynthesizeConfig  # noqa: E402
-from uniadc_core.ingest import ingest  # noqa: E402
+from uniadc_core.data.ingest import ingest  # noqa: E402
 from uniadc_core.io import atomic_path  # noqa: E402
-from uniadc_core.synth import load_inputs, plan_samples  # noqa: E402
-from uniadc_core.synth.diffusion import Request, generate, load_pipeline  # noqa: E402
-from uniadc_core.synth.shards import make_sample  # noqa: E402
+from uniadc_core.synthesis.diffusion import Request, generate, load_pipeline  # noqa: E402
+from uniadc_core.synthesis.plan import plan_samples  # noqa: E402
+from uniadc_core.synthesis.procedural import make_sample  # noqa: E402
+from uniadc_core.synthesis.synthesize import load_inputs  # noqa: E402
 
 WORK = ROOT / "benchmarks/work/synthesis"
 
@@ -116,15 +117,10 @@ def dask_scaling(workers: int, samples: int) -> float:
     (WORK / "params.yaml").write_text(yaml.safe_dump(params))
     out = WORK / f"data/syn-dask-{workers}"
     shutil.rmtree(out, ignore_errors=True)
-    old = os.getcwd()
-    os.chdir(WORK)
-    try:
-        with prefect_test_harness(server_startup_timeout=120):
-            t0 = time.perf_counter()
-            run("params.yaml", str(out.relative_to(WORK)))
-            return time.perf_counter() - t0
-    finally:
-        os.chdir(old)
+    with prefect_test_harness(server_startup_timeout=120):
+        t0 = time.perf_counter()
+        run(str(WORK), "", str(out))
+        return time.perf_counter() - t0
 
 
 def main() -> None:

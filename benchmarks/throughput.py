@@ -32,11 +32,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from uniadc_core.config import ClipConfig, DemoConfig, IngestConfig, SynthesizeConfig, TrainConfig  # noqa: E402
-from uniadc_core.ingest import ingest  # noqa: E402
+from uniadc_core.data.ingest import ingest  # noqa: E402
 from uniadc_core.io import atomic_path  # noqa: E402
-from uniadc_core.loader import make_loader  # noqa: E402
-from uniadc_core.synth import load_inputs, synthesize  # noqa: E402
-from uniadc_core.train import FeatureCache, build_model, load_train_data, samples_per_epoch, train_step, training_stream  # noqa: E402
+from uniadc_core.model.loader import make_loader  # noqa: E402
+from uniadc_core.model.train import FeatureCache, build_model, load_train_data, samples_per_epoch, train_step, training_stream  # noqa: E402
+from uniadc_core.synthesis.synthesize import load_inputs, synthesize  # noqa: E402
 
 WORK = ROOT / "benchmarks/work/throughput"
 

@@ -3,6 +3,7 @@
     uniadc run                 # dvc repro: the whole pipeline, only what changed
     uniadc stage train         # one stage's flow, without DVC
     uniadc check-params        # validate params.yaml and print the parsed config
+    uniadc report              # data/reports/metrics.json as a table: one row per variant
     uniadc promote [--rollback]                      # gated promotion of @challenger to @champion
     uniadc predict IMAGES_OR_FOLDERS [--model M] [--out predictions.csv] [--overlays DIR]
     uniadc retrain                                   # dvc repro, promotion, dvc push: once
@@ -17,8 +18,6 @@ import json
 import subprocess
 import sys
 
-from flows import paths
-
 STAGES = ("ingest", "synthesize", "train", "fit_cada", "evaluate")
 
 
@@ -29,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     stage = sub.add_parser("stage", help="run one stage's Prefect flow")
     stage.add_argument("name", choices=STAGES)
     check = sub.add_parser("check-params", help="validate params.yaml")
+    report = sub.add_parser("report", help="print metrics.json as a table (one row per variant)")
+    report.add_argument("--metrics", default="data/reports/metrics.json")
     promote = sub.add_parser("promote", help="promote @challenger to @champion if it passes the gates (params: promote)")
     promote.add_argument("--rollback", action="store_true", help="move @champion back to the previous champion")
     predict = sub.add_parser("predict", help="score image files or folders with a model")
@@ -42,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the retraining flow on a cron schedule (flow.serve)")
     serve.add_argument("--cron", default="0 2 * * *")
     for p in (stage, check, promote, predict):
-        p.add_argument("--params", default=paths.PARAMS)
+        p.add_argument("--params", default="params.yaml")
     return parser
 
 
@@ -52,6 +53,16 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "run":
         return subprocess.call(["dvc", "repro"])
+    if args.command == "report":
+        from uniadc_core.evaluation.report import metrics_table
+        from uniadc_core.io import read_json
+
+        try:
+            print(metrics_table(read_json(args.metrics)))
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
     if args.command in ("retrain", "serve"):
         from flows.retrain import retrain_flow, serve
 
@@ -73,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "promote":
         from flows.promote import promote_flow
 
-        print(json.dumps(promote_flow(args.params, rollback_champion=args.rollback), indent=2, default=str))
+        print(json.dumps(promote_flow(".", args.params, rollback_champion=args.rollback), indent=2, default=str))
         return 0
     if args.command == "predict":
         return _predict(args, params)
@@ -81,33 +92,23 @@ def main(argv: list[str] | None = None) -> int:
 
     module = importlib.import_module(f"flows.{args.name}")
     runner = getattr(module, "run", None) or getattr(module, f"{args.name}_flow")
-    runner(args.params)
+    runner(".", args.params)
     return 0
 
 
 def load_detector(model: str, params):
-    """A detector from an MLflow model URI or a local models directory (threshold: evaluate.threshold)."""
-    from pathlib import Path
-
-    from uniadc_core.cada import load_cada
-    from uniadc_core.inference import Detector
-    from uniadc_core.model import load_model
-
+    """A detector from an MLflow model URI or a local models folder; its threshold is the one saved with it."""
     if model.startswith(("models:/", "runs:/")):
         from uniadc_core.tracking import load_pyfunc, tracking_uri
 
         return load_pyfunc(model, tracking_uri(params.evaluate.mlflow.tracking_uri)).unwrap_python_model().detector
-    root = Path(model)
-    for disc, cada in ((root / "discriminator", root / "cada"), (root / "artifacts/discriminator", root / "artifacts/cada")):
-        if disc.is_dir() and cada.is_dir():
-            c = load_cada(cada)
-            return Detector(load_model(disc), c, c.decision_threshold(params.evaluate.threshold))
-    msg = f"{root}: not a model directory (expected discriminator/ and cada/ inside, e.g. data/models), nor models:/NAME@ALIAS"
-    raise FileNotFoundError(msg)
+    from uniadc_core.serving.detector import Detector
+
+    return Detector.load(model)
 
 
 def _predict(args, params) -> int:
-    from uniadc_core.predict import list_images, predict_files, write_rows
+    from uniadc_core.serving.predict import list_images, predict_files, write_rows
 
     model = args.model or f"models:/{params.evaluate.mlflow.registered_model}@champion"
     try:

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows import paths
+from flows.layout import Layout
 from tasks.evaluate import evaluate_models, track
 from uniadc_core.config import load_params
 
 
 @flow(name="evaluate")
-def evaluate_flow(params_path: str = paths.PARAMS) -> dict:
-    params = load_params(params_path)
-    metrics = evaluate_models(paths.MANIFEST, paths.DISCRIMINATOR, paths.CADA, params.evaluate, paths.REPORTS)
-    track(params, metrics, paths.REPORTS, paths.DISCRIMINATOR, paths.CADA)
+def evaluate_flow(root: str = ".", params_path: str = "") -> dict:
+    layout = Layout.at(root)
+    params = load_params(params_path or layout.params)
+    metrics = evaluate_models(str(layout.manifest), str(layout.models), params.evaluate, str(layout.reports), root)
+    track(params, metrics, str(layout.reports), str(layout.models), root)
     return metrics
 
 

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from prefect import flow
 
-from flows import paths
+from flows.layout import Layout
 from tasks.ingest import ingest_dataset
 from uniadc_core.config import load_params
 
 
 @flow(name="ingest")
-def ingest_flow(params_path: str = paths.PARAMS) -> tuple[str, str]:
-    cfg = load_params(params_path).ingest
-    return ingest_dataset(cfg, paths.PREPARED, paths.RAW)
+def ingest_flow(root: str = ".", params_path: str = "") -> tuple[str, str]:
+    layout = Layout.at(root)
+    cfg = load_params(params_path or layout.params).ingest
+    cfg = dataclasses.replace(cfg, root=str(layout.resolve(cfg.root)))  # a relative dataset root is under the repository
+    return ingest_dataset(cfg, str(layout.prepared), str(layout.raw))
 
 
 if __name__ == "__main__":

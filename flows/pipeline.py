@@ -4,21 +4,20 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows import paths
+from flows import synthesize
 from flows.evaluate import evaluate_flow
 from flows.fit_cada import fit_cada_flow
 from flows.ingest import ingest_flow
-from flows.synthesize import synthesize_flow
 from flows.train import train_flow
 
 
 @flow(name="uniadc-pipeline")
-def pipeline_flow(params_path: str = paths.PARAMS) -> dict:
-    ingest_flow(params_path)
-    synthesize_flow(params_path)
-    train_flow(params_path)
-    fit_cada_flow(params_path)
-    return evaluate_flow(params_path)
+def pipeline_flow(root: str = ".", params_path: str = "") -> dict:
+    ingest_flow(root, params_path)
+    synthesize.run(root, params_path)  # with the task runner synthesize.runner asks for
+    train_flow(root, params_path)
+    fit_cada_flow(root, params_path)
+    return evaluate_flow(root, params_path)
 
 
 if __name__ == "__main__":

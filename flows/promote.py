@@ -9,18 +9,19 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows import paths
+from flows.layout import Layout
 from tasks.promote import decide_promotion, record, rollback, score_version
 from uniadc_core.config import load_params
 
 
 @flow(name="promote")
-def promote_flow(params_path: str = paths.PARAMS, rollback_champion: bool = False) -> dict:
+def promote_flow(root: str = ".", params_path: str = "", rollback_champion: bool = False) -> dict:
     from uniadc_core.tracking import alias_version, tracking_uri
 
-    params = load_params(params_path)
+    layout = Layout.at(root)
+    params = load_params(params_path or layout.params)
     cfg = params.evaluate.mlflow
-    uri, name = tracking_uri(cfg.tracking_uri), cfg.registered_model
+    uri, name = tracking_uri(cfg.tracking_uri, root), cfg.registered_model
     if rollback_champion:
         return {"champion": rollback(uri, name), "decision": "rolled back"}
     challenger, champion = alias_version(uri, name, "challenger"), alias_version(uri, name, "champion")
@@ -29,8 +30,8 @@ def promote_flow(params_path: str = paths.PARAMS, rollback_champion: bool = Fals
         raise ValueError(msg)
     if challenger == champion:
         return {"challenger": challenger, "champion": champion, "promoted": False, "decision": "already champion"}
-    mine = score_version(uri, name, challenger, paths.MANIFEST, params.evaluate)
-    theirs = score_version(uri, name, champion, paths.MANIFEST, params.evaluate) if champion else None
+    mine = score_version(uri, name, challenger, str(layout.manifest), params.evaluate, root)
+    theirs = score_version(uri, name, champion, str(layout.manifest), params.evaluate, root) if champion else None
     decision = decide_promotion(mine, theirs, params.promote)
     record(uri, name, challenger, champion, decision)
     return {"challenger": challenger, "champion": challenger if decision.promote else champion,

@@ -8,13 +8,11 @@ when a DVC remote is configured.
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 
-from flows import paths
 from flows.promote import promote_flow
 from tasks import retry_on_io
 
@@ -51,16 +49,13 @@ def push(repo: str) -> bool:
 
 
 @flow(name="retrain")
-def retrain_flow(repo: str = ".", params_path: str = paths.PARAMS, set_params: list[str] | None = None) -> dict:
-    """Retrain what changed, promote the challenger if it passes the gates, push data and models."""
+def retrain_flow(repo: str = ".", params_path: str = "params.yaml", set_params: list[str] | None = None) -> dict:
+    """Retrain what changed, promote the challenger if it passes the gates, push data and models.
+
+    ``params_path`` is relative to ``repo`` (it is the file `dvc repro` reads there)."""
     repo = str(Path(repo).resolve())
     reproduce(repo, list(set_params or []))
-    old = os.getcwd()
-    os.chdir(repo)  # the promotion reads the manifest and params relative to the repository
-    try:
-        decision = promote_flow(params_path)
-    finally:
-        os.chdir(old)
+    decision = promote_flow(repo, str(Path(repo) / params_path))
     pushed = push(repo)
     return {**decision, "pushed": pushed}
 

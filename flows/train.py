@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows import paths
+from flows.layout import Layout
 from tasks.train import train_discriminator
 from uniadc_core.config import load_params
 
 
 @flow(name="train")
-def train_flow(params_path: str = paths.PARAMS) -> str:
-    cfg = load_params(params_path).train
-    return train_discriminator(paths.MANIFEST, paths.VOCABULARY, paths.SYNTHETIC, cfg, paths.DISCRIMINATOR)
+def train_flow(root: str = ".", params_path: str = "") -> str:
+    layout = Layout.at(root)
+    cfg = load_params(params_path or layout.params).train
+    return train_discriminator(str(layout.manifest), str(layout.vocabulary), str(layout.synthetic), cfg, str(layout.discriminator), root)
 
 
 if __name__ == "__main__":

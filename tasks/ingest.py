@@ -3,7 +3,7 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 
 from uniadc_core.config import IngestConfig
-from uniadc_core.ingest import ingest
+from uniadc_core.data.ingest import ingest
 
 
 @task(name="ingest")

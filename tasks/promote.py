@@ -2,20 +2,20 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 
-from uniadc_core.config import EvaluateConfig, PromoteConfig
-from uniadc_core.datasets.manifest import read_manifest
-from uniadc_core.evaluate import evaluate
 from tasks import retry_on_io
-from uniadc_core.promotion import Decision, decide
+from uniadc_core.config import EvaluateConfig, PromoteConfig
+from uniadc_core.data.manifest import read_manifest
+from uniadc_core.evaluation.evaluate import evaluate
+from uniadc_core.tracking.promotion import Decision, decide
 
 
 @task(name="score-version", retries=2, retry_delay_seconds=[2, 5], retry_condition_fn=retry_on_io)
-def score_version(uri: str, name: str, version: str, manifest_path: str, cfg: EvaluateConfig) -> dict:
+def score_version(uri: str, name: str, version: str, manifest_path: str, cfg: EvaluateConfig, root: str = ".") -> dict:
     """Evaluate a registered version on today's evaluation data (the manifest's test images)."""
     from uniadc_core.tracking import load_detector
 
     detector = load_detector(uri, name, version)
-    metrics = evaluate(detector.model, detector.cada, read_manifest(manifest_path), cfg, None)  # metrics only, no report files
+    metrics = evaluate(detector, read_manifest(manifest_path, root), cfg, None)  # metrics only, no report files
     get_run_logger().info("%s version %s on %s: image AUROC %s, type accuracy %s", name, version, manifest_path,
                           metrics.get("image_auroc_cada"), metrics.get("type_accuracy_cada"))
     return metrics

@@ -3,14 +3,14 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 
 from uniadc_core.config import SynthesizeConfig
-from uniadc_core.synth import plan
-from uniadc_core.synth.shards import finalize, write_shard
+from uniadc_core.synthesis.store import finalize, write_shard
+from uniadc_core.synthesis.synthesize import plan
 
 
 @task(name="plan-shards")
-def plan_shards(manifest_path: str, vocab_path: str, out_dir: str, cfg: SynthesizeConfig) -> list[int]:
+def plan_shards(manifest_path: str, vocab_path: str, out_dir: str, cfg: SynthesizeConfig, root: str = ".") -> list[int]:
     """Write the synthesis plan (priors file applied); return the ids of shards still to make (complete ones are kept)."""
-    return plan(manifest_path, vocab_path, out_dir, cfg)
+    return plan(manifest_path, vocab_path, out_dir, cfg, root)
 
 
 def _pin_gpu() -> None:

@@ -27,7 +27,7 @@ TINY_TRAIN = TrainConfig(image_size=64, width=8, embed_dim=8, epochs=2, batch_si
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory):
     """(manifest DataFrame, manifest path, vocabulary path) of a tiny generated demo."""
-    from uniadc_core.ingest import ingest
+    from uniadc_core.data.ingest import ingest
 
     base = tmp_path_factory.mktemp("tiny")
     result = ingest(tiny_ingest_config(base / "raw"), base / "prepared")
@@ -36,7 +36,7 @@ def tiny_dataset(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_shards(tiny_dataset, tmp_path_factory):
-    from uniadc_core.synth import synthesize
+    from uniadc_core.synthesis.synthesize import synthesize
 
     _, manifest_path, vocab_path = tiny_dataset
     out = tmp_path_factory.mktemp("synthetic")

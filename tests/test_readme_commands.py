@@ -35,19 +35,9 @@ def test_the_readme_has_the_users_commands():
     assert any(c.startswith("uniadc predict") for c in COMMANDS) and any(c.startswith("uniadc promote") for c in COMMANDS)
 
 
-def _override(data: dict, key: str, value: str) -> None:
-    *parents, leaf = key.split(".")
-    node = data
-    for part in parents:
-        assert isinstance(node.get(part), dict), f"README: -S {key}: '{part}' is not a params section"
-        node = node[part]
-    assert leaf in node, f"README: -S {key}: no such params key"
-    node[leaf] = yaml.safe_load(value)
-
-
 @pytest.mark.parametrize("command", COMMANDS)
 def test_readme_command_is_valid(command):
-    from uniadc_core.config import parse_params
+    from uniadc_core.config import apply_overrides, parse_params
 
     words = shlex.split(command)
     tool = words[0]
@@ -58,16 +48,19 @@ def test_readme_command_is_valid(command):
     elif tool == "dvc" and words[1:3] == ["exp", "run"]:
         params = yaml.safe_load((ROOT / "params.yaml").read_text())
         sets = [words[i + 1] for i, w in enumerate(words) if w == "-S"]
-        for assignment in sets:
-            key, _, value = assignment.partition("=")
-            _override(params, key, value)
-        parse_params(params)  # the values pass validation too
+        apply_overrides(params, sets)  # every -S key is in params.yaml (dvc exp run -S cannot add keys to it)...
+        parse_params(params)  # ... and the values pass validation too
     elif tool == "dvc":
         assert words[1] in {"params", "metrics", "repro", "push", "exp"}
     elif tool == "make":
         targets = re.findall(r"^([a-z]+):", (ROOT / "Makefile").read_text(), re.M)
         assert words[1] in targets
-    elif tool.endswith("python") or tool.endswith("pytest"):
+    elif tool.endswith("pytest"):
+        declared = (ROOT / "pyproject.toml").read_text()
+        expression = words[words.index("-m") + 1] if "-m" in words else ""
+        for marker in set(re.findall(r"\w+", expression)) - {"not", "and", "or"}:
+            assert f'"{marker}:' in declared, f"README: pytest -m {expression}: marker '{marker}' is not declared"
+    elif tool.endswith("python"):
         script = next(w for w in words[1:] if not w.startswith("-"))
         assert (ROOT / script).exists(), script
         if script.endswith(".py") and "--set" in words:  # flags the script accepts

@@ -8,10 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.flows.test_pipeline_flow import TINY_PARAMS
 from tests.tiny_models import TINY_CLIP
+from uniadc_core.config import merge_params
+
+pytestmark = pytest.mark.slow  # end to end: Prefect, DVC or MLflow in the loop
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,13 +26,6 @@ def _run(args: list[str], cwd: Path, env: dict) -> str:
     return proc.stdout + proc.stderr
 
 
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(base.get(k, {}), v) if isinstance(v, dict) else v
-    return out
-
-
 def tiny_repo(tmp_path: Path, extra_params: dict | None = None) -> tuple[Path, dict]:
     """A git + DVC repository with this project's pipeline and tiny params; (repo, environment to run in it)."""
     repo = tmp_path / "repo"
@@ -37,8 +34,8 @@ def tiny_repo(tmp_path: Path, extra_params: dict | None = None) -> tuple[Path, d
         shutil.copy(ROOT / name, repo / name)
     for package in ("flows", "tasks", "uniadc_core", "priors"):  # the stage deps: DVC hashes them
         shutil.copytree(ROOT / package, repo / package, ignore=shutil.ignore_patterns("__pycache__"))
-    params = _merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY_PARAMS)  # every key present, as users have it
-    params = _merge(params, extra_params or {})
+    params = merge_params(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY_PARAMS)  # every key present, as users have it
+    params = merge_params(params, extra_params or {})
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     (repo / ".gitignore").write_text("/data/\nmlflow.db\n__pycache__/\n")
     env = {**os.environ,
@@ -49,9 +46,16 @@ def tiny_repo(tmp_path: Path, extra_params: dict | None = None) -> tuple[Path, d
            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
     _run(["git", "init", "-q"], repo, env)
     _run([sys.executable, "-m", "dvc", "init", "-q"], repo, env)
+    shutil.copy(ROOT / ".dvcignore", repo / ".dvcignore")  # compiled Python is no code dep
     _run(["git", "add", "-A"], repo, env)
     _run(["git", "commit", "-qm", "tiny pipeline"], repo, env)
     return repo, env
+
+
+def _stale_stages(repo: Path, env: dict, dvc: list[str]) -> set[str]:
+    """Stages `dvc status` reports as changed (a stage's own deps: the downstream ones follow once it re-runs)."""
+    status = json.loads(_run([*dvc, "status", "--json"], repo, env).strip().splitlines()[-1])
+    return {name.split(":")[-1] for name in status}
 
 
 def test_dvc_repro_then_exp_run_with_open_clip(tmp_path):
@@ -66,6 +70,17 @@ def test_dvc_repro_then_exp_run_with_open_clip(tmp_path):
     assert scratch["backbone"] == "scratch"
     _run(["git", "add", "-A"], repo, env)
     _run(["git", "commit", "-qm", "lock"], repo, env)
+    assert _stale_stages(repo, env, dvc) == set()
+    # editing a core file makes every stage that imports it stale, and only those
+    for edited, stale in (("uniadc_core/cada/regressor.py", {"fit_cada", "evaluate"}),
+                          ("uniadc_core/serving/detector.py", {"evaluate"}),
+                          ("uniadc_core/model/loader.py", {"train", "fit_cada", "evaluate"}),
+                          ("uniadc_core/io.py", {"ingest", "synthesize", "train", "fit_cada", "evaluate"})):
+        original = (repo / edited).read_text()
+        (repo / edited).write_text(original + "\n# an edit\n")
+        assert _stale_stages(repo, env, dvc) == stale, edited
+        (repo / edited).write_text(original)
+    assert _stale_stages(repo, env, dvc) == set()
 
     out = _run([*dvc, "exp", "run", "-S", "train.backbone=open_clip", "-S", "train.clip.model_name=uniadc-tiny-clip",
                 "-S", "train.clip.pretrained=''", "-S", "train.clip.layers=[0,1]", "-S", f"train.clip.config_dir={clip_dir}"],

@@ -12,7 +12,8 @@ from tests.tiny_models import build_tiny_inpaint_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 MTD = ROOT.parent / "shared/datasets/mtd"
-pytestmark = pytest.mark.skipif(not (MTD / "MT_Free").is_dir(), reason=f"MTD dataset not found at {MTD}")
+pytestmark = [pytest.mark.slow, pytest.mark.mtd,
+              pytest.mark.skipif(not (MTD / "MT_Free").is_dir(), reason=f"MTD dataset not found at {MTD}")]
 
 
 def _benchmark():

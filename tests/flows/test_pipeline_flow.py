@@ -8,6 +8,8 @@ import pytest
 import yaml
 from prefect.testing.utilities import prefect_test_harness
 
+pytestmark = pytest.mark.slow  # end to end: Prefect, DVC or MLflow in the loop
+
 TINY_PARAMS = {
     "ingest": {"root": "data/raw/demo", "anomaly_shots": 1,
                "demo": {"classes": ["tile", "fabric"], "train_normals": 8, "test_normals": 3, "test_per_defect": 3}},
@@ -34,13 +36,11 @@ def pipeline_run(harness, tmp_path_factory):
     work = tmp_path_factory.mktemp("pipeline")
     (work / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS))
     uri = f"sqlite:///{work / 'mlflow.db'}"
-    old_cwd, old_uri = os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI")
-    os.chdir(work)
+    old_uri = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = uri
     try:
-        metrics = pipeline_flow("params.yaml")
+        metrics = pipeline_flow(str(work))  # the repository root is passed, the working directory is not changed
     finally:
-        os.chdir(old_cwd)
         if old_uri is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
@@ -72,8 +72,8 @@ def test_pipeline_writes_every_stage_output(pipeline_run):
 def test_registered_challenger_scores_like_the_local_model(pipeline_run):
     from mlflow import MlflowClient
 
-    from uniadc_core.inference import Detector
     from uniadc_core.io import load_image
+    from uniadc_core.serving.detector import Detector
     from uniadc_core.tracking import load_pyfunc, predict_paths
 
     work, uri, _ = pipeline_run
@@ -82,29 +82,22 @@ def test_registered_challenger_scores_like_the_local_model(pipeline_run):
     manifest = pl.read_parquet(work / "data/prepared/manifest.parquet")
     paths = [str(work / p) for p in manifest.filter(pl.col("role") == "test")["path"].to_list()[:6]]
     remote = predict_paths(load_pyfunc("models:/uniadc-test@challenger", uri), paths)
-    local = Detector.load(work / "data/models/discriminator", work / "data/models/cada").detect([load_image(p) for p in paths])
+    local = Detector.load(work / "data/models").detect([load_image(p) for p in paths])
     np.testing.assert_allclose(remote["score"].to_numpy(), local.score, rtol=1e-5, atol=1e-6)
     assert remote["defect_type"].tolist() == local.defect_type
     assert remote["is_anomaly"].tolist() == local.is_anomaly.tolist()
 
 
 def test_promote_flow_makes_the_first_passing_challenger_champion(pipeline_run):
-    import os
-
     from mlflow import MlflowClient
 
     from flows.promote import promote_flow
 
     work, uri, metrics = pipeline_run
-    old = os.getcwd()
-    os.chdir(work)
-    try:
-        first = promote_flow("params.yaml")
-        again = promote_flow("params.yaml")
-        with pytest.raises(ValueError, match="no earlier champion to roll back to"):
-            promote_flow("params.yaml", rollback_champion=True)
-    finally:
-        os.chdir(old)
+    first = promote_flow(str(work))
+    again = promote_flow(str(work))
+    with pytest.raises(ValueError, match="no earlier champion to roll back to"):
+        promote_flow(str(work), rollback_champion=True)
     client = MlflowClient(uri)
     champion = client.get_model_version_by_alias("uniadc-test", "champion")
     assert first["promoted"] and first["champion"] == str(champion.version) == first["challenger"]
@@ -120,8 +113,8 @@ def test_predict_command_scores_a_folder_with_a_corrupt_file(pipeline_run, tmp_p
     import shutil
 
     from flows.cli import main
-    from uniadc_core.inference import Detector
     from uniadc_core.io import load_image
+    from uniadc_core.serving.detector import Detector
 
     work, uri, _ = pipeline_run
     manifest = pl.read_parquet(work / "data/prepared/manifest.parquet")
@@ -141,7 +134,7 @@ def test_predict_command_scores_a_folder_with_a_corrupt_file(pipeline_run, tmp_p
     broken = rows.filter(pl.col("path").str.ends_with("broken.png"))
     assert broken.height == 1 and "broken.png" in broken["error"][0] and broken["score"][0] is None
     good = rows.filter(pl.col("error").is_null())
-    local = Detector.load(work / "data/models/discriminator", work / "data/models/cada")
+    local = Detector.load(work / "data/models")
     expected = local.detect([load_image(p) for p in good["path"].to_list()])
     np.testing.assert_allclose(good["score"].to_numpy(), expected.score, rtol=1e-5, atol=1e-6)
     assert good["defect_type"].to_list() == expected.defect_type

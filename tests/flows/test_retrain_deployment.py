@@ -4,9 +4,12 @@ dvc repro, promotion to @champion, no DVC remote so nothing pushed."""
 
 import sys
 
+import pytest
 from prefect.testing.utilities import prefect_test_harness
 
 from tests.flows.test_dvc_exp import _run, tiny_repo
+
+pytestmark = pytest.mark.slow  # end to end: Prefect, DVC or MLflow in the loop
 
 
 def test_deployment_is_created_with_its_schedule_and_runs_once(tmp_path):

@@ -1,7 +1,6 @@
 """The synthesize flow with both task runners: threads, and a Dask LocalCluster of 2 workers, make the same shards."""
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -10,11 +9,13 @@ from prefect.testing.utilities import prefect_test_harness
 
 from tests.conftest import TINY_DEMO, tiny_ingest_config
 
+pytestmark = pytest.mark.slow  # end to end: Prefect, DVC or MLflow in the loop
+
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """A tiny ingested demo in a fresh working directory laid out as the flows expect."""
-    from uniadc_core.ingest import ingest
+    from uniadc_core.data.ingest import ingest
 
     work = tmp_path_factory.mktemp("runners")
     ingest(tiny_ingest_config(work / "data/raw/demo"), work / "data/prepared", work / "data/raw")
@@ -28,12 +29,7 @@ def _run(work: Path, runner: str, out: str) -> dict:
               "synthesize": {"samples_per_type": 6, "shard_size": 5, "row_group_size": 5, "image_size": 64,
                              "workers": 2, "runner": runner}}
     (work / "params.yaml").write_text(yaml.safe_dump(params))
-    old = os.getcwd()
-    os.chdir(work)
-    try:
-        return run("params.yaml", out)
-    finally:
-        os.chdir(old)
+    return run(str(work), "", str(work / out))
 
 
 def test_dask_local_cluster_makes_the_same_shards_as_threads(workspace):

@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from tests.conftest import TINY_TRAIN
-from uniadc_core.backbones import create_backbone, create_clip, resolve_pretrained
-from uniadc_core.config import ClipConfig
-from uniadc_core.model import load_model, save_model
-from uniadc_core.synth import load_inputs
-from uniadc_core.train import FeatureCache, build_model, load_train_data, train_discriminator
-
 from tests.tiny_models import TINY_CLIP  # noqa: E402
+from uniadc_core.config import ClipConfig
+from uniadc_core.model.backbones import create_backbone
+from uniadc_core.model.discriminator import load_model, save_model
+from uniadc_core.model.train import FeatureCache, build_model, load_train_data, train_discriminator
+from uniadc_core.synthesis.synthesize import load_inputs
+from uniadc_core.weights import create_clip, resolve_pretrained
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +29,10 @@ def test_unknown_backbone_lists_the_valid_ones():
 
 
 def test_open_clip_backbone_gives_dense_features_in_the_joint_space(clip_dir):
-    backbone, pre = create_backbone("open_clip", 0, 0, {"model_name": "uniadc-tiny-clip", "pretrained": "", "layers": [0, 1],
+    backbone = create_backbone("open_clip", 0, 0, {"model_name": "uniadc-tiny-clip", "pretrained": "", "layers": [0, 1],
                                                          "config_dir": str(clip_dir)})
-    assert pre.image_size == 64 and len(pre.mean) == 3
+    pre = backbone.preprocess
+    assert pre.size == 64 and len(pre.mean) == 3
     feats, emb = backbone(torch.randn(2, 3, 64, 64))
     assert feats.shape == (2, 16, 4, 4) and emb.shape == (2, 16)
     trainable = [n for n, p in backbone.named_parameters() if p.requires_grad]

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from uniadc_core.cada import ClassStats, align, class_statistics, fit_cada, load_cada, save_cada
+from uniadc_core.cada.regressor import ClassStats, align, class_statistics, fit_cada, load_cada, save_cada
 from uniadc_core.config import FitCadaConfig
 
 

@@ -1,9 +1,18 @@
 import numpy as np
 import pytest
 
-from uniadc_core.config import EvaluateConfig
-from uniadc_core.evaluate import EvalSet, compute_metrics
-from uniadc_core.inference import Scores
+from uniadc_core.config import ConfigError, parse_params
+from uniadc_core.evaluation.evaluate import EvalSet, compute_metrics
+from uniadc_core.model.scoring import Scores
+from uniadc_core.serving.detector import decide
+
+TYPES = ["crack", "stain"]
+
+
+def _metrics(scores, test, threshold=1.0):
+    """Metrics of the decision at ``threshold`` with u = -5 and gamma = -2 for every image."""
+    n = len(test.labels)
+    return compute_metrics(decide(scores, np.full(n, -5.0), np.full(n, -2.0), threshold, TYPES), test, 0.3, len(TYPES))
 
 
 def _case(labels, has_mask=None):
@@ -22,34 +31,33 @@ def _case(labels, has_mask=None):
 
 def test_metrics_on_a_separable_case():
     scores, test = _case([0, 0, 1, 1])
-    m, preds = compute_metrics(scores, test, np.full(4, -5.0), np.full(4, -2.0), EvaluateConfig(), 2)
+    n = len(test.labels)
+    d = decide(scores, np.full(n, -5.0), np.full(n, -2.0), 1.0, TYPES)
+    m = compute_metrics(d, test, 0.3, len(TYPES))
     assert m["image_auroc"] == 1.0 and m["f1_max"] == 1.0 and m["aupro"] > 0.9
-    assert preds["pred_label"].tolist() == [0, 0, 1, 1] and m["type_accuracy"] == 1.0
+    assert d.label.tolist() == [0, 0, 1, 1] and m["type_accuracy"] == 1.0
+    assert d.defect_type == ["crack"] * 4 and d.is_anomaly.tolist() == [False, False, True, True]
 
 
 def test_degenerate_test_sets_give_none_not_nan(caplog):
     scores, test = _case([0, 0, 0])  # normals only
-    m, _ = compute_metrics(scores, test, np.full(3, -5.0), np.full(3, -2.0), EvaluateConfig(), 2)
+    m = _metrics(scores, test)
     assert m["image_auroc"] is None and m["pixel_auroc"] is None and m["aupro"] is None
     assert m["type_accuracy"] == pytest.approx(1.0)
     assert "needs both normal and anomalous samples" in caplog.text
     # anomalies whose masks are unknown are left out of the pixel metrics
     scores, test = _case([0, 1, 1], has_mask=[True, False, False])
-    m, _ = compute_metrics(scores, test, np.full(3, -5.0), np.full(3, -2.0), EvaluateConfig(), 2)
+    m = _metrics(scores, test)
     assert m["image_auroc"] == 1.0 and m["aupro"] is None
 
 
-def test_decision_rates_and_the_auto_threshold():
-    from uniadc_core.cada import Cada, CadaConfig, Regressor
-    from uniadc_core.config import parse_params
-
+def test_decision_rates_and_where_the_threshold_is_set():
     scores, test = _case([0, 0, 1, 1])
-    m, _ = compute_metrics(scores, test, np.full(4, -5.0), np.full(4, -2.0), EvaluateConfig(), 2)
+    m = _metrics(scores, test)
     assert m["false_positive_rate"] == 0.0 and m["miss_rate"] == 0.0
-    strict = EvaluateConfig(threshold=50.0)  # nothing is called anomalous
-    m, _ = compute_metrics(scores, test, np.full(4, -5.0), np.full(4, -2.0), strict, 2)
+    m = _metrics(scores, test, threshold=50.0)  # nothing is called anomalous
     assert m["false_positive_rate"] == 0.0 and m["miss_rate"] == 1.0
-    cfg = CadaConfig(2, 4, [0, 0], [1, 1], [0, 0], [1, 1], {"a": [0, 1, 1, False]}, [0, 1], threshold=1.3)
-    cada = Cada(cfg, Regressor(2, 4))
-    assert cada.decision_threshold("auto") == 1.3 and cada.decision_threshold(0.8) == 0.8
-    assert parse_params({"evaluate": {"threshold": "auto"}}).evaluate.threshold == "auto"
+    # the threshold is a fit_cada param saved with the model; the old evaluate key says where it went
+    assert parse_params({"fit_cada": {"threshold": "auto"}}).fit_cada.threshold == "auto"
+    with pytest.raises(ConfigError, match="'evaluate.threshold' has moved to 'fit_cada.threshold'"):
+        parse_params({"evaluate": {"threshold": 1.0}})

@@ -9,10 +9,10 @@ import torch
 
 from tests.conftest import TINY_TRAIN
 from uniadc_core.config import ConfigError, parse_params
-from uniadc_core.loader import MixedStream, _crop_and_jitter, is_validation_sample, make_loader
-from uniadc_core.synth import load_inputs
-from uniadc_core.synth.shards import read_samples
-from uniadc_core.train import load_train_data, samples_per_epoch
+from uniadc_core.data.shards import is_validation_sample, read_samples
+from uniadc_core.model.loader import MixedStream, _crop_and_jitter, make_loader
+from uniadc_core.model.train import load_train_data, samples_per_epoch
+from uniadc_core.synthesis.synthesize import load_inputs
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def data(tiny_dataset, tiny_shards):
 
 
 def _stream(data, steps=12, p_syn=0.5, p_shot=0.1, seed=0, batch=8):
-    return MixedStream(data.normals, data.shots, data.units, 64, batch, steps, p_syn, p_shot, seed)
+    return MixedStream(data.normals, data.shots, data.units, data.pre, batch, steps, p_syn, p_shot, seed)
 
 
 def _epoch(stream, workers, epoch=0):
@@ -119,7 +119,7 @@ def test_batches_mix_row_groups_and_defect_types(data):
 
 def test_strong_augmentation_crops_image_and_mask_together(data):
     def stream(aug):
-        return MixedStream(data.normals, data.shots, data.units, 64, 8, 6, 0.9, 0.0, 0, aug)
+        return MixedStream(data.normals, data.shots, data.units, data.pre, 8, 6, 0.9, 0.0, 0, aug)
 
     strong, again, plain = _epoch(stream("strong"), 0), _epoch(stream("strong"), 0), _epoch(stream("none"), 0)
     for a, b in zip(strong, again, strict=True):

@@ -3,18 +3,8 @@
 import numpy as np
 import pytest
 
-from uniadc_core.masks import (
-    COMPACT_FAMILIES,
-    SHAPE_FAMILIES,
-    SIZE_BINS,
-    THIN_FAMILIES,
-    canonical_family,
-    elongation,
-    estimate_foreground,
-    perlin,
-    register_foreground_estimator,
-    sample_shape,
-)
+from uniadc_core.data.vocabulary import COMPACT_FAMILIES, SHAPE_FAMILIES, SIZE_BINS, THIN_FAMILIES, canonical_family
+from uniadc_core.synthesis.masks import elongation, estimate_foreground, perlin, register_foreground_estimator, sample_shape
 
 
 def test_size_bins_hold_on_1000_seeded_draws():

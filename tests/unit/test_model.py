@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from tests.conftest import TINY_TRAIN
-from uniadc_core.model import Discriminator, ModelConfig, discriminator_loss, load_model, save_model
-from uniadc_core.synth import load_inputs
-from uniadc_core.train import load_train_data, train_discriminator
+from uniadc_core.model.discriminator import Discriminator, ModelConfig, discriminator_loss, load_model, save_model
+from uniadc_core.model.train import load_train_data, train_discriminator
+from uniadc_core.synthesis.synthesize import load_inputs
 
 
 def _tiny(types=("crack", "hole")):

@@ -3,7 +3,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from uniadc_core.priors import DefectPrior, Vocabulary, apply_priors_file, default_prior, estimate_foreground, sample_mask
+from uniadc_core.data.vocabulary import DefectPrior, Vocabulary, default_prior
+from uniadc_core.synthesis.masks import estimate_foreground
+from uniadc_core.synthesis.priors import apply_priors_file, sample_mask
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -94,7 +96,7 @@ def test_priors_file_errors_name_the_file_and_key(tmp_path, text, message):
 
 
 def test_the_shipped_mtd_priors_file_is_valid():
-    from uniadc_core.datasets.manifest import build_vocabulary  # noqa: F401  (the real path builds it from the manifest)
+    from uniadc_core.data.manifest import build_vocabulary  # noqa: F401  (the real path builds it from the manifest)
 
     types = ["blowhole", "break", "crack", "fray", "uneven"]
     vocab = Vocabulary({"magnetic_tile": {t: default_prior(t, "magnetic_tile") for t in types}})

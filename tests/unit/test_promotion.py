@@ -3,7 +3,7 @@
 import pytest
 
 from uniadc_core.config import PromoteConfig
-from uniadc_core.promotion import decide
+from uniadc_core.tracking.promotion import decide
 
 CFG = PromoteConfig(min_image_auroc=0.8, min_type_accuracy=0.5, max_drop=0.02,
                     tracked=["image_auroc_cada", "pixel_auroc_cada", "type_accuracy_cada"])

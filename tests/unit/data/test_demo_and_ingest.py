@@ -1,0 +1,89 @@
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+
+from uniadc_core.data.demo import DEFECTS, generate_demo
+from uniadc_core.data.manifest import apply_few_shot, records_to_frame
+from uniadc_core.data.mvtec import make_mvtec_records
+from uniadc_core.io import load_image, load_mask, sha256_file
+
+
+def _tree_hashes(root):
+    return {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*.png"))}
+
+
+def test_demo_is_deterministic_and_in_mvtec_layout(tmp_path):
+    a = generate_demo(tmp_path / "a", seed=3, classes=["tile", "marble"], train_normals=4, test_normals=2, test_per_defect=2)
+    b = generate_demo(tmp_path / "b", seed=3, classes=["tile", "marble"], train_normals=4, test_normals=2, test_per_defect=2)
+    assert _tree_hashes(a) == _tree_hashes(b)
+    assert (a / "tile/train/good/003.png").is_file()
+    for defect in DEFECTS["marble"]:
+        img = load_image(a / f"marble/test/{defect}/001.png")
+        mask = load_mask(a / f"marble/ground_truth/{defect}/001_mask.png")
+        assert img.shape == (128, 128, 3) and mask.shape == (128, 128)
+        assert 0 < mask.mean() < 0.2, defect
+    c = generate_demo(tmp_path / "c", seed=4, classes=["tile"], train_normals=4, test_normals=2, test_per_defect=2)
+    assert _tree_hashes(c)["tile/train/good/000.png"] != _tree_hashes(a)["tile/train/good/000.png"]
+
+
+def test_unknown_demo_class_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown class.*known: tile, fabric, marble"):
+        generate_demo(tmp_path / "x", classes=["wood"])
+    assert not (tmp_path / "x").exists()
+
+
+def test_ingest_applies_the_few_shot_protocol(tiny_dataset):
+    manifest, manifest_path, vocab_path = tiny_dataset
+    assert manifest["image_id"].n_unique() == manifest.height
+    shots = manifest.filter(pl.col("role") == "anomaly_shot")
+    # one shot per (class, defect type), moved from test to train
+    assert shots.group_by("object_class", "defect_type").len()["len"].to_list() == [1] * shots.height
+    assert shots.height == 6 and set(shots["split"]) == {"train"}
+    test = manifest.filter(pl.col("role") == "test")
+    assert test.filter(pl.col("is_anomaly")).height == 2 * 3 * (3 - 1)
+    assert set(test["split"]) == {"test"}
+    hold = manifest.filter(pl.col("role") == "normal_holdout")
+    assert hold.group_by("object_class").len()["len"].to_list() == [2, 2]  # 25% of 8
+    vocab = json.loads(vocab_path.read_text())
+    assert vocab["defect_types"] == ["crack", "hole", "scratch", "stain"]
+    assert vocab["classes"]["fabric"]["stain"]["shape"] == "perlin"
+    assert set(vocab["classes"]["tile"]) == {"crack", "scratch", "stain"}
+
+
+def test_normal_shots_k_and_too_many_anomaly_shots(tmp_path):
+    root = generate_demo(tmp_path / "d", classes=["tile"], train_normals=6, test_normals=2, test_per_defect=2)
+    frame, problems = records_to_frame(make_mvtec_records(root))
+    assert problems == []
+    roles = apply_few_shot(frame, normal_shots=2, anomaly_shots=0, seed=0, holdout_fraction=0.5)
+    counts = dict(roles.group_by("role").len().iter_rows())
+    assert counts == {"normal_shot": 1, "normal_holdout": 1, "unused_normal": 4, "test": 8}
+    again = apply_few_shot(frame, normal_shots=2, anomaly_shots=0, seed=0, holdout_fraction=0.5)
+    assert roles.equals(again)
+    with pytest.raises(ValueError, match="anomaly_shots=2; shots need masks and at least one image must stay"):
+        apply_few_shot(frame, normal_shots="all", anomaly_shots=2, seed=0)
+
+
+def test_missing_mask_and_corrupt_image_are_named(tmp_path):
+    root = generate_demo(tmp_path / "d", classes=["tile"], train_normals=4, test_normals=1, test_per_defect=1)
+    (root / "tile/ground_truth/crack/000_mask.png").unlink()
+    with pytest.raises(ValueError, match="test/crack/000.png: anomaly image without a mask"):
+        records_to_frame(make_mvtec_records(root))
+    root = generate_demo(tmp_path / "e", classes=["tile"], train_normals=4, test_normals=1, test_per_defect=1)
+    (root / "tile/train/good/001.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="001.png: not a readable image"):
+        records_to_frame(make_mvtec_records(root))
+    root = generate_demo(tmp_path / "f", classes=["tile"], train_normals=4, test_normals=1, test_per_defect=1)
+    (root / "tile/ground_truth/dent").mkdir()
+    with pytest.raises(ValueError, match=r"mask folder\(s\) \['dent'\] have no test/<defect> image folder"):
+        make_mvtec_records(root)
+
+
+def test_mask_of_wrong_size_is_refused(tmp_path):
+    from PIL import Image
+
+    root = generate_demo(tmp_path / "d", classes=["tile"], train_normals=4, test_normals=1, test_per_defect=1)
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(root / "tile/ground_truth/stain/000_mask.png")
+    with pytest.raises(ValueError, match="stain/000.png: mask .*000_mask.png is 64x64 but the image is 128x128"):
+        records_to_frame(make_mvtec_records(root))

@@ -1,0 +1,97 @@
+"""Evaluation and prediction are one scoring path: the same scores, decisions and defect types for the same
+images and models folder, with either resize policy; overlays lie on the image the model saw."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import polars as pl
+import pytest
+from PIL import Image
+
+from tests.conftest import TINY_DEMO, TINY_SYNTH, TINY_TRAIN
+from uniadc_core.cada.fit import fit
+from uniadc_core.config import EvaluateConfig, FitCadaConfig, IngestConfig
+from uniadc_core.data.demo import generate_demo
+from uniadc_core.data.ingest import ingest
+from uniadc_core.data.preprocess import Preprocess
+from uniadc_core.data.shards import read_samples
+from uniadc_core.evaluation.evaluate import evaluate
+from uniadc_core.io import load_image
+from uniadc_core.model.discriminator import load_model
+from uniadc_core.model.train import train
+from uniadc_core.serving.detector import Detector
+from uniadc_core.serving.overlay import heat_overlay
+from uniadc_core.serving.predict import predict_files
+from uniadc_core.synthesis.synthesize import load_inputs, synthesize
+
+WIDE = 64  # columns added to every 128 x 128 demo image: 128 x 192, so the resize policy matters
+
+
+def _widen(root) -> None:
+    """Reflect-pad every image (zero-pad every mask) on the right: non-square images, masks still aligned."""
+    for path in root.rglob("*.png"):
+        arr = np.asarray(Image.open(path))
+        is_mask = "ground_truth" in path.parts
+        pads = [(0, 0), (0, WIDE)] + [(0, 0)] * (arr.ndim - 2)
+        Image.fromarray(np.pad(arr, pads, mode="constant" if is_mask else "reflect")).save(path)
+
+
+@pytest.fixture(scope="module", params=["stretch", "pad"])
+def models(request, tmp_path_factory):
+    """(models folder, manifest, policy) of a tiny pipeline on non-square images."""
+    base = tmp_path_factory.mktemp(f"scoring-{request.param}")
+    d = TINY_DEMO
+    generate_demo(base / "raw", 0, d.classes, d.image_size, d.train_normals, d.test_normals, d.test_per_defect)
+    _widen(base / "raw")
+    result = ingest(IngestConfig(kind="mvtec", root=str(base / "raw"), resize=request.param, anomaly_shots=1), base / "prepared")
+    synthesize(result.manifest_path, result.vocabulary_path, base / "synthetic", TINY_SYNTH)
+    manifest, vocab = load_inputs(result.manifest_path, result.vocabulary_path)
+    train(manifest, vocab, base / "synthetic", replace(TINY_TRAIN, epochs=1), base / "models/discriminator")
+    fit(load_model(base / "models/discriminator"), manifest, read_samples(base / "synthetic"),
+        FitCadaConfig(steps=30, synthetic_per_class=4, threshold="auto"), base / "models/cada")
+    return base / "models", manifest, request.param
+
+
+def test_evaluate_and_predict_give_the_same_scores_decisions_and_types(models, tmp_path):
+    models_dir, manifest, policy = models
+    detector = Detector.load(models_dir)
+    assert detector.model.config.resize == policy and detector.threshold == detector.cada.config.calibrated_threshold
+    metrics = evaluate(detector, manifest, EvaluateConfig(overlays=0), tmp_path / "reports")
+    report = pl.read_csv(tmp_path / "reports/predictions.csv")
+    assert load_image(report["path"][0]).shape[:2] == (128, 128 + WIDE)
+
+    rows = predict_files(Detector.load(models_dir), [report["path"].to_list()[i] for i in range(report.height)], batch_size=5,
+                         progress=False)
+    served = pl.DataFrame(rows)
+    np.testing.assert_allclose(served["score"].to_numpy(), report["score"].to_numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(served["raw_score"].to_numpy(), report["raw_score"].to_numpy(), rtol=1e-5, atol=1e-6)
+    decided = [t if a else "normal" for a, t in zip(served["is_anomaly"], served["defect_type"])]
+    assert decided == report["pred_type"].to_list()
+    assert served["threshold"].unique().to_list() == [metrics["threshold"]]
+    normals = report["true_type"] == "normal"
+    assert metrics["false_positive_rate_cada"] == pytest.approx(served.filter(normals)["is_anomaly"].mean(), abs=1e-6)
+    assert metrics["miss_rate_cada"] == pytest.approx(1 - served.filter(~normals)["is_anomaly"].mean(), abs=1e-6)
+
+
+def test_overlays_lie_on_the_image_the_model_saw(models, tmp_path):
+    models_dir, manifest, policy = models
+    detector = Detector.load(models_dir)
+    path = manifest.filter(pl.col("is_anomaly"))["path"][0]
+    predict_files(detector, [path], overlay_dir=tmp_path, progress=False)
+    (written,) = tmp_path.glob("*.png")
+    overlay = np.asarray(Image.open(written).convert("RGB")).astype(int)[13:]  # below the label bar
+    size = detector.preprocess.size
+    assert overlay.shape[1] == size
+    raw = load_image(path)
+    seen = detector.preprocess.image(raw).astype(int)[13:]
+    other = Preprocess(size, "stretch" if policy == "pad" else "pad").image(raw).astype(int)[13:]
+    # where the map is below the threshold the overlay is the input pixel for pixel; the other policy's image is not it
+    amap = detector.detect([raw]).anomaly_map[0][13:]
+    cool = amap <= 0
+    assert cool.mean() > 0.3
+    assert np.array_equal(overlay[cool], seen[cool])
+    assert np.abs(overlay[cool] - other[cool]).mean() > 5
+    with pytest.raises(ValueError, match="pass the preprocessed image"):
+        heat_overlay(raw, amap, 1.0)

@@ -1,0 +1,86 @@
+"""The fit_cada stage: out-of-sample normal scores -> per-class (u, gamma) -> CADA regressor and the decision threshold."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from uniadc_core.cada.regressor import ClassStats, align, class_statistics, fit_cada, save_cada
+from uniadc_core.config import FitCadaConfig
+from uniadc_core.data.manifest import Role
+from uniadc_core.data.shards import decode_row
+from uniadc_core.model.discriminator import Discriminator
+from uniadc_core.model.scoring import Scores, score_images, score_paths
+
+log = logging.getLogger(__name__)
+
+
+def normal_statistics(model: Discriminator, manifest: pl.DataFrame) -> tuple[dict[str, ClassStats], tuple[float, float], Scores, list[str]]:
+    """Per-class and pooled (u, gamma) of held-out normal scores (training normals where a class has none),
+    with those scores and the paths they belong to."""
+    held = manifest.filter(pl.col("role") == Role.NORMAL_HOLDOUT)
+    frames, in_sample = [], {}
+    for cls in sorted(manifest["object_class"].unique().to_list()):
+        part = held.filter(pl.col("object_class") == cls)
+        if part.height == 0:
+            log.warning("class '%s' has no held-out normals; its CADA statistics use training normals (biased low)", cls)
+            part = manifest.filter((pl.col("role") == Role.NORMAL_SHOT) & (pl.col("object_class") == cls))
+            in_sample[cls] = True
+        frames.append(part)
+    normals = pl.concat(frames)
+    s = score_paths(model, normals["path"].to_list(), progress=True)
+    stats = class_statistics(s.score, normals["object_class"].to_list(), in_sample)
+    for cls, st in stats.items():
+        log.info("class %-12s u=%.4f gamma=%.4f from %d normals%s", cls, st.u, st.gamma, st.count, " (in-sample)" if st.in_sample else "")
+    return stats, (float(s.score.mean()), float(s.score.max())), s, normals["path"].to_list()
+
+
+def regressor_data(model: Discriminator, manifest: pl.DataFrame, synthetic: pa.Table, per_class: int, seed: int,
+                   known: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, list[str]]:
+    """Embeddings of real training-side images (normal and anomaly shots) and synthetic anomalies.
+
+    ``known`` maps paths already scored (the held-out normals) to their embeddings; only the rest is scored.
+    """
+    real = manifest.filter(pl.col("role").is_in([Role.NORMAL_SHOT, Role.NORMAL_HOLDOUT, Role.ANOMALY_SHOT]))
+    known = known or {}
+    paths = real["path"].to_list()
+    todo = [p for p in paths if p not in known]
+    if todo:
+        known = {**known, **dict(zip(todo, score_paths(model, todo, progress=True).embedding))}
+    emb = [np.stack([known[p] for p in paths])]
+    classes = real["object_class"].to_list()
+    if per_class and synthetic.num_rows:
+        rng = np.random.default_rng(seed)
+        syn_classes = np.asarray(synthetic.column("object_class").to_pylist())
+        pick = []
+        for cls in sorted(set(syn_classes)):
+            idx = np.flatnonzero(syn_classes == cls)
+            pick += sorted(rng.permutation(idx)[:per_class].tolist())
+        rows = synthetic.take(pick).to_pylist()
+        emb.append(score_images(model, [decode_row(r)[0] for r in rows], progress=True).embedding)
+        classes += [r["object_class"] for r in rows]
+    return np.concatenate(emb), classes
+
+
+def fit(model: Discriminator, manifest: pl.DataFrame, synthetic: pa.Table, cfg: FitCadaConfig, out_dir: str | Path) -> Path:
+    stats, global_stats, held, held_paths = normal_statistics(model, manifest)
+    embeddings, classes = regressor_data(model, manifest, synthetic, cfg.synthetic_per_class, cfg.seed,
+                                         known=dict(zip(held_paths, held.embedding)))
+    cada = fit_cada(stats, embeddings, classes, cfg, global_stats)
+    # the calibrated decision threshold: a high percentile of the aligned held-out normal scores (normal data only)
+    aligned = align(held.score, *cada.predict_stats(held.embedding))
+    cada.config.calibrated_threshold = float(np.percentile(aligned, cfg.threshold_percentile))
+    cada.config.threshold = cada.config.calibrated_threshold if cfg.threshold == "auto" else float(cfg.threshold)
+    log.info("calibrated threshold %.4f = %.1fth percentile of %d aligned held-out normal scores; threshold in force %.4f",
+             cada.config.calibrated_threshold, cfg.threshold_percentile, len(aligned), cada.config.threshold)
+    # how well it recovers each class's statistics on its own training images
+    u, gamma = cada.predict_stats(embeddings)
+    report = {}
+    for cls in sorted(stats):
+        sel = np.asarray(classes) == cls
+        report[cls] = {"u": stats[cls].u, "gamma": stats[cls].gamma, "u_pred_mean": float(u[sel].mean()), "gamma_pred_mean": float(gamma[sel].mean())}
+    return save_cada(cada, out_dir, extra={"fit_report.json": report})

@@ -1,0 +1,131 @@
+"""The manifest: one row per real image, built by pure functions and written as Parquet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from uniadc_core.data.records import ImageRecord
+from uniadc_core.data.validate import Checked, DatasetError, Problem, check_classes, check_records
+from uniadc_core.data.vocabulary import Vocabulary, default_prior
+
+
+class Role:
+    """What each stage may do with an image (the manifest's ``role`` column)."""
+
+    NORMAL_SHOT = "normal_shot"  # a normal image trained on
+    NORMAL_HOLDOUT = "normal_holdout"  # a normal never trained on: checkpoint choice, CADA statistics, the threshold
+    UNUSED_NORMAL = "unused_normal"  # a train normal beyond ingest.normal_shots
+    ANOMALY_SHOT = "anomaly_shot"  # a real anomaly moved from test into training
+    TEST = "test"  # evaluation only
+    ALL = (NORMAL_SHOT, NORMAL_HOLDOUT, UNUSED_NORMAL, ANOMALY_SHOT, TEST)
+
+SCHEMA = {
+    "image_id": pl.Utf8,
+    "path": pl.Utf8,
+    "split": pl.Utf8,
+    "object_class": pl.Utf8,
+    "is_anomaly": pl.Boolean,
+    "defect_type": pl.Utf8,
+    "mask_path": pl.Utf8,
+    "width": pl.Int32,
+    "height": pl.Int32,
+    "role": pl.Utf8,
+}
+
+
+def records_to_frame(records: list[ImageRecord], allow_missing_masks: bool = False,
+                     on_error: str = "fail") -> tuple[pl.DataFrame, list[Problem]]:
+    """Validate records and build the manifest (no roles yet), with the problems left out.
+
+    ``on_error='fail'`` raises one error listing every problem; ``'skip'`` leaves those files out.
+    A class with no usable normal image is an error either way.
+    """
+    good, problems = check_records(records, allow_missing_masks)
+    if problems and on_error == "fail":
+        raise DatasetError(problems)
+    check_classes(good)
+    return frame_from_checked(good), problems
+
+
+def frame_from_checked(good: list[Checked]) -> pl.DataFrame:
+    rows = [{
+        "image_id": c.image_id,
+        "path": c.record.path.as_posix(),
+        "split": c.record.split,
+        "object_class": c.record.object_class,
+        "is_anomaly": c.record.defect_type is not None,
+        "defect_type": c.record.defect_type,
+        "mask_path": c.record.mask_path.as_posix() if c.record.mask_path is not None else None,
+        "width": c.width,
+        "height": c.height,
+        "role": None,
+    } for c in good]
+    return pl.DataFrame(rows, schema=SCHEMA)
+
+
+def apply_few_shot(
+    frame: pl.DataFrame, normal_shots: int | str, anomaly_shots: int, seed: int, holdout_fraction: float = 0.0
+) -> pl.DataFrame:
+    """Assign roles: k normal shots per class, k anomaly shots per (class, defect type) moved to train.
+
+    Shots are drawn with ``seed``; anomaly shots leave the test set (split becomes train). A
+    ``holdout_fraction`` of each class's normal shots (at least one when there are two or more)
+    becomes ``normal_holdout``: never trained on, used for checkpoint choice and CADA statistics.
+    """
+    rng = np.random.default_rng(seed)
+    frame = frame.sort("path")
+    role = np.full(frame.height, Role.TEST, dtype=object)
+    split = frame["split"].to_numpy().astype(object)
+    for cls in sorted(frame["object_class"].unique().to_list()):
+        idx = np.flatnonzero(((frame["object_class"] == cls) & (frame["split"] == "train") & ~frame["is_anomaly"]).to_numpy())
+        role[idx] = Role.UNUSED_NORMAL
+        k = len(idx) if normal_shots == "all" else min(int(normal_shots), len(idx))
+        shots = rng.permutation(idx)[:k]
+        n_hold = 0 if (holdout_fraction == 0 or k < 2) else max(1, int(round(holdout_fraction * k)))
+        role[shots[n_hold:]] = Role.NORMAL_SHOT
+        role[shots[:n_hold]] = Role.NORMAL_HOLDOUT
+        if anomaly_shots == 0:
+            continue
+        sub = frame.filter((pl.col("object_class") == cls) & pl.col("is_anomaly"))
+        for defect in sorted(sub["defect_type"].unique().to_list()):
+            of_type = (frame["object_class"] == cls) & (frame["defect_type"] == defect)
+            idx = np.flatnonzero(of_type.to_numpy())
+            masked = np.flatnonzero((of_type & frame["mask_path"].is_not_null()).to_numpy())  # shots need masks
+            if len(idx) <= anomaly_shots or len(masked) < anomaly_shots:
+                msg = (f"class '{cls}', defect '{defect}': {len(idx)} image(s), {len(masked)} with a mask, but "
+                       f"ingest.anomaly_shots={anomaly_shots}; shots need masks and at least one image must stay "
+                       f"in the test set (lower anomaly_shots)")
+                raise ValueError(msg)
+            pick = rng.permutation(masked)[:anomaly_shots]
+            role[pick] = Role.ANOMALY_SHOT
+            split[pick] = "train"
+    return frame.with_columns(pl.Series("role", role, dtype=pl.Utf8), pl.Series("split", split, dtype=pl.Utf8))
+
+
+def build_vocabulary(frame: pl.DataFrame, resize: str = "stretch") -> Vocabulary:
+    """Every (class, defect type) seen in the manifest with its default prior."""
+    classes: dict = {c: {} for c in sorted(frame["object_class"].unique().to_list())}
+    pairs = frame.filter(pl.col("is_anomaly")).select("object_class", "defect_type").unique().sort("object_class", "defect_type")
+    for cls, defect in pairs.iter_rows():
+        classes[cls][defect] = default_prior(defect, cls)
+    return Vocabulary(classes=classes, resize=resize)
+
+
+def read_manifest(path: str | Path, base: str | Path | None = None) -> pl.DataFrame:
+    """The manifest; with ``base``, relative image and mask paths are taken from there (the
+    repository root a pipeline ran in) rather than from the working directory."""
+    path = Path(path)
+    if not path.is_file():
+        msg = f"{path}: manifest not found; run the ingest stage first (`dvc repro ingest`)"
+        raise FileNotFoundError(msg)
+    frame = pl.read_parquet(path)
+    missing = [c for c in SCHEMA if c not in frame.columns]
+    if missing:
+        msg = f"{path}: manifest lacks columns {missing}; re-run the ingest stage"
+        raise ValueError(msg)
+    if base is not None and Path(base) != Path("."):
+        frame = frame.with_columns(pl.col(c).map_elements(lambda p: str(Path(base) / p), return_dtype=pl.Utf8) for c in ("path", "mask_path"))
+    return frame

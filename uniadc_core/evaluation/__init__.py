@@ -1,0 +1,1 @@
+"""Evaluation: metrics, plots and the evaluate stage (which scores through the serving decision)."""

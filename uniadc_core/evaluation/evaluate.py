@@ -1,0 +1,172 @@
+"""The evaluate stage: test-set metrics with no class label given to the model.
+
+Three normalisations of the same discriminator scores:
+- ``none``: one global (u, gamma) from all held-out normals pooled (no alignment);
+- ``cada``: (u, gamma) predicted per image by the CADA regressor;
+- ``oracle``: each image's true class statistics (class-aware upper bound).
+Each variant's decision is made by ``uniadc_core.serving.detector.decide``, the function
+prediction uses, at the threshold saved in the models folder: an image is anomalous when its
+aligned score exceeds it, and a pixel gets a defect type when its aligned map value does. Pixel
+metrics are computed at the model's input size, on images preprocessed as the model was trained.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import polars as pl
+
+from uniadc_core.cada.regressor import Cada
+from uniadc_core.config import EvaluateConfig
+from uniadc_core.data.manifest import Role
+from uniadc_core.data.preprocess import Preprocess
+from uniadc_core.evaluation.plots import plot_confusion, plot_overlays, plot_roc, plot_score_histograms
+from uniadc_core.io import atomic_path, write_json
+from uniadc_core.metrics import accuracy, aupro, auroc, confusion_matrix, f1_max, mean_iou
+from uniadc_core.model.scoring import Scores, score_images
+from uniadc_core.serving.detector import Decision, Detector, decide
+
+log = logging.getLogger(__name__)
+
+VARIANTS = ("none", "cada", "oracle")
+METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "type_accuracy", "miou", "false_positive_rate", "miss_rate")
+
+
+class EvalSet(NamedTuple):
+    images: list[np.ndarray]  # (S, S, 3) uint8, preprocessed for the model
+    masks: np.ndarray  # (N, H, W) uint8 defect index, 0 = normal
+    has_mask: np.ndarray  # (N,) False for anomalies without a mask: left out of pixel metrics
+    labels: np.ndarray  # (N,) image defect index, 0 = normal
+    classes: list[str]
+    paths: list[str]
+
+
+def load_test_set(manifest: pl.DataFrame, defect_types: list[str], pre: Preprocess) -> EvalSet:
+    test = manifest.filter(pl.col("role") == Role.TEST).sort("path")
+    if test.height == 0:
+        msg = "the manifest has no test images (role 'test'); nothing to evaluate"
+        raise ValueError(msg)
+    unknown = sorted(set(test["defect_type"].drop_nulls().to_list()) - set(defect_types))
+    if unknown:
+        msg = f"test defect types {unknown} are not in the model's vocabulary {defect_types}; retrain on this dataset"
+        raise ValueError(msg)
+    images, masks, labels, has_mask = [], [], [], []
+    for row in test.iter_rows(named=True):
+        images.append(pre.load_image(row["path"]))
+        label = defect_types.index(row["defect_type"]) + 1 if row["is_anomaly"] else 0
+        known = not row["is_anomaly"] or row["mask_path"] is not None
+        mask = pre.load_mask(row["mask_path"]) if row["is_anomaly"] and known else np.zeros((pre.size, pre.size), bool)
+        masks.append(mask.astype(np.uint8) * label)
+        labels.append(label)
+        has_mask.append(known)
+    return EvalSet(images, np.stack(masks), np.array(has_mask), np.array(labels), test["object_class"].to_list(), test["path"].to_list())
+
+
+def variant_stats(cada: Cada, scores: Scores, classes: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    n = len(classes)
+    gu, gg = cada.global_stats()
+    oracle = np.array([cada.class_stats(c) for c in classes])
+    return {
+        "none": (np.full(n, gu), np.full(n, gg)),
+        "cada": cada.predict_stats(scores.embedding),
+        "oracle": (oracle[:, 0], oracle[:, 1]),
+    }
+
+
+def compute_metrics(d: Decision, test: EvalSet, max_fpr: float, num_types: int) -> dict:
+    """Metrics of one variant's decision."""
+    px = test.has_mask  # pixel metrics only where the truth is known
+    maps, is_anom, gt_pix = d.anomaly_map[px], test.labels > 0, test.masks[px] > 0
+    pix_conf = confusion_matrix(test.masks[px], d.pixel_labels[px], num_types + 1)
+    present = np.flatnonzero(pix_conf.sum(1) > 0)
+    return {
+        "image_auroc": _safe(auroc, d.score, is_anom),
+        "pixel_auroc": _safe(auroc, maps, gt_pix),
+        "aupro": _safe(aupro, maps, gt_pix, max_fpr),
+        "f1_max": _safe(f1_max, d.score, is_anom),
+        "type_accuracy": _safe(accuracy, test.labels, d.label),
+        "miou": _safe(mean_iou, pix_conf, present),
+        # the decision at the threshold: normals flagged, anomalies missed
+        "false_positive_rate": float(d.is_anomaly[~is_anom].mean()) if (~is_anom).any() else None,
+        "miss_rate": float((~d.is_anomaly[is_anom]).mean()) if is_anom.any() else None,
+    }
+
+
+def _safe(metric, *args) -> float | None:
+    """A metric that cannot be computed on this test set (one class only, no mask) is None, with a warning."""
+    try:
+        return metric(*args)
+    except ValueError as exc:
+        log.warning("%s not computed: %s", metric.__name__, exc)
+        return None
+
+
+def _per_class(test: EvalSet, decisions: dict[str, Decision]) -> pl.DataFrame:
+    rows = []
+    classes = np.asarray(test.classes)
+    for cls in sorted(set(test.classes)):
+        sel = classes == cls
+        row = {"object_class": cls, "images": int(sel.sum()), "anomalies": int((test.labels[sel] > 0).sum())}
+        for v, d in decisions.items():
+            labels = test.labels[sel] > 0
+            row[f"image_auroc_{v}"] = auroc(d.score[sel], labels) if 0 < labels.sum() < sel.sum() else None
+            row[f"type_accuracy_{v}"] = accuracy(test.labels[sel], d.label[sel])
+        rows.append(row)
+    return pl.DataFrame(rows)
+
+
+def evaluate(detector: Detector, manifest: pl.DataFrame, cfg: EvaluateConfig, out_dir: str | Path | None) -> dict:
+    """Score the test set, write metrics.json, per_class.csv, predictions.csv and plots (not when ``out_dir``
+    is None: the metrics alone, as promotion needs); return the flat metrics."""
+    model, cada, threshold = detector.model, detector.cada, detector.threshold
+    types = model.config.defect_types
+    test = load_test_set(manifest, types, model.preprocess)
+    scores = score_images(model, test.images, progress=True)
+    stats = variant_stats(cada, scores, test.classes)
+    decisions = {v: decide(scores, *stats[v], threshold, types) for v in VARIANTS}
+    flat, per_variant = {"threshold": threshold, "calibrated_threshold": cada.config.calibrated_threshold}, {}
+    for v in VARIANTS:
+        per_variant[v] = compute_metrics(decisions[v], test, cfg.max_fpr, len(types))
+        flat.update({f"{k}_{v}": None if x is None else round(float(x), 6) for k, x in per_variant[v].items()})
+    flat["test_images"] = len(test.labels)
+    flat["test_anomalies"] = int((test.labels > 0).sum())
+    for v in VARIANTS:
+        log.info("%-6s %s", v, "  ".join(f"{k}={per_variant[v][k]}" for k in METRICS))
+    if out_dir is not None:
+        write_json(Path(out_dir) / "metrics.json", flat)
+        write_report(Path(out_dir), test, scores, decisions, types, threshold, cfg.overlays)
+    return flat
+
+
+def write_report(out_dir: Path, test: EvalSet, scores: Scores, decisions: dict[str, Decision], types: list[str],
+                 threshold: float, overlays: int) -> None:
+    """per_class.csv, predictions.csv (CADA variant) and the plots."""
+    table = _per_class(test, decisions)
+    with atomic_path(out_dir / "per_class.csv") as tmp:
+        table.write_csv(tmp)
+    log.info("per class:\n%s", table)
+    d = decisions["cada"]
+    names = ["normal", *types]
+    predictions = pl.DataFrame({
+        "path": test.paths,
+        "object_class": test.classes,
+        "true_type": [names[i] for i in test.labels],
+        "raw_score": scores.score,
+        "u": d.u,
+        "gamma": d.gamma,
+        "score": d.score,
+        "pred_type": [names[i] for i in d.label],
+        "type_prob": d.defect_prob,
+    })
+    with atomic_path(out_dir / "predictions.csv") as tmp:
+        predictions.write_csv(tmp)
+
+    plots = out_dir / "plots"
+    if 0 < (test.labels > 0).sum() < len(test.labels):  # a ROC curve needs both kinds of image
+        plot_roc({v: (decisions[v].score, test.labels > 0) for v in VARIANTS}, plots / "roc.png")
+    plot_confusion(confusion_matrix(test.labels, d.label, len(names)), names, plots / "confusion.png")
+    plot_score_histograms(scores.score, d.score, test.classes, test.labels > 0, plots / "scores.png")
+    plot_overlays(test.images, d.anomaly_map, test.masks, test.labels, d.label, d.score, names, threshold, overlays, plots / "overlays.png")

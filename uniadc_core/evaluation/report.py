@@ -1,0 +1,28 @@
+"""metrics.json as a table a person reads: one row per normalisation variant, one column per metric."""
+
+from __future__ import annotations
+
+from uniadc_core.evaluation.evaluate import METRICS, VARIANTS
+
+SHORT = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO", "f1_max": "F1-max",
+         "type_accuracy": "type acc.", "miou": "mIoU", "false_positive_rate": "FP rate", "miss_rate": "miss rate"}
+ROW_NAMES = {"none": "none (one global level)", "cada": "CADA (production)", "oracle": "oracle (true class)"}
+
+
+def metrics_table(metrics: dict) -> str:
+    """A fixed-width table of the flat metrics; a metric that could not be computed shows as '-'."""
+    header = ["variant", *(SHORT[m] for m in METRICS)]
+    rows = []
+    for v in VARIANTS:
+        cells = [metrics.get(f"{m}_{v}") for m in METRICS]
+        rows.append([ROW_NAMES[v], *("-" if c is None else f"{100 * c:.2f}" for c in cells)])
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    out = [line(header), "  ".join("-" * w for w in widths), *map(line, rows)]
+    out.append(f"(%) on {metrics.get('test_images', '?')} test images ({metrics.get('test_anomalies', '?')} anomalous); "
+               f"decision threshold {metrics.get('threshold', float('nan')):.3f} on the aligned score "
+               f"(calibrated on held-out normals: {metrics.get('calibrated_threshold', float('nan')):.3f})")
+    return "\n".join(out)

@@ -1,0 +1,211 @@
+"""The multi-task discriminator: a dense feature extractor and a head that aligns per-pixel
+features with one embedding per defect type (index 0 = normal), as in UniADC.
+
+    image -> backbone -> features (B, D, h, w) -> cosine vs. type embeddings / temperature
+          -> logits (B, K+1, H, W) -> anomaly map (log-odds of not normal), type probabilities, image score
+
+Saved as ``model.safetensors`` + ``config.json`` and rebuilt from them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import uniadc_core
+from uniadc_core.data.preprocess import Preprocess
+from uniadc_core.device import resolve_device
+from uniadc_core.io import read_weights_dir, save_weights_dir
+from uniadc_core.model.backbones import create_backbone
+
+FORMAT_VERSION = 1
+NORMAL_CLASSES = ("explicit", "implicit")
+SCORE_POOL = 7  # image score = max of the log-odds map averaged over SCORE_POOL x SCORE_POOL windows
+
+
+@dataclass
+class ModelConfig:
+    defect_types: list[str]  # vocabulary order; defect index i+1, 0 = normal
+    backbone: str = "scratch"
+    backbone_options: dict = field(default_factory=dict)  # open_clip: model_name, pretrained, layers, offline, config_dir
+    image_size: int = 128
+    width: int = 24
+    embed_dim: int = 32
+    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])  # per-channel, on 0..1 pixels
+    std: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25])
+    classes: dict[str, list[str]] = field(default_factory=dict)  # object class -> its defect types
+    resize: str = "stretch"  # how inputs are made square: stretch | pad (from ingest.resize)
+    normal_class: str = "explicit"  # explicit: normal is type embedding 0 | implicit: a learned constant normal logit
+    package_version: str = uniadc_core.__version__
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def num_types(self) -> int:
+        return len(self.defect_types)
+
+    @property
+    def preprocess(self) -> Preprocess:
+        """How a file becomes this model's input: size, resize policy, normalisation."""
+        return Preprocess(self.image_size, self.resize, tuple(self.mean), tuple(self.std))
+
+
+class Prediction(NamedTuple):
+    score: torch.Tensor  # (B,) raw image anomaly score
+    anomaly_map: torch.Tensor  # (B, H, W) anomaly log-odds, log(a / (1 - a)) with a = 1 - p(normal)
+    type_probs: torch.Tensor  # (B, K) image-level defect-type distribution
+    pixel_types: torch.Tensor  # (B, H, W) most likely defect index per pixel, 1..K
+    embedding: torch.Tensor  # (B, E) global image embedding (for CADA)
+
+
+# ---------------------------------------------------------------------------- discriminator
+
+
+class Discriminator(nn.Module):
+    memory_format = torch.channels_last  # faster training steps on this CPU (benchmarks/throughput.py)
+
+    def __init__(self, config: ModelConfig, load_backbone_weights: bool = True, loaded_clip=None):
+        super().__init__()
+        self.config = config
+        options = dict(config.backbone_options)
+        if not load_backbone_weights:  # weights come from a saved state dict: build with random init
+            options["pretrained"] = ""
+        self.backbone = create_backbone(config.backbone, config.width, config.embed_dim, options, loaded_clip)
+        if config.normal_class not in NORMAL_CLASSES:
+            msg = f"normal_class must be one of {', '.join(NORMAL_CLASSES)}, got {config.normal_class!r}"
+            raise ValueError(msg)
+        implicit = config.normal_class == "implicit"  # no normal embedding: a pixel is normal unless a defect type beats this logit
+        rows = config.num_types + (0 if implicit else 1)
+        self.type_embeddings = nn.Parameter(torch.randn(rows, config.embed_dim) * 0.5)  # (K+1, D) explicit, (K, D) implicit
+        if implicit:
+            self.normal_logit = nn.Parameter(torch.tensor(0.0))
+        self.log_temperature = nn.Parameter(torch.tensor(math.log(0.07)))
+        self.register_buffer("mean", torch.tensor(config.mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(config.std).view(1, 3, 1, 1))
+        self.to(memory_format=self.memory_format)
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return self.config.preprocess
+
+    @property
+    def has_frozen_part(self) -> bool:
+        """True when the backbone starts with frozen layers whose outputs can be cached per sample."""
+        return hasattr(self.backbone, "encode_frozen")
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, H, W) -> float, standardised."""
+        return (images.float() / 255.0 - self.mean) / self.std
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 or float images (B, 3, H, W) -> (logits (B, K+1, H, W), embedding (B, E))."""
+        x = self.normalise(images) if images.dtype == torch.uint8 else images
+        feats, embedding = self.backbone(x.contiguous(memory_format=self.memory_format))
+        return self.head(feats, embedding, images.shape[-2:])
+
+    @torch.no_grad()
+    def encode_frozen(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The frozen backbone's outputs for uint8 images (only when ``has_frozen_part``)."""
+        return self.backbone.encode_frozen(self.normalise(images))
+
+    def forward_frozen(self, frozen: tuple[torch.Tensor, ...], size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward`` from cached ``encode_frozen`` outputs: the trainable layers only."""
+        feats, embedding = self.backbone.decode_frozen(*frozen)
+        return self.head(feats, embedding, size)
+
+    def head(self, feats: torch.Tensor, embedding: torch.Tensor, size) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cosine similarity of per-pixel features and type embeddings, over a learned temperature."""
+        feats = F.normalize(feats, dim=1)
+        types = F.normalize(self.type_embeddings, dim=1)
+        logits = torch.einsum("bdhw,kd->bkhw", feats, types) / self.log_temperature.exp().clamp(min=1e-3)
+        if self.config.normal_class == "implicit":
+            logits = torch.cat([self.normal_logit.expand_as(logits[:, :1]), logits], 1)
+        logits = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+        return logits, embedding
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> Prediction:
+        logits, embedding = self(images)
+        return predict_from_logits(logits, embedding)
+
+
+def predict_from_logits(logits: torch.Tensor, embedding: torch.Tensor) -> Prediction:
+    """Scores in log-odds: unlike probabilities they do not saturate at 0 on very clean classes, so
+    each class's normal scores keep a spread that CADA can measure and align."""
+    log_odds = logits[:, 1:].logsumexp(1) - logits[:, 0]  # (B, H, W) log(a / (1 - a))
+    pooled = F.avg_pool2d(log_odds[:, None], SCORE_POOL, stride=1, padding=SCORE_POOL // 2, count_include_pad=False)
+    score = pooled.flatten(1).max(1).values  # (B,)
+    type_pix = logits[:, 1:].softmax(1)  # (B, K, H, W) type distribution given anomalous
+    # image-level type: average over the most anomalous pixels, weighted by their anomaly probability
+    amap = torch.sigmoid(log_odds)
+    peak = amap.flatten(1).max(1).values.view(-1, 1, 1)
+    weight = amap * (amap >= 0.5 * peak)  # (B, H, W)
+    type_probs = (type_pix * weight[:, None]).sum((2, 3)) / weight.sum((1, 2)).clamp(min=1e-12)[:, None]
+    return Prediction(score, log_odds, type_probs, type_pix.argmax(1) + 1, embedding)
+
+
+# ---------------------------------------------------------------------------- losses
+
+
+def discriminator_loss(logits: torch.Tensor, target: torch.Tensor, focal_gamma: float = 2.0, type_weight: float = 1.0) -> dict[str, torch.Tensor]:
+    """Focal + dice on the anomaly map, cross-entropy over defect types on anomalous pixels.
+
+    logits (B, K+1, H, W); target (B, H, W) long, 0 = normal, 1..K = defect index.
+    """
+    log_all = logits.logsumexp(1)  # (B, H, W)
+    log_p_anom = logits[:, 1:].logsumexp(1) - log_all  # log a
+    log_p_norm = logits[:, 0] - log_all  # log (1 - a)
+    y = (target > 0).float()
+    a = log_p_anom.exp()
+    pt = torch.where(y > 0, a, 1 - a)
+    bce = -(y * log_p_anom + (1 - y) * log_p_norm)
+    focal = ((1 - pt).clamp(min=0) ** focal_gamma * bce).mean()
+    inter = (a * y).sum((1, 2))
+    dice = (1 - (2 * inter + 1) / (a.sum((1, 2)) + y.sum((1, 2)) + 1)).mean()  # on a normal image: 1 - 1/(false alarm + 1)
+    anomalous = target > 0
+    if anomalous.any():
+        type_logits = logits[:, 1:].permute(0, 2, 3, 1)[anomalous]  # (N, K)
+        ce = F.cross_entropy(type_logits, target[anomalous] - 1)
+    else:
+        ce = logits.sum() * 0.0
+    total = focal * 10.0 + dice + type_weight * ce
+    return {"loss": total, "focal": focal, "dice": dice, "type_ce": ce}
+
+
+# ---------------------------------------------------------------------------- save / load
+
+
+def save_model(model: Discriminator, directory: str | Path, extra: dict | None = None) -> Path:
+    """Write ``model.safetensors`` + ``config.json`` atomically (the directory appears whole or not at all)."""
+    return save_weights_dir(directory, model.state_dict(), dataclasses.asdict(model.config), extra)
+
+
+def load_model(directory: str | Path, device: str = "auto") -> Discriminator:
+    """The saved discriminator, on ``device`` (auto: cuda when available)."""
+    device = resolve_device(device)
+    raw, state = read_weights_dir(directory, "train")
+    cfg_path, weights = Path(directory) / "config.json", Path(directory) / "model.safetensors"
+    if raw.get("format_version") != FORMAT_VERSION:
+        msg = f"{cfg_path}: model format {raw.get('format_version')} but this uniadc reads format {FORMAT_VERSION}; retrain the model"
+        raise ValueError(msg)
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        msg = f"{cfg_path}: unknown config keys {unknown}; the model was saved by another uniadc version"
+        raise ValueError(msg)
+    model = Discriminator(ModelConfig(**raw), load_backbone_weights=False)
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    wrong = [k for k in set(expected) & set(state) if expected[k].shape != state[k].shape]
+    if missing or unexpected or wrong:
+        msg = (f"{weights}: weights do not match config.json (missing {missing[:5]}, unexpected {unexpected[:5]}, "
+               f"other shape {sorted(wrong)[:5]}); save the model and its config together")
+        raise ValueError(msg)
+    model.load_state_dict(state)
+    return model.to(device, memory_format=model.memory_format).eval()

@@ -1,0 +1,82 @@
+"""Score new image files with a detector: one row per file, a corrupt file gets a row with its error.
+
+    rows = predict_files(detector, list_images(["line3/", "odd.png"]), overlay_dir="overlays/")
+    write_rows(rows, "predictions.csv")
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from tqdm import tqdm
+
+from uniadc_core.io import atomic_path, load_image
+from uniadc_core.serving.detector import Detector
+from uniadc_core.serving.overlay import labelled_overlay
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+COLUMNS = ["path", "score", "raw_score", "is_anomaly", "defect_type", "defect_prob", "threshold", "error"]
+
+
+def list_images(inputs: list[str | Path]) -> list[Path]:
+    """Files as given, folders searched recursively for images (sorted); a missing input is an error."""
+    out: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            out += sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif item.is_file():
+            out.append(item)
+        else:
+            msg = f"{item}: no such file or folder"
+            raise FileNotFoundError(msg)
+    return out
+
+
+def predict_files(detector: Detector, paths: list[str | Path], batch_size: int = 32, overlay_dir: str | Path | None = None,
+                  progress: bool = True) -> list[dict]:
+    """One row per path, in the order given; overlays are named by that order and the file's stem."""
+    paths = [Path(p) for p in paths]
+    rows: list[dict] = []
+    if overlay_dir is not None:
+        Path(overlay_dir).mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=len(paths), desc="predict", unit="img", disable=not progress)
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start:start + batch_size]
+        images, ok = [], []
+        for n, path in enumerate(chunk, start):
+            try:
+                images.append(detector.preprocess.image(load_image(path)))
+                ok.append((n, path))
+            except (ValueError, OSError) as exc:  # unreadable or corrupt: a row with the error, the rest go on
+                rows.append({"path": str(path), "error": str(exc)})
+        if images:
+            d = detector.detect(images, batch_size=batch_size)
+            for i, (n, path) in enumerate(ok):
+                rows.append({"path": str(path), "score": float(d.score[i]), "raw_score": float(d.raw_score[i]),
+                             "is_anomaly": bool(d.is_anomaly[i]), "defect_type": d.defect_type[i],
+                             "defect_prob": float(d.defect_prob[i]), "threshold": detector.threshold, "error": ""})
+                if overlay_dir is not None:
+                    verdict = f"{d.defect_type[i]} {d.defect_prob[i]:.2f}" if d.is_anomaly[i] else "normal"
+                    label = f"{verdict}  score {d.score[i]:.2f}"
+                    labelled_overlay(images[i], d.anomaly_map[i], detector.threshold, label).save(Path(overlay_dir) / f"{n:05d}_{path.stem}.png")
+        bar.update(len(chunk))
+    bar.close()
+    order = {str(p): i for i, p in enumerate(paths)}
+    return sorted(rows, key=lambda r: order[r["path"]])
+
+
+def write_rows(rows: list[dict], out: str | Path) -> Path:
+    """CSV (by default) or JSON (``.json``), written atomically."""
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        if out.suffix.lower() == ".json":
+            tmp.write_text(json.dumps([{k: r.get(k, "") for k in COLUMNS} for r in rows], indent=2))
+        else:
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=COLUMNS)
+                writer.writeheader()
+                for r in rows:
+                    writer.writerow({k: r.get(k, "") for k in COLUMNS})
+    return out

@@ -1,0 +1,1 @@
+"""Anomaly synthesis: shape priors and synthesizers (procedural, diffusion) into Parquet shards."""

@@ -1,0 +1,113 @@
+"""The synthesis plan: every sample to make, fixed by the inputs and the seed, and the shard row format.
+
+A ``SampleSpec`` says which normal image a sample starts from, which defect type it gets and,
+for few-shot generators, which real anomaly shot it reuses. Synthesizers turn specs into rows
+(``shard_row``); ``code_version`` hashes the code that decides a row's content, so shards made
+by other code are not resumed (the store and the reader are left out: editing them changes no pixel).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from uniadc_core.config import SynthesizeConfig
+from uniadc_core.data.manifest import Role
+from uniadc_core.data.preprocess import Preprocess
+from uniadc_core.data.vocabulary import Vocabulary
+from uniadc_core.io import png_bytes
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    sample_id: str
+    object_class: str
+    defect_type: str
+    defect_index: int
+    generator: str
+    seed: int
+    source_image_id: str
+    source_path: str
+    shot_path: str | None = None
+    shot_mask_path: str | None = None
+
+
+SAMPLE_CODE = ("plan.py", "priors.py", "masks.py", "procedural.py", "diffusion.py")  # what decides a row's pixels
+
+
+def code_version() -> str:
+    """A hash of the code that makes samples (this plan, priors, masks, both synthesizers)."""
+    here = Path(__file__).parent
+    h = hashlib.sha256()
+    for name in SAMPLE_CODE:
+        h.update((here / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _sample_seed(seed: int, sample_id: str) -> int:
+    return int(hashlib.sha256(f"{seed}/{sample_id}".encode()).hexdigest()[:8], 16)
+
+
+def plan_samples(manifest: pl.DataFrame, vocab: Vocabulary, cfg: SynthesizeConfig) -> list[SampleSpec]:
+    """Every synthetic sample to make, in a fixed shuffled order; depends only on its inputs and the seed."""
+    specs: list[SampleSpec] = []
+    normals = manifest.filter(pl.col("role") == Role.NORMAL_SHOT)
+    shots = manifest.filter(pl.col("role") == Role.ANOMALY_SHOT)
+    for cls in sorted(vocab.classes):
+        pool = normals.filter(pl.col("object_class") == cls).sort("image_id")
+        if pool.height == 0:
+            msg = f"class '{cls}' has no normal shots in the manifest; synthesis needs normal images (check ingest.normal_shots)"
+            raise ValueError(msg)
+        for defect in sorted(vocab.classes[cls]):
+            real = shots.filter((pl.col("object_class") == cls) & (pl.col("defect_type") == defect)).sort("image_id")
+            n_cut = int(round(cfg.samples_per_type * cfg.repaint_fraction)) if real.height else 0
+            rng = np.random.default_rng([cfg.seed, len(specs)])
+            for i in range(cfg.samples_per_type):
+                sample_id = f"{cls}/{defect}/{i:05d}"
+                src = pool.row(int(rng.integers(pool.height)), named=True)
+                shot = real.row(i % real.height, named=True) if i < n_cut else None
+                specs.append(SampleSpec(
+                    sample_id=sample_id,
+                    object_class=cls,
+                    defect_type=defect,
+                    defect_index=vocab.index(defect),
+                    generator=("repaint" if cfg.backend == "diffusion" else "cutpaste") if shot else cfg.backend,
+                    seed=_sample_seed(cfg.seed, sample_id),
+                    source_image_id=src["image_id"],
+                    source_path=src["path"],
+                    shot_path=shot["path"] if shot else None,
+                    shot_mask_path=shot["mask_path"] if shot else None,
+                ))
+    # a seeded shuffle: every shard and row group mixes classes and defect types, so a reader
+    # streaming a few row groups at a time still sees all of them
+    order = np.random.default_rng([cfg.seed, 0x5EED]).permutation(len(specs))
+    return [specs[i] for i in order]
+
+
+def load_sources(spec: SampleSpec, vocab: Vocabulary, size: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """(normal image, real anomaly shot or None, its mask or None) of a spec, at ``size``."""
+    pre = Preprocess(size, vocab.resize)
+    normal = pre.load_image(spec.source_path)
+    if spec.shot_path is None:
+        return normal, None, None
+    return normal, pre.load_image(spec.shot_path), pre.load_mask(spec.shot_mask_path)
+
+
+def shard_row(spec: SampleSpec, image: np.ndarray, mask: np.ndarray, quality: float, settings: dict) -> dict:
+    return {
+        "sample_id": spec.sample_id,
+        "source_image_id": spec.source_image_id,
+        "object_class": spec.object_class,
+        "defect_type": spec.defect_type,
+        "image_png": png_bytes(image),
+        "mask_png": png_bytes(mask.astype(np.uint8) * spec.defect_index),
+        "generator": spec.generator,
+        "seed": spec.seed,
+        "quality": quality,
+        "settings": json.dumps(settings, sort_keys=True),
+    }

@@ -1,0 +1,17 @@
+"""Tracking: MLflow runs and the model registry (``registry``, the only module that imports MLflow),
+and the promotion rules (``promotion``, plain Python)."""
+
+from uniadc_core.tracking.registry import (
+    UniadcModel,
+    alias_version,
+    load_detector,
+    load_pyfunc,
+    log_run,
+    predict_paths,
+    record_decision,
+    rollback_champion,
+    tracking_uri,
+)
+
+__all__ = ["UniadcModel", "alias_version", "load_detector", "load_pyfunc", "log_run", "predict_paths", "record_decision",
+           "rollback_champion", "tracking_uri"]

@@ -1,0 +1,192 @@
+"""MLflow tracking and registry: the one module of uniadc_core that touches MLflow.
+
+Every call takes the tracking URI and reaches MLflow through an ``MlflowClient`` built from it;
+nothing sets MLflow's process-wide tracking URI. The logged model is a pyfunc built from code
+(``uniadc_core/tracking/entry.py``), not a pickle: its artifacts are the models folder's
+``discriminator/`` and ``cada/`` (safetensors + JSON, the threshold included), so a registered
+version decides exactly as the folder it was logged from.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import mlflow  # noqa: E402
+from mlflow.entities import Metric, Param  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from uniadc_core.io import load_image, read_json  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+ENTRY = Path(__file__).with_name("entry.py")
+HISTORY_TAG = "uniadc.champion_history"  # registered-model tag: champion versions, oldest first
+PIP_REQUIREMENTS = ["uniadc", "torch", "safetensors", "numpy", "pandas", "pillow"]
+
+
+def tracking_uri(default: str, root: str | Path = ".") -> str:
+    """``MLFLOW_TRACKING_URI`` wins over the params default; a relative SQLite file is taken from ``root``."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or default
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not Path(uri[len(prefix):]).is_absolute() and Path(root) != Path("."):
+        uri = prefix + str((Path(root) / uri[len(prefix):]).resolve())
+    return uri
+
+
+class UniadcModel(mlflow.pyfunc.PythonModel):
+    """Scores images with no class label: input a DataFrame with a ``path`` column."""
+
+    def load_context(self, context) -> None:
+        from uniadc_core.cada.regressor import load_cada
+        from uniadc_core.model.discriminator import load_model
+        from uniadc_core.serving.detector import Detector
+
+        self.detector = Detector(load_model(context.artifacts["discriminator"]), load_cada(context.artifacts["cada"]))
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        if "path" not in model_input.columns:
+            msg = f"input needs a 'path' column of image files; got columns {list(model_input.columns)}"
+            raise ValueError(msg)
+        d = self.detector.detect([load_image(p) for p in model_input["path"]])
+        return pd.DataFrame({
+            "score": d.score, "raw_score": d.raw_score, "is_anomaly": d.is_anomaly,
+            "defect_type": d.defect_type, "defect_prob": d.defect_prob,
+        })
+
+
+def _experiment_id(client: MlflowClient, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    return experiment.experiment_id if experiment is not None else client.create_experiment(name)
+
+
+def log_run(
+    uri: str,
+    experiment: str,
+    params: dict,
+    metrics: dict[str, float],
+    artifact_dirs: list[Path],
+    models_dir: Path,
+    registered_model: str | None,
+    alias: str = "challenger",
+    tags: dict[str, str] | None = None,
+) -> dict:
+    """Log one evaluation run with its model; register the model and point ``alias`` at the new version."""
+    client = MlflowClient(uri)
+    run = client.create_run(_experiment_id(client, experiment), tags=tags or {})
+    run_id = run.info.run_id
+    try:
+        client.log_batch(run_id, params=[Param(k, str(v)[:500]) for k, v in params.items()],
+                         metrics=[Metric(k, float(v), 0, 0) for k, v in metrics.items() if v is not None])
+        history = models_dir / "discriminator" / "history.json"
+        if history.is_file():
+            steps = [Metric(k, float(v), 0, rec["epoch"]) for rec in read_json(history) for k, v in rec.items()
+                     if k not in ("epoch", "best") and isinstance(v, (int, float))]
+            for i in range(0, len(steps), 500):  # MLflow takes up to 1000 metrics a batch
+                client.log_batch(run_id, metrics=steps[i:i + 500])
+        for d in artifact_dirs:
+            client.log_artifacts(run_id, str(d), artifact_path=d.name)
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / "model"
+            mlflow.pyfunc.save_model(str(local), python_model=str(ENTRY), pip_requirements=PIP_REQUIREMENTS,
+                                     artifacts={"discriminator": str(models_dir / "discriminator"), "cada": str(models_dir / "cada")})
+            client.log_artifacts(run_id, str(local), artifact_path="model")
+        client.set_terminated(run_id)
+    except Exception:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    result = {"run_id": run_id, "model_uri": f"runs:/{run_id}/model", "version": None}
+    if registered_model:
+        try:
+            client.get_registered_model(registered_model)
+        except MlflowException:
+            client.create_registered_model(registered_model)
+        version = str(client.create_model_version(registered_model, f"{run.info.artifact_uri}/model", run_id).version)
+        client.set_registered_model_alias(registered_model, alias, version)
+        for k in ("image_auroc_cada", "type_accuracy_cada", "pixel_auroc_cada"):
+            if metrics.get(k) is not None:
+                client.set_model_version_tag(registered_model, version, k, f"{metrics[k]:.4f}")
+        result["version"] = version
+        log.info("MLflow: registered %s version %s as @%s (run %s, %s)", registered_model, version, alias, run_id, uri)
+    return result
+
+
+def alias_version(uri: str, name: str, alias: str) -> str | None:
+    """The version ``alias`` points at, or None when the alias (or the model) does not exist."""
+    try:
+        return str(MlflowClient(uri).get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def _artifact_uri(client: MlflowClient, model_uri: str) -> str:
+    """Where the files of ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or ``runs:/RUN/PATH`` are."""
+    if model_uri.startswith("runs:/"):
+        run_id, _, path = model_uri.removeprefix("runs:/").partition("/")
+        return f"{client.get_run(run_id).info.artifact_uri}/{path}"
+    if not model_uri.startswith("models:/"):
+        msg = f"'{model_uri}': expected models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/PATH"
+        raise ValueError(msg)
+    ref = model_uri.removeprefix("models:/")
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        version = client.get_model_version_by_alias(name, alias).version
+    else:
+        name, _, version = ref.partition("/")
+    return client.get_model_version_download_uri(name, str(version))
+
+
+def load_pyfunc(model_uri: str, uri: str):
+    """Load a logged or registered model, e.g. ``models:/uniadc-discriminator@champion``, from the tracking server ``uri``."""
+    client = MlflowClient(uri)
+    source = _artifact_uri(client, model_uri)
+    with tempfile.TemporaryDirectory() as tmp:  # the weights are read into memory on load
+        local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp, tracking_uri=uri)
+        return mlflow.pyfunc.load_model(local)
+
+
+def load_detector(uri: str, name: str, version: str):
+    """The ``Detector`` (discriminator + CADA + threshold) of a registered version."""
+    return load_pyfunc(f"models:/{name}/{version}", uri).unwrap_python_model().detector
+
+
+def record_decision(uri: str, name: str, challenger: str, champion: str | None, promote: bool, tags: dict[str, str]) -> None:
+    """Tag both versions with the decision and its figures; on promotion move ``@champion`` and extend the history."""
+    client = MlflowClient(uri)
+    challenger, champion = str(challenger), (str(champion) if champion is not None else None)
+    for version in filter(None, (challenger, champion)):
+        for k, v in tags.items():
+            client.set_model_version_tag(name, version, k, v)
+        client.set_model_version_tag(name, version, "promotion.challenger_version", challenger)
+        client.set_model_version_tag(name, version, "promotion.champion_version", champion or "none")
+    if promote:
+        client.set_registered_model_alias(name, "champion", challenger)
+        history = [v for v in (client.get_registered_model(name).tags.get(HISTORY_TAG) or "").split(",") if v]
+        client.set_registered_model_tag(name, HISTORY_TAG, ",".join([*history, challenger]))
+        log.info("MLflow: %s version %s is now @champion (was %s)", name, challenger, champion or "none")
+
+
+def rollback_champion(uri: str, name: str) -> str:
+    """Point ``@champion`` back at the previous champion; returns that version."""
+    client = MlflowClient(uri)
+    history = [v for v in (client.get_registered_model(name).tags.get(HISTORY_TAG) or "").split(",") if v]
+    if len(history) < 2:
+        msg = f"{name}: no earlier champion to roll back to (champion history: {history or 'empty'})"
+        raise ValueError(msg)
+    current, previous = history[-1], history[-2]
+    client.set_registered_model_alias(name, "champion", previous)
+    client.set_registered_model_tag(name, HISTORY_TAG, ",".join(history[:-1]))
+    client.set_model_version_tag(name, current, "promotion.decision", f"rolled back to version {previous}")
+    log.info("MLflow: %s @champion rolled back from version %s to %s", name, current, previous)
+    return previous
+
+
+def predict_paths(model, paths: list[str]) -> pd.DataFrame:
+    return model.predict(pd.DataFrame({"path": [str(p) for p in paths]}))
