@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-
 # each place relative to the repository root, as dvc.yaml writes it
 PLACES = {
     "params": "params.yaml",

@@ -151,13 +151,17 @@ def save_png(path: str | Path, arr: np.ndarray) -> None:
         tmp.write_bytes(png_bytes(arr))
 
 
-def save_weights_dir(directory: str | Path, state: dict, config: dict, extra: dict | None = None) -> Path:
-    """A model directory: ``model.safetensors`` + ``config.json`` (+ extra JSON files), replaced atomically."""
+def save_weights_dir(directory: str | Path, state: dict, config: dict, extra: dict | None = None,
+                     tensors: dict[str, dict] | None = None) -> Path:
+    """A model directory: ``model.safetensors`` + ``config.json`` (+ extra JSON files, + extra safetensors
+    files ``{name: {key: tensor}}``), replaced atomically."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
     with atomic_dir(directory) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"))
+        for name, part in (tensors or {}).items():
+            save_file({k: v.detach().cpu().contiguous() for k, v in part.items()}, str(tmp / name))
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         for name, obj in (extra or {}).items():
             (tmp / name).write_text(json.dumps(obj, indent=2) + "\n")

@@ -1,8 +1,9 @@
 """Pretrained weights read offline, with errors that say how to supply a missing file.
 
-Shared by the discriminator's backbones and the diffusion synthesizer's CLIP selector. A
-pretrained tag is looked up in the local Hugging Face cache only unless ``offline`` is false;
-a local ``.safetensors`` / ``.pt`` file or ``local-dir:DIR`` is read as it is.
+open_clip models (the discriminator's ViT backbone and the diffusion synthesizer's CLIP selector):
+a pretrained tag is looked up in the local Hugging Face cache only unless ``offline`` is false; a
+local ``.safetensors`` / ``.pt`` file or ``local-dir:DIR`` is read as it is. torchvision CNNs (the
+``torchvision`` backbone): a local state dict only, checked against the architecture.
 """
 
 from __future__ import annotations
@@ -64,3 +65,56 @@ def create_clip(model_name: str, pretrained: str, offline: bool = True, config_d
     size = model.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
     return model.eval(), Preprocess(int(size), "stretch", tuple(norm.mean), tuple(norm.std))
+
+
+WEIGHT_FILES = (".safetensors", ".pth", ".pt")
+
+
+def load_torchvision(arch: str, weights: str = "", key: str = "train.torchvision.weights"):
+    """A torchvision classification network by name with weights from a local file ('' = random init).
+
+    ``.safetensors`` is read as tensors; ``.pth``/``.pt`` only with ``torch.load(weights_only=True)``,
+    which refuses pickled code. The state dict must match the architecture exactly."""
+    import torch
+    import torchvision
+
+    known = torchvision.models.list_models(module=torchvision.models)
+    if arch not in known:
+        close = [a for a in known if a.startswith(arch.rstrip("0123456789_"))][:6]
+        msg = (f"train.torchvision.arch: unknown torchvision classification architecture '{arch}'"
+               f"{'; close: ' + ', '.join(close) if close else ''} (all: torchvision.models.list_models())")
+        raise ValueError(msg)
+    model = torchvision.models.get_model(arch, weights=None)
+    if not weights:
+        return model.eval()
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        msg = (f"{key}: {path} not found. Weights are read from a local file, never downloaded: on a connected machine run "
+               f"`python -c \"import torchvision, safetensors.torch as st; st.save_file(torchvision.models.get_model('{arch}', "
+               f"weights='DEFAULT').state_dict(), '{arch}.safetensors')\"`, copy the file here and set {key} to its path")
+        raise FileNotFoundError(msg)
+    if path.suffix not in WEIGHT_FILES:
+        msg = f"{key}: {path} is not a weights file ({', '.join(WEIGHT_FILES)})"
+        raise ValueError(msg)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)  # tensors only: no code is unpickled
+        except Exception as exc:  # noqa: BLE001  (an UnpicklingError for a file that holds code)
+            msg = f"{key}: {path} is not a plain state dict ({type(exc).__name__}: {exc}); save it as .safetensors"
+            raise ValueError(msg) from None
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+    expected = model.state_dict()
+    # BatchNorm step counters are stored as () or (1,) depending on the exporter: not weights
+    state = {k: v.reshape(expected[k].shape) if k.endswith("num_batches_tracked") and k in expected else v for k, v in state.items()}
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        msg = (f"{key}: {path} does not hold '{arch}' weights (missing {missing[:4]}, unexpected {unexpected[:4]}, "
+               f"other shape {wrong[:4]}); check train.torchvision.arch or the file")
+        raise ValueError(msg)
+    model.load_state_dict(state)
+    return model.eval()

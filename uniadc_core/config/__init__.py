@@ -16,14 +16,16 @@ from uniadc_core.config.schema import (
     FolderClass,
     FolderConfig,
     IngestConfig,
+    MemoryConfig,
     MlflowConfig,
     MtdConfig,
     Params,
     PromoteConfig,
     SynthesizeConfig,
+    TorchvisionConfig,
     TrainConfig,
 )
 
 __all__ = ["MOVED", "ClipConfig", "ConfigError", "DemoConfig", "DiffusionConfig", "EvaluateConfig", "FitCadaConfig", "FolderClass",
-           "FolderConfig", "IngestConfig", "MlflowConfig", "MtdConfig", "Params", "PromoteConfig", "SynthesizeConfig", "TrainConfig",
+           "FolderConfig", "IngestConfig", "MemoryConfig", "MlflowConfig", "MtdConfig", "Params", "PromoteConfig", "SynthesizeConfig", "TorchvisionConfig", "TrainConfig",
            "apply_overrides", "flatten", "load_params", "merge_params", "parse_params", "set_key", "to_dict"]

@@ -106,8 +106,32 @@ class ClipConfig:
 
 
 @dataclass(frozen=True)
+class TorchvisionConfig:
+    arch: str = "mobilenet_v2"  # any torchvision classification architecture (resnet18, wide_resnet50_2, efficientnet_b0, ...)
+    weights: str = ""  # a local .safetensors (or .pth, read with weights_only) state dict; '' = random init (tests only)
+    layers: list[str] = field(default_factory=list)  # modules to tap; [] = the family's default (resnet: layer2, layer3)
+    grid: int = 8  # stride of the patch grid every tapped layer is resized to (8: 32 x 32 patches at 256 px)
+    # input normalisation on 0..1 pixels; ImageNet's by default (the shared MobileNetV2 file wants 0.5 / 0.5)
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """The memory of normal patch features beside the discriminator (PatchCore's nearest-neighbour distance)."""
+
+    weight: float = 0.0  # share of the memory distance in the anomaly map: 0 = discriminator only, 1 = memory only
+    size: int = 16384  # memory patches kept (coreset size)
+    selection: Literal["greedy", "random"] = "greedy"  # greedy: k-centre coreset; random: uniform, for comparison
+    k: int = 1  # nearest memory patches averaged per query patch
+    augment: Literal["none", "flip", "rot90"] = "flip"  # views of each normal shot in the memory (rot90: flips and 90-degree turns)
+    max_patches: int = 200000  # normal patches drawn (at random) before the coreset selection
+    smooth: float = 4.0  # Gaussian sigma (pixels at the input size) applied to the upsampled distance map
+
+
+@dataclass(frozen=True)
 class TrainConfig:
-    backbone: Literal["scratch", "open_clip"] = "scratch"
+    backbone: Literal["scratch", "open_clip", "torchvision"] = "scratch"
     normal_class: Literal["explicit", "implicit"] = "explicit"  # explicit: a learned normal embedding; implicit: a learned normal logit
     image_size: int = 128
     width: int = 24  # channels of the first encoder level; doubles per level
@@ -132,6 +156,8 @@ class TrainConfig:
     cache_features: Literal["auto", "on", "off"] = "auto"  # keep frozen-backbone features of each sample (auto: on for open_clip)
     feature_cache_gb: float = 4.0  # memory cap of that cache; samples beyond it are recomputed
     clip: ClipConfig = field(default_factory=ClipConfig)  # used when backbone is open_clip
+    torchvision: TorchvisionConfig = field(default_factory=TorchvisionConfig)  # used when backbone is torchvision
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
 
     def __post_init__(self):
         if self.synthetic_fraction + self.shot_fraction >= 1.0:

@@ -1,6 +1,8 @@
 """Backbones: dense image features and a global embedding, built by one factory with their preprocessing.
 
 - ``scratch``: a small U-Net trained end to end; needs no weights (the CPU default).
+- ``torchvision``: a frozen torchvision CNN (any classification architecture, local weights):
+  multi-scale patch features and a trainable neck (``uniadc_core.model.cnn``).
 - ``open_clip``: a frozen open_clip ViT; patch tokens of chosen layers, each projected into the
   joint image-text space and summed into a dense map; defect-type embeddings come from the text
   tower (prompt templates, averaged, L2-normalised). Weights are read by ``uniadc_core.weights``.
@@ -14,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from uniadc_core.weights import create_clip
+from uniadc_core.model.cnn import TorchvisionBackbone, default_layers
+from uniadc_core.weights import create_clip, load_torchvision
 
 TEMPLATES = ("a photo of a {} with {}.", "a close-up photo of {} on a {}.", "an industrial photo of a {} showing {}.")
 NORMAL_TEMPLATES = ("a photo of a flawless {}.", "a close-up photo of a normal {} without defect.")
@@ -54,7 +57,14 @@ class ScratchBackbone(nn.Module):
         self.proj = nn.Conv2d(2 * w, embed_dim, 1)
         self.embed_channels = 8 * w + 4 * w
 
+        self.patch_channels = 4 * w + 8 * w
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats, embedding, _ = self.forward_with_patches(x, patches=False)
+        return feats, embedding
+
+    def forward_with_patches(self, x: torch.Tensor, patches: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Dense features, embedding, and the encoder's patch features at stride 8 (for the normal memory)."""
         s0 = self.stem(x)
         s1 = self.down1(F.max_pool2d(s0, 2))
         s2 = self.down2(F.max_pool2d(s1, 2))
@@ -64,7 +74,10 @@ class ScratchBackbone(nn.Module):
         u0 = self.up0(torch.cat([_up(u1), s0], 1))
         feats = self.proj(u0)  # (B, D, H/2, W/2)
         embedding = torch.cat([s3.mean((2, 3)), s2.std((2, 3))], 1)  # (B, 12w): content and texture statistics
-        return feats, embedding
+        if not patches:
+            return feats, embedding, None
+        local = [F.avg_pool2d(t, 3, stride=1, padding=1, count_include_pad=False) for t in (s2, s3)]
+        return feats, embedding, torch.cat([local[0], _up(local[1])], 1)  # (B, 12w, H/8, W/8)
 
 
 # ---------------------------------------------------------------------------- open_clip
@@ -86,6 +99,7 @@ class OpenClipBackbone(nn.Module):
             for p in self.proj:
                 p.weight.data.copy_(self.visual.proj.data.t())
         self.embed_channels = joint
+        self.patch_channels = len(self.layers) * width
         self.embed_dim = joint
 
     def train(self, mode: bool = True):
@@ -109,6 +123,12 @@ class OpenClipBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.decode_frozen(*self.encode_frozen(x))
+
+    def forward_with_patches(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Dense features, embedding, and the frozen patch tokens of every tapped layer (B, L * width, h, w)."""
+        tokens, pooled = self.encode_frozen(x)
+        feats, embedding = self.decode_frozen(tokens, pooled)
+        return feats, embedding, tokens.flatten(1, 2).float()
 
 
 @torch.no_grad()
@@ -137,7 +157,12 @@ def _open_clip(width: int, embed_dim: int, options: dict, loaded_clip=None) -> n
                             options.get("offline", True), options.get("config_dir", ""), loaded_clip)
 
 
-BACKBONES: dict[str, Callable[..., nn.Module]] = {"scratch": _scratch, "open_clip": _open_clip}
+def _torchvision(width: int, embed_dim: int, options: dict, loaded_clip=None) -> nn.Module:
+    cnn = load_torchvision(options["arch"], options.get("weights", ""))
+    return TorchvisionBackbone(cnn, options.get("layers") or default_layers(options["arch"]), embed_dim, options.get("grid", 8))
+
+
+BACKBONES: dict[str, Callable[..., nn.Module]] = {"scratch": _scratch, "open_clip": _open_clip, "torchvision": _torchvision}
 
 
 def create_backbone(name: str, width: int, embed_dim: int, options: dict, loaded_clip=None) -> nn.Module:

@@ -4,7 +4,10 @@ features with one embedding per defect type (index 0 = normal), as in UniADC.
     image -> backbone -> features (B, D, h, w) -> cosine vs. type embeddings / temperature
           -> logits (B, K+1, H, W) -> anomaly map (log-odds of not normal), type probabilities, image score
 
-Saved as ``model.safetensors`` + ``config.json`` and rebuilt from them.
+With a normal-feature memory (``memory.py``), the anomaly map fuses the log-odds with the
+patches' distance to the nearest normal patch, each standardised on held-out normal pixels:
+``w * (dist - mu_m) / sd_m + (1 - w) * (log_odds - mu_d) / sd_d``; the defect type still comes from
+the type head. Saved as ``model.safetensors`` + ``config.json`` (+ ``memory.safetensors``) and rebuilt from them.
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ from uniadc_core.data.preprocess import Preprocess
 from uniadc_core.device import resolve_device
 from uniadc_core.io import read_weights_dir, save_weights_dir
 from uniadc_core.model.backbones import create_backbone
+from uniadc_core.model.memory import NormalMemory, distance_map
 
 FORMAT_VERSION = 1
 NORMAL_CLASSES = ("explicit", "implicit")
+MEMORY_FILE = "memory.safetensors"  # the normal-feature memory bank, beside model.safetensors
 SCORE_POOL = 7  # image score = max of the log-odds map averaged over SCORE_POOL x SCORE_POOL windows
 
 
@@ -43,6 +48,8 @@ class ModelConfig:
     classes: dict[str, list[str]] = field(default_factory=dict)  # object class -> its defect types
     resize: str = "stretch"  # how inputs are made square: stretch | pad (from ingest.resize)
     normal_class: str = "explicit"  # explicit: normal is type embedding 0 | implicit: a learned constant normal logit
+    # the normal-feature memory: {} = none; else weight, k, smooth and stats [mu_m, sd_m, mu_d, sd_d] (held-out normal pixels)
+    memory: dict = field(default_factory=dict)
     package_version: str = uniadc_core.__version__
     format_version: int = FORMAT_VERSION
 
@@ -58,7 +65,7 @@ class ModelConfig:
 
 class Prediction(NamedTuple):
     score: torch.Tensor  # (B,) raw image anomaly score
-    anomaly_map: torch.Tensor  # (B, H, W) anomaly log-odds, log(a / (1 - a)) with a = 1 - p(normal)
+    anomaly_map: torch.Tensor  # (B, H, W) anomaly log-odds, log(a / (1 - a)) with a = 1 - p(normal); fused with a memory
     type_probs: torch.Tensor  # (B, K) image-level defect-type distribution
     pixel_types: torch.Tensor  # (B, H, W) most likely defect index per pixel, 1..K
     embedding: torch.Tensor  # (B, E) global image embedding (for CADA)
@@ -75,7 +82,7 @@ class Discriminator(nn.Module):
         self.config = config
         options = dict(config.backbone_options)
         if not load_backbone_weights:  # weights come from a saved state dict: build with random init
-            options["pretrained"] = ""
+            options.update({k: "" for k in ("pretrained", "weights") if k in options})
         self.backbone = create_backbone(config.backbone, config.width, config.embed_dim, options, loaded_clip)
         if config.normal_class not in NORMAL_CLASSES:
             msg = f"normal_class must be one of {', '.join(NORMAL_CLASSES)}, got {config.normal_class!r}"
@@ -85,6 +92,7 @@ class Discriminator(nn.Module):
         self.type_embeddings = nn.Parameter(torch.randn(rows, config.embed_dim) * 0.5)  # (K+1, D) explicit, (K, D) implicit
         if implicit:
             self.normal_logit = nn.Parameter(torch.tensor(0.0))
+        self.memory: NormalMemory | None = None  # set by training (train.memory), saved beside the weights
         self.log_temperature = nn.Parameter(torch.tensor(math.log(0.07)))
         self.register_buffer("mean", torch.tensor(config.mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(config.std).view(1, 3, 1, 1))
@@ -130,24 +138,57 @@ class Discriminator(nn.Module):
         return logits, embedding
 
     @torch.no_grad()
+    def component_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(logits, embedding, discriminator log-odds (B, H, W), memory distance (B, H, W) or None) of uint8 images."""
+        size = images.shape[-2:]
+        if self.memory is None:
+            logits, embedding = self(images)
+            return logits, embedding, anomaly_log_odds(logits), None
+        x = self.normalise(images).contiguous(memory_format=self.memory_format)
+        feats, embedding, patches = self.backbone.forward_with_patches(x)
+        logits, embedding = self.head(feats, embedding, size)
+        distance = distance_map(self.memory, patches, size, self.config.memory.get("k", 1), self.config.memory.get("smooth", 0.0))
+        return logits, embedding, anomaly_log_odds(logits), distance
+
+    @torch.no_grad()
+    def patch_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The patches the normal memory keeps, (B, C, h, w), for uint8 images."""
+        return self.backbone.forward_with_patches(self.normalise(images).contiguous(memory_format=self.memory_format))[2]
+
+    @torch.no_grad()
     def predict(self, images: torch.Tensor) -> Prediction:
-        logits, embedding = self(images)
-        return predict_from_logits(logits, embedding)
+        logits, embedding, _, distance = self.component_maps(images)
+        return predict_from_logits(logits, embedding, distance, self.config.memory)
 
 
-def predict_from_logits(logits: torch.Tensor, embedding: torch.Tensor) -> Prediction:
+def anomaly_log_odds(logits: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) log(a / (1 - a)) with a = 1 - p(normal)."""
+    return logits[:, 1:].logsumexp(1) - logits[:, 0]
+
+
+def fuse(log_odds: torch.Tensor, distance: torch.Tensor, fusion: dict) -> torch.Tensor:
+    """The fused anomaly map: both terms standardised on held-out normal pixels, weighted by ``fusion['weight']``."""
+    w = fusion["weight"]
+    mu_m, sd_m, mu_d, sd_d = fusion["stats"]
+    return w * (distance - mu_m) / sd_m + (1 - w) * (log_odds - mu_d) / sd_d
+
+
+def predict_from_logits(logits: torch.Tensor, embedding: torch.Tensor, distance: torch.Tensor | None = None,
+                        fusion: dict | None = None) -> Prediction:
     """Scores in log-odds: unlike probabilities they do not saturate at 0 on very clean classes, so
-    each class's normal scores keep a spread that CADA can measure and align."""
-    log_odds = logits[:, 1:].logsumexp(1) - logits[:, 0]  # (B, H, W) log(a / (1 - a))
-    pooled = F.avg_pool2d(log_odds[:, None], SCORE_POOL, stride=1, padding=SCORE_POOL // 2, count_include_pad=False)
+    each class's normal scores keep a spread that CADA can measure and align. With a memory
+    ``distance`` map, the anomaly map and the score are the fused ones (``fuse``)."""
+    log_odds = anomaly_log_odds(logits)  # (B, H, W)
+    amap = log_odds if distance is None else fuse(log_odds, distance, fusion)
+    pooled = F.avg_pool2d(amap[:, None], SCORE_POOL, stride=1, padding=SCORE_POOL // 2, count_include_pad=False)
     score = pooled.flatten(1).max(1).values  # (B,)
     type_pix = logits[:, 1:].softmax(1)  # (B, K, H, W) type distribution given anomalous
     # image-level type: average over the most anomalous pixels, weighted by their anomaly probability
-    amap = torch.sigmoid(log_odds)
-    peak = amap.flatten(1).max(1).values.view(-1, 1, 1)
-    weight = amap * (amap >= 0.5 * peak)  # (B, H, W)
+    p_anom = torch.sigmoid(log_odds)
+    peak = p_anom.flatten(1).max(1).values.view(-1, 1, 1)
+    weight = p_anom * (p_anom >= 0.5 * peak)  # (B, H, W)
     type_probs = (type_pix * weight[:, None]).sum((2, 3)) / weight.sum((1, 2)).clamp(min=1e-12)[:, None]
-    return Prediction(score, log_odds, type_probs, type_pix.argmax(1) + 1, embedding)
+    return Prediction(score, amap, type_probs, type_pix.argmax(1) + 1, embedding)
 
 
 # ---------------------------------------------------------------------------- losses
@@ -183,7 +224,8 @@ def discriminator_loss(logits: torch.Tensor, target: torch.Tensor, focal_gamma: 
 
 def save_model(model: Discriminator, directory: str | Path, extra: dict | None = None) -> Path:
     """Write ``model.safetensors`` + ``config.json`` atomically (the directory appears whole or not at all)."""
-    return save_weights_dir(directory, model.state_dict(), dataclasses.asdict(model.config), extra)
+    tensors = {MEMORY_FILE: {"bank": model.memory.bank}} if model.memory is not None else None
+    return save_weights_dir(directory, model.state_dict(), dataclasses.asdict(model.config), extra, tensors)
 
 
 def load_model(directory: str | Path, device: str = "auto") -> Discriminator:
@@ -208,4 +250,12 @@ def load_model(directory: str | Path, device: str = "auto") -> Discriminator:
                f"other shape {sorted(wrong)[:5]}); save the model and its config together")
         raise ValueError(msg)
     model.load_state_dict(state)
+    if model.config.memory:
+        bank = Path(directory) / MEMORY_FILE
+        if not bank.is_file():
+            msg = f"{bank}: not found, but {cfg_path} says the model has a normal-feature memory; save the model folder whole"
+            raise FileNotFoundError(msg)
+        from safetensors.torch import load_file
+
+        model.memory = NormalMemory(load_file(str(bank))["bank"])
     return model.to(device, memory_format=model.memory_format).eval()

@@ -32,7 +32,9 @@ from uniadc_core.device import resolve_device
 from uniadc_core.io import atomic_dir
 from uniadc_core.metrics import auroc
 from uniadc_core.model.backbones import text_type_embeddings
+from uniadc_core.model.cnn import default_layers
 from uniadc_core.model.discriminator import Discriminator, ModelConfig, discriminator_loss, predict_from_logits, save_model
+from uniadc_core.model.fusion import attach_memory
 from uniadc_core.model.loader import Batch, MixedStream, make_loader
 from uniadc_core.weights import create_clip
 
@@ -45,6 +47,7 @@ class TrainData:
     shots: Batch  # real anomaly shots, in memory
     val: Batch  # held-out normals + the validation tenth of the synthetic samples
     pre: Preprocess  # how every real and synthetic image was made a training input
+    holdout: Batch  # the held-out normals alone (fusion statistics)
     units: list[RowGroup] = field(default_factory=list)  # synthetic training samples, streamed from the shards
     synthetic_fingerprint: str = ""
 
@@ -87,7 +90,7 @@ def load_train_data(manifest: pl.DataFrame, vocab: Vocabulary, synthetic_dir: st
     val_rows = [r for unit in units for r in read_row_group(unit, pre, validation=True)]
     syn_val = _batch([r[2] for r in val_rows], [r[3] for r in val_rows], [r[1] for r in val_rows])
     fingerprint = shards_fingerprint(synthetic_dir) if synthetic_dir is not None else ""
-    return TrainData(normals, shots, _cat(holdout, syn_val), pre, units, fingerprint)
+    return TrainData(normals, shots, _cat(holdout, syn_val), pre, holdout, units, fingerprint)
 
 
 def samples_per_epoch(data: TrainData, cfg: TrainConfig) -> int:
@@ -236,6 +239,10 @@ def build_model(data: TrainData, vocab: Vocabulary, cfg: TrainConfig) -> Discrim
     """A fresh discriminator for the config: open_clip type embeddings start at their text embeddings."""
     mean, std = channel_stats(data.normals.images)
     options, size, embed_dim, type_init, loaded = {}, cfg.image_size, cfg.embed_dim, None, None
+    if cfg.backbone == "torchvision":
+        tv = cfg.torchvision
+        options = {**dataclasses.asdict(tv), "layers": tv.layers or default_layers(tv.arch)}  # the layers used, recorded
+        mean, std = list(tv.mean), list(tv.std)
     if cfg.backbone == "open_clip":
         options = {**dataclasses.asdict(cfg.clip)}
         loaded = create_clip(cfg.clip.model_name, cfg.clip.pretrained, cfg.clip.offline, cfg.clip.config_dir)  # read once
@@ -367,6 +374,7 @@ def train(manifest: pl.DataFrame, vocab: Vocabulary, synthetic_dir: str | Path |
              len(data.normals.classes), len(data.shots.classes), sum(u.rows for u in data.units), len(data.units), len(data.val.classes))
     ckpt = checkpoint_path(out_dir)
     model, history = train_discriminator(data, vocab, cfg, checkpoint=ckpt)
+    attach_memory(model, data.normals.images, data.holdout.images, cfg.memory, cfg.seed)
     path = save_model(model, out_dir, extra={"history.json": history})
     shutil.rmtree(ckpt, ignore_errors=True)
     return path

@@ -12,7 +12,7 @@ from PIL import Image
 
 from tests.conftest import TINY_DEMO, TINY_SYNTH, TINY_TRAIN
 from uniadc_core.cada.fit import fit
-from uniadc_core.config import EvaluateConfig, FitCadaConfig, IngestConfig
+from uniadc_core.config import EvaluateConfig, FitCadaConfig, IngestConfig, MemoryConfig
 from uniadc_core.data.demo import generate_demo
 from uniadc_core.data.ingest import ingest
 from uniadc_core.data.preprocess import Preprocess
@@ -38,26 +38,30 @@ def _widen(root) -> None:
         Image.fromarray(np.pad(arr, pads, mode="constant" if is_mask else "reflect")).save(path)
 
 
-@pytest.fixture(scope="module", params=["stretch", "pad"])
+@pytest.fixture(scope="module", params=[("stretch", 0.0), ("pad", 0.0), ("pad", 0.5)], ids=["stretch", "pad", "pad-memory"])
 def models(request, tmp_path_factory):
-    """(models folder, manifest, policy) of a tiny pipeline on non-square images."""
-    base = tmp_path_factory.mktemp(f"scoring-{request.param}")
+    """(models folder, manifest, policy) of a tiny pipeline on non-square images; the last with a normal
+    memory over the scratch encoder's features, fused half and half with the discriminator."""
+    policy, memory = request.param
+    base = tmp_path_factory.mktemp(f"scoring-{policy}")
     d = TINY_DEMO
     generate_demo(base / "raw", 0, d.classes, d.image_size, d.train_normals, d.test_normals, d.test_per_defect)
     _widen(base / "raw")
-    result = ingest(IngestConfig(kind="mvtec", root=str(base / "raw"), resize=request.param, anomaly_shots=1), base / "prepared")
+    result = ingest(IngestConfig(kind="mvtec", root=str(base / "raw"), resize=policy, anomaly_shots=1), base / "prepared")
     synthesize(result.manifest_path, result.vocabulary_path, base / "synthetic", TINY_SYNTH)
     manifest, vocab = load_inputs(result.manifest_path, result.vocabulary_path)
-    train(manifest, vocab, base / "synthetic", replace(TINY_TRAIN, epochs=1), base / "models/discriminator")
+    cfg = replace(TINY_TRAIN, epochs=1, memory=MemoryConfig(weight=memory, size=500))
+    train(manifest, vocab, base / "synthetic", cfg, base / "models/discriminator")
     fit(load_model(base / "models/discriminator"), manifest, read_samples(base / "synthetic"),
         FitCadaConfig(steps=30, synthetic_per_class=4, threshold="auto"), base / "models/cada")
-    return base / "models", manifest, request.param
+    return base / "models", manifest, policy, memory
 
 
 def test_evaluate_and_predict_give_the_same_scores_decisions_and_types(models, tmp_path):
-    models_dir, manifest, policy = models
+    models_dir, manifest, policy, memory = models
     detector = Detector.load(models_dir)
     assert detector.model.config.resize == policy and detector.threshold == detector.cada.config.calibrated_threshold
+    assert (detector.model.memory is not None) == (memory > 0) and detector.model.config.memory.get("weight", 0.0) == memory
     metrics = evaluate(detector, manifest, EvaluateConfig(overlays=0), tmp_path / "reports")
     report = pl.read_csv(tmp_path / "reports/predictions.csv")
     assert load_image(report["path"][0]).shape[:2] == (128, 128 + WIDE)
@@ -76,7 +80,7 @@ def test_evaluate_and_predict_give_the_same_scores_decisions_and_types(models, t
 
 
 def test_overlays_lie_on_the_image_the_model_saw(models, tmp_path):
-    models_dir, manifest, policy = models
+    models_dir, manifest, policy, _ = models
     detector = Detector.load(models_dir)
     path = manifest.filter(pl.col("is_anomaly"))["path"][0]
     predict_files(detector, [path], overlay_dir=tmp_path, progress=False)

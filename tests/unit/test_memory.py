@@ -1,0 +1,158 @@
+"""The normal-feature memory, the torchvision backbone from local weights, and the fused map through save/load."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import TINY_TRAIN
+from uniadc_core.config import MemoryConfig, TorchvisionConfig
+from uniadc_core.model.discriminator import MEMORY_FILE, load_model, save_model
+from uniadc_core.model.fusion import attach_memory, views
+from uniadc_core.model.memory import NormalMemory, coverage_radius, gaussian_blur, greedy_coreset
+from uniadc_core.model.train import load_train_data, train_discriminator
+from uniadc_core.synthesis.synthesize import load_inputs
+from uniadc_core.weights import load_torchvision
+
+SHARED_WEIGHTS = Path(__file__).resolve().parents[3] / "shared/weights/mobilenet_v2_imagenet.safetensors"
+
+
+def _clusters(n: int = 3000, seed: int = 0) -> torch.Tensor:
+    """Points in 20 tight clusters of very different sizes: a random subset misses the small ones."""
+    gen = torch.Generator().manual_seed(seed)
+    sizes = torch.tensor([1000, 800, 400] + [45] * 17)[:20]
+    centres = torch.randn(20, 16, generator=gen) * 10
+    return torch.cat([c + 0.1 * torch.randn(int(k), 16, generator=gen) for c, k in zip(centres, sizes)])[:n]
+
+
+def test_coreset_keeps_its_size_and_covers_better_than_random():
+    x = _clusters()
+    picks = greedy_coreset(x, 40, seed=0)
+    assert len(picks) == 40 and len(set(picks.tolist())) == 40
+    rand = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:40]
+    greedy_r, random_r = coverage_radius(x, picks), coverage_radius(x, rand)
+    assert greedy_r < 0.5 * random_r, (greedy_r, random_r)  # every cluster gets a memory point
+    assert len(NormalMemory.build(x, 40, "random", 0)) == 40 and len(NormalMemory.build(x[:10], 40)) == 10
+    with pytest.raises(ValueError, match="unknown memory selection 'best'"):
+        NormalMemory.build(x, 40, "best")
+
+
+def test_memory_distances_are_the_nearest_neighbour_distances():
+    gen = torch.Generator().manual_seed(1)
+    bank, query = torch.randn(500, 24, generator=gen), torch.randn(700, 24, generator=gen)
+    memory = NormalMemory(bank)
+    exact = torch.cdist(query.double(), bank.double())
+    torch.testing.assert_close(memory.distances(query, k=1, chunk=128).double(), exact.min(1).values, atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(memory.distances(query, k=3).double(), exact.topk(3, largest=False).values.mean(1), atol=1e-3, rtol=1e-4)
+    assert float(memory.distances(bank[:5]).max()) < 1e-2  # a memory patch is at distance 0 from itself
+
+
+def test_gaussian_blur_keeps_the_mass_and_spreads_a_spike():
+    spike = torch.zeros(1, 32, 32)
+    spike[0, 16, 16] = 1.0
+    out = gaussian_blur(spike, 2.0)
+    assert out.shape == spike.shape and abs(float(out.sum()) - 1.0) < 1e-4 and float(out.max()) < 0.1
+    assert torch.equal(gaussian_blur(spike, 0.0), spike)
+
+
+def test_views_are_flips_and_turns():
+    x = torch.arange(2 * 3 * 4 * 4, dtype=torch.uint8).view(2, 3, 4, 4)
+    assert len(views(x, "none")) == 2 and len(views(x, "flip")) == 6 and len(views(x, "rot90")) == 12
+    assert torch.equal(views(x, "rot90")[6:8], x.rot90(1, (-2, -1)))
+
+
+def test_torchvision_weights_load_offline_with_clear_errors(tmp_path):
+    from safetensors.torch import save_file
+
+    net = load_torchvision("mobilenet_v2")  # random init
+    path = tmp_path / "mobilenet_v2.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+    loaded = load_torchvision("mobilenet_v2", str(path))
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), loaded.state_dict().values()))
+    torch.save(net.state_dict(), tmp_path / "plain.pth")  # a plain state dict: read with weights_only
+    assert torch.equal(load_torchvision("mobilenet_v2", str(tmp_path / "plain.pth")).features[0][0].weight, net.features[0][0].weight)
+    with pytest.raises(FileNotFoundError, match=r"train.torchvision.weights: .*missing.safetensors not found.*never downloaded"):
+        load_torchvision("mobilenet_v2", str(tmp_path / "missing.safetensors"))
+    with pytest.raises(ValueError, match="does not hold 'resnet18' weights"):
+        load_torchvision("resnet18", str(path))
+    with pytest.raises(ValueError, match="unknown torchvision classification architecture 'resnet19'"):
+        load_torchvision("resnet19")
+
+
+@pytest.mark.skipif(not SHARED_WEIGHTS.is_file(), reason=f"shared MobileNetV2 weights not found at {SHARED_WEIGHTS}")
+def test_the_shared_mobilenet_file_loads_and_gives_patch_features():
+    from uniadc_core.model.cnn import TorchvisionBackbone, default_layers
+
+    net = load_torchvision("mobilenet_v2", str(SHARED_WEIGHTS))
+    backbone = TorchvisionBackbone(net, default_layers("mobilenet_v2"), embed_dim=8)
+    (patches,) = backbone.encode_frozen(torch.zeros(2, 3, 256, 256))
+    assert patches.shape == (2, 24 + 32 + 64, 32, 32) and torch.isfinite(patches).all()
+
+
+@pytest.fixture(scope="module")
+def tv_model(tiny_dataset, tiny_shards):
+    _, manifest_path, vocab_path = tiny_dataset
+    manifest, vocab = load_inputs(manifest_path, vocab_path)
+    cfg = replace(TINY_TRAIN, backbone="torchvision", epochs=1, torchvision=TorchvisionConfig(arch="mobilenet_v2", grid=8),
+                  memory=MemoryConfig(weight=0.5, size=300, smooth=2.0))
+    data = load_train_data(manifest, vocab, tiny_shards, cfg.image_size)
+    model, _ = train_discriminator(data, vocab, cfg, progress=False)
+    return attach_memory(model, data.normals.images, data.holdout.images, cfg.memory), data
+
+
+def test_torchvision_backbone_is_frozen_and_trains_its_neck(tv_model, tiny_dataset):
+    from uniadc_core.model.train import build_model
+
+    model, data = tv_model
+    _, manifest_path, vocab_path = tiny_dataset
+    torch.manual_seed(TINY_TRAIN.seed)  # as training starts: the same initial weights
+    cfg = replace(TINY_TRAIN, backbone="torchvision", torchvision=TorchvisionConfig(arch="mobilenet_v2"))
+    start = build_model(data, load_inputs(manifest_path, vocab_path)[1], cfg)
+    trained, initial = model.backbone.state_dict(), start.backbone.state_dict()
+    assert all(torch.equal(trained[k], initial[k]) for k in trained if k.startswith("cnn."))  # BatchNorm statistics too
+    assert not all(torch.equal(trained[k], initial[k]) for k in trained if k.startswith("neck."))
+    assert model.config.backbone_options["layers"] == ["features.3", "features.6", "features.10"]
+    assert model.has_frozen_part and not model.backbone.cnn.training
+
+
+def test_memory_and_fusion_round_trip_to_identical_maps(tv_model, tmp_path):
+    model, data = tv_model
+    assert len(model.memory) == 300 and model.config.memory["weight"] == 0.5
+    mu_m, sd_m, mu_d, sd_d = model.config.memory["stats"]
+    assert sd_m > 0 and sd_d > 0
+    save_model(model, tmp_path / "m")
+    assert (tmp_path / "m" / MEMORY_FILE).is_file()
+    again = load_model(tmp_path / "m", device="cpu")
+    images = data.val.images[:6]
+    a, b = model.predict(images), again.predict(images)
+    torch.testing.assert_close(a.anomaly_map, b.anomaly_map)
+    torch.testing.assert_close(a.score, b.score)
+    # the fused map is the weighted sum of the two standardised terms
+    _, _, log_odds, distance = model.component_maps(images)
+    expected = 0.5 * (distance - mu_m) / sd_m + 0.5 * (log_odds - mu_d) / sd_d
+    torch.testing.assert_close(a.anomaly_map, expected)
+    # held-out normals sit near 0 on the fused scale, training normals too (their patches are in the memory)
+    held = model.predict(data.holdout.images).anomaly_map
+    assert abs(float(held.mean())) < 0.5
+    (tmp_path / "m" / MEMORY_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match="normal-feature memory; save the model folder whole"):
+        load_model(tmp_path / "m")
+
+
+def test_memory_only_flags_a_pasted_foreign_patch(tv_model):
+    model, data = tv_model
+    model.config.memory = {**model.config.memory, "weight": 1.0}
+    try:
+        normal = data.holdout.images[:1].clone()
+        odd = normal.clone()
+        odd[..., 16:40, 16:40] = torch.tensor([255, 0, 255], dtype=torch.uint8).view(1, 3, 1, 1)  # a magenta square
+        maps = model.predict(torch.cat([normal, odd])).anomaly_map.numpy()
+    finally:
+        model.config.memory = {**model.config.memory, "weight": 0.5}
+    inside = np.zeros(maps.shape[1:], bool)
+    inside[20:36, 20:36] = True
+    assert maps[1][inside].mean() > maps[0][inside].mean() + 1.0

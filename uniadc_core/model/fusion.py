@@ -1,0 +1,81 @@
+"""Give a trained discriminator its memory of normal patches and the statistics that fuse the two maps.
+
+    attach_memory(model, normals, holdout, cfg.memory, seed)   # after training, before saving
+
+The memory holds patches of the normal *training* shots only (in the views ``augment`` allows:
+flips, 90-degree turns), subsampled at random to ``max_patches`` and then to ``size`` by the
+coreset selection. The fusion statistics (mean and standard deviation of each map over every
+pixel) come from the held-out normals, which neither the memory nor the discriminator saw, so
+neither term wins the fused map by its scale.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from uniadc_core.config import MemoryConfig
+from uniadc_core.model.discriminator import Discriminator
+from uniadc_core.model.memory import NormalMemory
+
+log = logging.getLogger(__name__)
+
+
+def views(images: torch.Tensor, augment: str) -> torch.Tensor:
+    """The images (N, 3, S, S) and the views of them the memory keeps."""
+    out = [images]
+    if augment in ("flip", "rot90"):
+        out += [images.flip(-1), images.flip(-2)]
+    if augment == "rot90":
+        out += [images.rot90(k, (-2, -1)) for k in (1, 2, 3)]
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def _patches(model: Discriminator, images: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+    device = model.mean.device
+    rows = []
+    for i in range(0, len(images), batch_size):
+        p = model.patch_features(images[i:i + batch_size].to(device)).float().cpu()  # (B, C, h, w)
+        rows.append(p.permute(0, 2, 3, 1).reshape(-1, p.shape[1]))
+    return torch.cat(rows)
+
+
+@torch.no_grad()
+def _map_stats(model: Discriminator, images: torch.Tensor, batch_size: int = 16) -> list[float]:
+    """[mu_m, sd_m, mu_d, sd_d] over every pixel of ``images``: memory distance, then discriminator log-odds."""
+    device = model.mean.device
+    sums = torch.zeros(4, dtype=torch.float64)
+    count = 0
+    for i in range(0, len(images), batch_size):
+        _, _, log_odds, distance = model.component_maps(images[i:i + batch_size].to(device))
+        for j, m in enumerate((distance, log_odds)):
+            m = m.double().cpu()
+            sums[2 * j] += m.sum()
+            sums[2 * j + 1] += (m * m).sum()
+        count += log_odds.numel()
+    mean_m, mean_d = sums[0] / count, sums[2] / count
+    sd_m = (sums[1] / count - mean_m**2).clamp(min=0).sqrt()
+    sd_d = (sums[3] / count - mean_d**2).clamp(min=0).sqrt()
+    return [float(mean_m), max(float(sd_m), 1e-6), float(mean_d), max(float(sd_d), 1e-6)]
+
+
+def attach_memory(model: Discriminator, normals: torch.Tensor, holdout: torch.Tensor, cfg: MemoryConfig, seed: int = 0) -> Discriminator:
+    """Build the memory from ``normals`` (N, 3, S, S) uint8 and the fusion statistics from ``holdout``."""
+    if cfg.weight <= 0:
+        return model
+    model.eval()
+    patches = _patches(model, views(normals, cfg.augment))
+    if len(patches) > cfg.max_patches:
+        keep = torch.randperm(len(patches), generator=torch.Generator().manual_seed(seed))[:cfg.max_patches]
+        patches = patches[keep]
+    model.memory = NormalMemory.build(patches, cfg.size, cfg.selection, seed)
+    model.config.memory = {"weight": cfg.weight, "k": cfg.k, "smooth": cfg.smooth, "stats": [0.0, 1.0, 0.0, 1.0]}
+    if len(holdout) == 0:
+        log.warning("train: no held-out normals; the fusion statistics come from the training normals (memory distances biased low)")
+        holdout = normals
+    model.config.memory["stats"] = _map_stats(model, holdout)
+    log.info("train: normal memory of %d patches (%s of %d, %d channels); fusion stats %s", len(model.memory), cfg.selection,
+             len(patches), patches.shape[1], [round(v, 4) for v in model.config.memory["stats"]])
+    return model

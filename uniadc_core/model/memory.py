@@ -1,0 +1,122 @@
+"""A memory of normal patch features: what normal looks like, kept as PatchCore keeps it.
+
+    memory = NormalMemory.build(features, size=16384, method="greedy")   # (N, C) patches of the normal shots
+    d = memory.distances(query, k=1)                                     # (M,) distance to the nearest normal patch
+
+The memory holds a subset of the normal training patches: ``greedy`` picks it by k-centre
+(farthest-point) selection on a random projection, so every normal patch has a memory patch
+near it; ``random`` draws it uniformly, for comparison. A patch far from every memory patch looks
+like nothing normal the model has seen. Distances are computed in chunks with one matrix product
+per chunk (``|q|^2 - 2 q.m + |m|^2``), so memory stays bounded whatever the number of queries.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+SELECTIONS = ("greedy", "random")
+
+
+def _sq_distances(query: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor) -> torch.Tensor:
+    """(M, N) squared Euclidean distances of query rows (M, C) to bank rows (N, C)."""
+    return ((query * query).sum(1, keepdim=True) - 2 * query @ bank.T + bank_sq[None]).clamp_(min=0)
+
+
+def greedy_coreset(features: torch.Tensor, size: int, seed: int = 0, projection_dim: int = 128,
+                   chunk: int = 65536) -> torch.Tensor:
+    """Indices (size,) of a k-centre subset of ``features`` (N, C): each pick is the row farthest from
+    those already picked, measured on a random projection to ``projection_dim`` (Johnson-Lindenstrauss)."""
+    n, c = features.shape
+    if size >= n:
+        return torch.arange(n)
+    gen = torch.Generator().manual_seed(seed)
+    x = features.float()
+    if c > projection_dim:
+        x = x @ (torch.randn(c, projection_dim, generator=gen) / math.sqrt(projection_dim))  # (N, d)
+    picks = torch.empty(size, dtype=torch.long)
+    picks[0] = int(torch.randint(n, (), generator=gen))
+    nearest = torch.full((n,), float("inf"))  # squared distance of every row to its nearest pick
+    for i in range(1, size + 1):
+        centre = x[picks[i - 1]]
+        for start in range(0, n, chunk):
+            part = x[start:start + chunk]
+            torch.minimum(nearest[start:start + chunk], ((part - centre) ** 2).sum(1), out=nearest[start:start + chunk])
+        if i < size:
+            picks[i] = int(nearest.argmax())
+    return picks
+
+
+def coverage_radius(features: torch.Tensor, subset: torch.Tensor, chunk: int = 4096) -> float:
+    """The largest distance of any row of ``features`` to its nearest row of ``subset``: what a coreset minimises."""
+    bank = features[subset].float()
+    bank_sq = (bank * bank).sum(1)
+    worst = 0.0
+    for start in range(0, len(features), chunk):
+        d = _sq_distances(features[start:start + chunk].float(), bank, bank_sq).min(1).values
+        worst = max(worst, float(d.max()))
+    return math.sqrt(worst)
+
+
+class NormalMemory:
+    """A bank (K, C) of normal patch features and the nearest-neighbour distance to it."""
+
+    def __init__(self, bank: torch.Tensor):
+        if bank.ndim != 2 or len(bank) == 0:
+            msg = f"normal memory: expected a non-empty (K, C) bank of patch features, got shape {tuple(bank.shape)}"
+            raise ValueError(msg)
+        self.bank = bank.float().contiguous()
+        self._bank_sq = (self.bank * self.bank).sum(1)
+
+    @classmethod
+    def build(cls, features: torch.Tensor, size: int, method: str = "greedy", seed: int = 0) -> NormalMemory:
+        """A memory of at most ``size`` rows of ``features`` (N, C), chosen by ``method``."""
+        if method not in SELECTIONS:
+            msg = f"unknown memory selection '{method}'; valid: {', '.join(SELECTIONS)}"
+            raise ValueError(msg)
+        if size >= len(features):
+            return cls(features)
+        if method == "greedy":
+            picks = greedy_coreset(features, size, seed)
+        else:
+            picks = torch.randperm(len(features), generator=torch.Generator().manual_seed(seed))[:size]
+        return cls(features[picks])
+
+    def __len__(self) -> int:
+        return len(self.bank)
+
+    @torch.no_grad()
+    def distances(self, query: torch.Tensor, k: int = 1, chunk: int = 8192) -> torch.Tensor:
+        """(M,) mean distance of each query row (M, C) to its ``k`` nearest memory rows."""
+        bank = self.bank.to(query.device)
+        bank_sq = self._bank_sq.to(query.device)
+        k = min(k, len(bank))
+        out = []
+        for start in range(0, len(query), chunk):
+            d = _sq_distances(query[start:start + chunk].float(), bank, bank_sq)
+            out.append(d.topk(k, dim=1, largest=False).values.sqrt().mean(1) if k > 1 else d.min(1).values.sqrt())
+        return torch.cat(out) if out else torch.zeros(0, device=query.device)
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(B, H, W) maps smoothed by a separable Gaussian of ``sigma`` pixels (reflected borders)."""
+    if sigma <= 0:
+        return maps
+    radius = max(1, int(math.ceil(3 * sigma)))
+    t = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
+    kernel = torch.exp(-0.5 * (t / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    x = maps[:, None]
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
+    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1))
+    return x[:, 0]
+
+
+def distance_map(memory: NormalMemory, patches: torch.Tensor, size: tuple[int, int], k: int = 1, smooth: float = 0.0) -> torch.Tensor:
+    """(B, H, W): each patch's distance to the memory (patches (B, C, h, w)), upsampled to ``size`` and smoothed."""
+    b, c, h, w = patches.shape
+    d = memory.distances(patches.permute(0, 2, 3, 1).reshape(-1, c), k).view(b, 1, h, w)
+    d = F.interpolate(d, size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+    return gaussian_blur(d, smooth)
