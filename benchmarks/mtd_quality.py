@@ -21,6 +21,7 @@ import json
 import logging
 import platform
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -63,10 +64,11 @@ def run_setting(name: str, root: Path, work: Path, epochs: int, image_size: int,
         "ingest": {"kind": "mtd", "root": str(root), "seed": 0, "holdout_fraction": 0.25, "allow_missing_masks": True, **shots},
         "synthesize": {"image_size": image_size, "samples_per_type": 120},
         "train": {"image_size": image_size, "epochs": epochs, "min_epoch_samples": 256},
+        "fit_cada": {"threshold": "auto"},  # decide at the threshold calibrated on held-out normals (what a line acts on)
     }
     apply_overrides(raw, list(overrides), create=True)
     params = parse_params(raw)
-    params = dataclasses.replace(params, **{k: getattr(base, k) for k in ("fit_cada", "evaluate") if k not in raw})
+    params = dataclasses.replace(params, **{k: getattr(base, k) for k in ("evaluate",) if k not in raw})
     shutil.rmtree(work, ignore_errors=True)
     times: dict[str, float] = {}
 
@@ -100,6 +102,36 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+SEEDED = ("ingest.seed", "synthesize.seed", "train.seed", "fit_cada.seed")  # a seed draws the shots, the samples, the weights
+SUMMARY = (*COLUMNS, "false_positive_rate", "miss_rate")
+
+
+def log_seeds(out: Path, label: str, setting: str, overrides: list[str], runs: list[dict]) -> None:
+    """Append one configuration's seeds to ``<out>_seeds.json`` and rewrite ``<out>_seeds.md``: mean +- std."""
+    path = out.with_name(out.name + "_seeds.json")
+    rows = json.loads(path.read_text()) if path.is_file() else []
+    rows.append({"label": label, "setting": setting, "overrides": overrides, "seeds": [r["seed"] for r in runs],
+                 "metrics": [r["metrics"] for r in runs], "seconds": [r["seconds"] for r in runs]})
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(rows, indent=2))
+    head = "| run | setting | seeds | " + " | ".join(SUMMARY) + " | CPU min (ingest/synth/train/cada/eval) |"
+    lines = [head, "|" + "---|" * (len(SUMMARY) + 4)]
+    for r in rows:
+        cells = []
+        for c in SUMMARY:
+            vals = [100 * m[f"{c}_cada"] for m in r["metrics"] if m.get(f"{c}_cada") is not None]
+            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            cells.append(f"{statistics.mean(vals):.1f} ± {sd:.1f}" if vals else "-")
+        stages = ("ingest", "synthesize", "train", "fit_cada", "evaluate")
+        mins = " / ".join(f"{statistics.mean(t[st] for t in r['seconds']) / 60:.1f}" for st in stages)
+        lines.append(f"| {r['label']} | {r['setting']} | {len(r['seeds'])} | " + " | ".join(cells) + f" | {mins} |")
+    with atomic_path(path.with_suffix(".md")) as tmp:
+        tmp.write_text("# MTD, several seeds\n\nOne row per configuration of `benchmarks/mtd_quality.py --seeds ...`: mean ± std "
+                       "over the seeds (each seed draws the shots, the synthetic samples, the weights and the CADA fit), CADA "
+                       "variant, %, false-positive and miss rates at the threshold calibrated on held-out normals; this "
+                       "CPU, nothing else running. Overrides of each run are in the JSON beside this file.\n\n" + "\n".join(lines) + "\n")
+
+
 def log_ablation(out: Path, result: dict) -> None:
     """Append a run to ``<out>_ablation.json`` and rewrite the ``.md`` table of all runs."""
     path = out.with_name(out.name + "_ablation.json")
@@ -115,8 +147,8 @@ def log_ablation(out: Path, result: dict) -> None:
         lines.append(f"| {r['label']} | {r['setting']} | {r['epochs']} | {r['image_size']} | {' '.join(r['overrides']) or '-'} | "
                      f"{ours} | {r['seconds']['train']:.0f} |")
     with atomic_path(path.with_suffix(".md")) as tmp:
-        tmp.write_text("# MTD ablation log\n\nOne row per run of `benchmarks/mtd_quality.py` (CADA variant, %, scratch "
-                       "backbone, this CPU), in the order they were run.\n\n" + "\n".join(lines) + "\n")
+        tmp.write_text("# MTD ablation log\n\nOne row per run of `benchmarks/mtd_quality.py` (CADA variant, %, the scratch "
+                       "backbone unless the overrides say otherwise, this CPU), in the order they were run.\n\n" + "\n".join(lines) + "\n")
 
 
 def main() -> None:
@@ -127,6 +159,8 @@ def main() -> None:
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a params key (repeatable)")
     p.add_argument("--label", default="", help="name of this run in the ablation log")
+    p.add_argument("--seeds", default="", help="comma-separated seeds: each setting runs once per seed and the mean +- std "
+                   "goes to <out>_seeds.md ('' = one run with the params' seeds)")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/mtd_quality"))
     a = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -135,12 +169,21 @@ def main() -> None:
         sys.exit(f"{root}: no MTD dataset here (expected MT_Free/); pass --root")
     names = list(SETTINGS) if a.settings == "all" else a.settings.split(",")
     results = []
+    seeds = [int(x) for x in a.seeds.split(",")] if a.seeds else [None]
     for name in names:
-        r = run_setting(name, root, ROOT / "benchmarks/work" / name, a.epochs, a.image_size, a.set)
-        r.update({"label": a.label or "baseline", "epochs": a.epochs, "image_size": a.image_size})
-        results.append(r)
-        log_ablation(Path(a.out), r)
-        print(name, json.dumps({k: round(v, 4) for k, v in r["metrics"].items() if k.endswith("_cada")}), r["seconds"], flush=True)
+        runs = []
+        for seed in seeds:
+            overrides = [*a.set, *([f"{k}={seed}" for k in SEEDED] if seed is not None else [])]
+            r = run_setting(name, root, ROOT / "benchmarks/work" / name, a.epochs, a.image_size, overrides)
+            r.update({"label": a.label or "baseline", "epochs": a.epochs, "image_size": a.image_size, "seed": seed})
+            runs.append(r)
+            log_ablation(Path(a.out), r)
+            print(name, seed, json.dumps({k: round(v, 4) for k, v in r["metrics"].items() if k.endswith("_cada")}), r["seconds"], flush=True)
+        if a.seeds:
+            log_seeds(Path(a.out), a.label or "baseline", name, a.set, runs)
+        results += runs
+    if a.seeds:
+        return
     text = table(results)
     print(text)
     out = Path(a.out)

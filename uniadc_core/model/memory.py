@@ -22,13 +22,21 @@ SELECTIONS = ("greedy", "random")
 
 def _sq_distances(query: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor) -> torch.Tensor:
     """(M, N) squared Euclidean distances of query rows (M, C) to bank rows (N, C)."""
-    return ((query * query).sum(1, keepdim=True) - 2 * query @ bank.T + bank_sq[None]).clamp_(min=0)
+    return _partial_sq(query, bank, bank_sq).add_((query * query).sum(1, keepdim=True)).clamp_(min=0)
 
 
-def greedy_coreset(features: torch.Tensor, size: int, seed: int = 0, projection_dim: int = 128,
-                   chunk: int = 65536) -> torch.Tensor:
+def _partial_sq(query: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor) -> torch.Tensor:
+    """(M, N) ``|m|^2 - 2 q.m``: the squared distance less ``|q|^2``, written once by one matrix product
+    (the nearest rows are the same; ``|q|^2`` is added to the few that are kept)."""
+    return torch.addmm(bank_sq[None], query, bank.T, beta=1.0, alpha=-2.0)
+
+
+def greedy_coreset(features: torch.Tensor, size: int, seed: int = 0, projection_dim: int = 128) -> torch.Tensor:
     """Indices (size,) of a k-centre subset of ``features`` (N, C): each pick is the row farthest from
-    those already picked, measured on a random projection to ``projection_dim`` (Johnson-Lindenstrauss)."""
+    those already picked, measured on a random projection to ``projection_dim`` (Johnson-Lindenstrauss).
+
+    Each step is one matrix-vector product (``|x - c|^2 = |x|^2 - 2 x.c + |c|^2``), so a pick costs
+    about N * projection_dim multiply-adds and no temporary of the size of the data."""
     n, c = features.shape
     if size >= n:
         return torch.arange(n)
@@ -36,14 +44,15 @@ def greedy_coreset(features: torch.Tensor, size: int, seed: int = 0, projection_
     x = features.float()
     if c > projection_dim:
         x = x @ (torch.randn(c, projection_dim, generator=gen) / math.sqrt(projection_dim))  # (N, d)
+    x = x.contiguous()
+    sq = (x * x).sum(1)  # (N,)
     picks = torch.empty(size, dtype=torch.long)
     picks[0] = int(torch.randint(n, (), generator=gen))
     nearest = torch.full((n,), float("inf"))  # squared distance of every row to its nearest pick
     for i in range(1, size + 1):
-        centre = x[picks[i - 1]]
-        for start in range(0, n, chunk):
-            part = x[start:start + chunk]
-            torch.minimum(nearest[start:start + chunk], ((part - centre) ** 2).sum(1), out=nearest[start:start + chunk])
+        j = picks[i - 1]
+        d = sq - 2 * (x @ x[j]) + sq[j]  # (N,) squared distances to the newest pick
+        torch.minimum(nearest, d, out=nearest)
         if i < size:
             picks[i] = int(nearest.argmax())
     return picks
@@ -88,15 +97,17 @@ class NormalMemory:
         return len(self.bank)
 
     @torch.no_grad()
-    def distances(self, query: torch.Tensor, k: int = 1, chunk: int = 8192) -> torch.Tensor:
+    def distances(self, query: torch.Tensor, k: int = 1, chunk: int = 2048) -> torch.Tensor:
         """(M,) mean distance of each query row (M, C) to its ``k`` nearest memory rows."""
         bank = self.bank.to(query.device)
         bank_sq = self._bank_sq.to(query.device)
         k = min(k, len(bank))
         out = []
         for start in range(0, len(query), chunk):
-            d = _sq_distances(query[start:start + chunk].float(), bank, bank_sq)
-            out.append(d.topk(k, dim=1, largest=False).values.sqrt().mean(1) if k > 1 else d.min(1).values.sqrt())
+            q = query[start:start + chunk].float()
+            part = _partial_sq(q, bank, bank_sq)
+            nearest = part.topk(k, dim=1, largest=False).values if k > 1 else part.min(1, keepdim=True).values  # (m, k)
+            out.append((nearest + (q * q).sum(1, keepdim=True)).clamp_(min=0).sqrt().mean(1))
         return torch.cat(out) if out else torch.zeros(0, device=query.device)
 
 
