@@ -20,7 +20,7 @@ class Role:
     UNUSED_NORMAL = "unused_normal"  # a train normal beyond ingest.normal_shots
     ANOMALY_SHOT = "anomaly_shot"  # a real anomaly moved from test into training
     TEST = "test"  # evaluation only
-    ALL = (NORMAL_SHOT, NORMAL_HOLDOUT, UNUSED_NORMAL, ANOMALY_SHOT, TEST)
+
 
 SCHEMA = {
     "image_id": pl.Utf8,

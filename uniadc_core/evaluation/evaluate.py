@@ -24,6 +24,7 @@ from uniadc_core.config import EvaluateConfig
 from uniadc_core.data.manifest import Role
 from uniadc_core.data.preprocess import Preprocess
 from uniadc_core.evaluation.plots import plot_confusion, plot_overlays, plot_roc, plot_score_histograms
+from uniadc_core.evaluation.report import METRICS, VARIANTS
 from uniadc_core.io import atomic_path, write_json
 from uniadc_core.metrics import accuracy, aupro, auroc, confusion_matrix, f1_max, mean_iou
 from uniadc_core.model.scoring import Scores, score_images
@@ -31,8 +32,6 @@ from uniadc_core.serving.detector import Decision, Detector, decide
 
 log = logging.getLogger(__name__)
 
-VARIANTS = ("none", "cada", "oracle")
-METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "type_accuracy", "miou", "false_positive_rate", "miss_rate")
 
 
 class EvalSet(NamedTuple):

@@ -1,8 +1,11 @@
-"""metrics.json as a table a person reads: one row per normalisation variant, one column per metric."""
+"""metrics.json as a table a person reads: one row per normalisation variant, one column per metric.
+
+The variant and metric names live here (evaluate imports them), so `uniadc report` loads no torch."""
 
 from __future__ import annotations
 
-from uniadc_core.evaluation.evaluate import METRICS, VARIANTS
+VARIANTS = ("none", "cada", "oracle")
+METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "type_accuracy", "miou", "false_positive_rate", "miss_rate")
 
 SHORT = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO", "f1_max": "F1-max",
          "type_accuracy": "type acc.", "miou": "mIoU", "false_positive_rate": "FP rate", "miss_rate": "miss rate"}

@@ -57,7 +57,6 @@ class ScratchBackbone(nn.Module):
         self.proj = nn.Conv2d(2 * w, embed_dim, 1)
         self.embed_channels = 8 * w + 4 * w
 
-        self.patch_channels = 4 * w + 8 * w
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feats, embedding, _ = self.forward_with_patches(x, patches=False)
@@ -99,7 +98,6 @@ class OpenClipBackbone(nn.Module):
             for p in self.proj:
                 p.weight.data.copy_(self.visual.proj.data.t())
         self.embed_channels = joint
-        self.patch_channels = len(self.layers) * width
         self.embed_dim = joint
 
     def train(self, mode: bool = True):

@@ -24,9 +24,6 @@ class Scores(NamedTuple):
     pixel_types: np.ndarray  # (N, S, S) uint8 defect index 1..K
     embedding: np.ndarray  # (N, E)
 
-    def take(self, index: np.ndarray) -> Scores:
-        return Scores(*(a[index] for a in self))
-
 
 @torch.no_grad()
 def score_images(model: Discriminator, images: list[np.ndarray], batch_size: int = 32, progress: bool = False) -> Scores:
