@@ -1,12 +1,12 @@
 """Normal-feature memory speed: coreset build time, and inference ms/image at 256 px by memory size.
 
-    .venv/bin/python benchmarks/memory_speed.py [--repeats 5] [--sizes 10000,50000,200000]
+    .venv/bin/python benchmarks/memory_speed.py [--repeats 5] [--sizes 4096,10000,16384,50000,200000]
         [--weights ../shared/weights/mobilenet_v2_imagenet.safetensors] [--out benchmarks/results/memory_speed.md]
 
 Inference is the whole ``Discriminator.predict`` of a torchvision MobileNetV2 discriminator
 (layers 3/6/10, patch grid stride 8: 32 x 32 patches of 120 channels per image) on batches of 16
 images at 256 px, with no memory and with memories of each size; build times are the greedy
-k-centre coreset and the random selection of 16384 patches out of 200000. Figures are medians of
+k-centre coreset and the random selection of the default memory size (``train.memory.size``) out of 200000 patches. Figures are medians of
 ``--repeats`` runs (after one warm-up), measured in the same process, so the ratios compare like
 with like. Run it with nothing else on the machine.
 """
@@ -25,6 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from uniadc_core.config import MemoryConfig  # noqa: E402
 from uniadc_core.io import atomic_path  # noqa: E402
 from uniadc_core.model.discriminator import Discriminator, ModelConfig  # noqa: E402
 from uniadc_core.model.memory import NormalMemory  # noqa: E402
@@ -43,7 +44,7 @@ def median_seconds(fn, repeats: int) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--sizes", default="10000,16384,50000,200000")
+    p.add_argument("--sizes", default="4096,10000,16384,50000,200000")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--weights", default="", help="torchvision weights file ('' = random init: the same speed)")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/memory_speed.md"))
@@ -66,7 +67,8 @@ def main() -> None:
     model.memory, model.config.memory = None, {}
 
     pool = torch.randn(200000, channels)
-    build = {m: median_seconds(lambda m=m: NormalMemory.build(pool, 16384, m, 0), max(1, a.repeats // 2)) for m in ("greedy", "random")}
+    size = MemoryConfig().size
+    build = {m: median_seconds(lambda m=m: NormalMemory.build(pool, size, m, 0), max(1, a.repeats // 2)) for m in ("greedy", "random")}
 
     lines = [f"# Normal-memory speed\n\nCommand: `python benchmarks/memory_speed.py {' '.join(sys.argv[1:])}`  ",
              f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
@@ -75,7 +77,7 @@ def main() -> None:
              "| inference | ms / image | vs no memory |", "|---|---|---|"]
     for name, sec in rows:
         lines.append(f"| {name} | {1000 * sec / a.batch:.1f} | {sec / base:.2f}x |")
-    lines += ["", "| memory build (200000 patches -> 16384) | seconds |", "|---|---|"]
+    lines += ["", f"| memory build (200000 patches -> {size}, the default size) | seconds |", "|---|---|"]
     lines += [f"| {m} | {s:.1f} |" for m, s in build.items()]
     text = "\n".join(lines) + "\n"
     print(text)

@@ -37,7 +37,7 @@ from uniadc_core.data.ingest import ingest  # noqa: E402
 from uniadc_core.data.shards import read_samples  # noqa: E402
 from uniadc_core.evaluation.evaluate import evaluate  # noqa: E402
 from uniadc_core.io import atomic_path  # noqa: E402
-from uniadc_core.model.discriminator import load_model  # noqa: E402
+from uniadc_core.model.discriminator import load_model, save_model  # noqa: E402
 from uniadc_core.model.train import train  # noqa: E402
 from uniadc_core.serving.detector import Detector  # noqa: E402
 from uniadc_core.synthesis.synthesize import load_inputs, synthesize  # noqa: E402
@@ -56,7 +56,18 @@ SETTINGS = {
 COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "type_accuracy", "miou")
 
 
-def run_setting(name: str, root: Path, work: Path, epochs: int, image_size: int, overrides: list[str] = ()) -> dict:
+def with_memory_weight(model, weight: float):
+    """The trained model with another share of the memory in its map (0: the discriminator alone, no memory)."""
+    if weight <= 0:
+        model.memory, model.config.memory = None, {}
+    else:
+        model.config.memory = {**model.config.memory, "weight": weight}
+    return model
+
+
+def run_setting(name: str, root: Path, work: Path, epochs: int, image_size: int, overrides: list[str] = (),
+                weights: list[float] = ()) -> list[dict]:
+    """One training, then CADA and evaluation once per memory weight in ``weights`` (none: the params' weight)."""
     base = load_params(ROOT / "params.yaml")
     shots = SETTINGS[name]
     raw = {
@@ -84,10 +95,18 @@ def run_setting(name: str, root: Path, work: Path, epochs: int, image_size: int,
     manifest, vocab = load_inputs(manifest_path, vocab_path)
     samples = read_samples(work / "synthetic")
     timed("train", train, manifest, vocab, work / "synthetic", params.train, work / "models/discriminator")
-    model = load_model(work / "models/discriminator")
-    timed("fit_cada", fit, model, manifest, samples, params.fit_cada, work / "models/cada")
-    metrics = timed("evaluate", evaluate, Detector.load(work / "models"), manifest, params.evaluate, work / "reports")
-    return {"setting": name, **shots, "overrides": list(overrides), "metrics": metrics, "seconds": times}
+    results = []
+    for w in weights or [None]:
+        models = work / ("models" if w is None else f"models_w{w}")
+        model = load_model(work / "models/discriminator")
+        if w is not None:
+            save_model(with_memory_weight(model, w), models / "discriminator")
+        timed("fit_cada", fit, model, manifest, samples, params.fit_cada, models / "cada")
+        metrics = timed("evaluate", evaluate, Detector.load(models), manifest, params.evaluate, work / f"reports_{models.name}")
+        extra = [] if w is None else [f"train.memory.weight={w} (at evaluation)"]
+        results.append({"setting": name, **shots, "overrides": [*overrides, *extra], "metrics": metrics, "seconds": dict(times),
+                        "memory_weight": w})
+    return results
 
 
 def table(results: list[dict]) -> str:
@@ -114,7 +133,7 @@ def log_seeds(out: Path, label: str, setting: str, overrides: list[str], runs: l
                  "metrics": [r["metrics"] for r in runs], "seconds": [r["seconds"] for r in runs]})
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(rows, indent=2))
-    head = "| run | setting | seeds | " + " | ".join(SUMMARY) + " | CPU min (ingest/synth/train/cada/eval) |"
+    head = "| run | setting | seeds | " + " | ".join(SUMMARY) + " | minutes per stage, wall clock, 2 cores (ingest/synth/train/cada/eval) |"
     lines = [head, "|" + "---|" * (len(SUMMARY) + 4)]
     for r in rows:
         cells = []
@@ -161,6 +180,8 @@ def main() -> None:
     p.add_argument("--label", default="", help="name of this run in the ablation log")
     p.add_argument("--seeds", default="", help="comma-separated seeds: each setting runs once per seed and the mean +- std "
                    "goes to <out>_seeds.md ('' = one run with the params' seeds)")
+    p.add_argument("--memory-weights", default="", help="comma-separated train.memory.weight values evaluated from one "
+                   "training (train with a memory: --set train.memory.weight=1); each is its own row, labelled LABEL-wW")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/mtd_quality"))
     a = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -170,18 +191,23 @@ def main() -> None:
     names = list(SETTINGS) if a.settings == "all" else a.settings.split(",")
     results = []
     seeds = [int(x) for x in a.seeds.split(",")] if a.seeds else [None]
+    weights = [float(x) for x in a.memory_weights.split(",")] if a.memory_weights else []
+    label = a.label or "baseline"
     for name in names:
-        runs = []
+        runs: dict[str, list[dict]] = {}
         for seed in seeds:
             overrides = [*a.set, *([f"{k}={seed}" for k in SEEDED] if seed is not None else [])]
-            r = run_setting(name, root, ROOT / "benchmarks/work" / name, a.epochs, a.image_size, overrides)
-            r.update({"label": a.label or "baseline", "epochs": a.epochs, "image_size": a.image_size, "seed": seed})
-            runs.append(r)
-            log_ablation(Path(a.out), r)
-            print(name, seed, json.dumps({k: round(v, 4) for k, v in r["metrics"].items() if k.endswith("_cada")}), r["seconds"], flush=True)
+            for r in run_setting(name, root, ROOT / "benchmarks/work" / name, a.epochs, a.image_size, overrides, weights):
+                w = r.pop("memory_weight")
+                r.update({"label": label if w is None else f"{label}-w{w:g}", "epochs": a.epochs, "image_size": a.image_size, "seed": seed})
+                runs.setdefault(r["label"], []).append(r)
+                log_ablation(Path(a.out), r)
+                print(name, seed, r["label"], json.dumps({k: round(v, 4) for k, v in r["metrics"].items() if k.endswith("_cada")}),
+                      r["seconds"], flush=True)
         if a.seeds:
-            log_seeds(Path(a.out), a.label or "baseline", name, a.set, runs)
-        results += runs
+            for run_label, group in runs.items():
+                log_seeds(Path(a.out), run_label, name, group[0]["overrides"][:len(a.set)] + group[0]["overrides"][len(a.set) + len(SEEDED):], group)
+        results += [r for group in runs.values() for r in group]
     if a.seeds:
         return
     text = table(results)

@@ -34,7 +34,7 @@ def test_mtd_runs_end_to_end_with_either_synthesizer(backend, tmp_path):
         model = build_tiny_inpaint_pipeline(tmp_path / "tiny-sd")
         overrides += [f"synthesize.diffusion.model={model}", "synthesize.diffusion.resolution=64", "synthesize.diffusion.steps=2",
                       "synthesize.diffusion.batch_size=8"]
-    result = _benchmark().run_setting("2shot_1anom", MTD, tmp_path / "work", epochs=1, image_size=64, overrides=overrides)
+    (result,) = _benchmark().run_setting("2shot_1anom", MTD, tmp_path / "work", epochs=1, image_size=64, overrides=overrides)
     index = json.loads((tmp_path / "work/synthetic/index.json").read_text())
     assert index["complete"] and index["rows"] == 5 * 3
     generators = {"procedural": {"procedural", "cutpaste"}, "diffusion": {"diffusion", "repaint"}}[backend]

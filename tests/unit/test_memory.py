@@ -12,7 +12,7 @@ import torch
 from tests.conftest import TINY_TRAIN
 from uniadc_core.config import MemoryConfig, TorchvisionConfig
 from uniadc_core.model.discriminator import MEMORY_FILE, load_model, save_model
-from uniadc_core.model.fusion import attach_memory, views
+from uniadc_core.model.fusion import FEW_NORMALS, _patches, attach_memory, resolve_augment, views
 from uniadc_core.model.memory import NormalMemory, coverage_radius, gaussian_blur, greedy_coreset
 from uniadc_core.model.train import load_train_data, train_discriminator
 from uniadc_core.synthesis.synthesize import load_inputs
@@ -46,7 +46,7 @@ def test_memory_distances_are_the_nearest_neighbour_distances():
     bank, query = torch.randn(500, 24, generator=gen), torch.randn(700, 24, generator=gen)
     memory = NormalMemory(bank)
     exact = torch.cdist(query.double(), bank.double())
-    torch.testing.assert_close(memory.distances(query, k=1, chunk=128).double(), exact.min(1).values, atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(memory.distances(query, k=1, block=128 * len(bank)).double(), exact.min(1).values, atol=1e-3, rtol=1e-4)
     torch.testing.assert_close(memory.distances(query, k=3).double(), exact.topk(3, largest=False).values.mean(1), atol=1e-3, rtol=1e-4)
     assert float(memory.distances(bank[:5]).max()) < 1e-2  # a memory patch is at distance 0 from itself
 
@@ -63,6 +63,30 @@ def test_views_are_flips_and_turns():
     x = torch.arange(2 * 3 * 4 * 4, dtype=torch.uint8).view(2, 3, 4, 4)
     assert len(views(x, "none")) == 2 and len(views(x, "flip")) == 6 and len(views(x, "rot90")) == 12
     assert torch.equal(views(x, "rot90")[6:8], x.rot90(1, (-2, -1)))
+
+
+def test_auto_augment_turns_a_few_shots_and_leaves_many_as_they_are():
+    assert resolve_augment("auto", 2) == "rot90" and resolve_augment("auto", FEW_NORMALS) == "none"
+    assert resolve_augment("flip", 500) == "flip" and resolve_augment("none", 1) == "none"
+
+
+def test_batchnorm_folding_keeps_the_outputs_of_a_frozen_cnn():
+    from uniadc_core.model.cnn import fold_batchnorm
+
+    torch.manual_seed(0)
+    net = load_torchvision("mobilenet_v2").eval()
+    for m in net.modules():  # non-trivial statistics, as trained weights have
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        before = net.features[:7](x)
+        folded = fold_batchnorm(net)
+        after = folded.features[:7](x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.features.modules())
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4 * float(before.abs().max()))
 
 
 def test_torchvision_weights_load_offline_with_clear_errors(tmp_path):
@@ -135,12 +159,28 @@ def test_memory_and_fusion_round_trip_to_identical_maps(tv_model, tmp_path):
     _, _, log_odds, distance = model.component_maps(images)
     expected = 0.5 * (distance - mu_m) / sd_m + 0.5 * (log_odds - mu_d) / sd_d
     torch.testing.assert_close(a.anomaly_map, expected)
+    # the score: the same fusion, with the log-odds window-averaged first (a lone pixel is noise) and the distance as it is
+    pooled = torch.nn.functional.avg_pool2d(log_odds[:, None], 7, stride=1, padding=3, count_include_pad=False)[:, 0]
+    score_map = 0.5 * (distance - mu_m) / sd_m + 0.5 * (pooled - mu_d) / sd_d
+    torch.testing.assert_close(a.score, score_map.flatten(1).max(1).values)
     # held-out normals sit near 0 on the fused scale, training normals too (their patches are in the memory)
     held = model.predict(data.holdout.images).anomaly_map
     assert abs(float(held.mean())) < 0.5
     (tmp_path / "m" / MEMORY_FILE).unlink()
     with pytest.raises(FileNotFoundError, match="normal-feature memory; save the model folder whole"):
         load_model(tmp_path / "m")
+
+
+def test_memory_patches_are_drawn_batch_by_batch_up_to_the_limit(tv_model):
+    model, data = tv_model
+    normals = data.normals.images[:5]
+    h = w = normals.shape[-1] // 8  # the patch grid (stride 8)
+    kept, total = _patches(model, normals, "flip", limit=100, seed=0, batch_size=2)
+    assert total == 5 * 3 * h * w and kept.shape == (100, model.patch_features(normals[:1]).shape[1])
+    everything, total = _patches(model, normals, "none", limit=10**9, seed=0, batch_size=2)
+    direct = model.patch_features(normals).permute(0, 2, 3, 1).reshape(-1, kept.shape[1])
+    assert total == len(everything) == 5 * h * w
+    torch.testing.assert_close(everything, direct)
 
 
 def test_memory_only_flags_a_pasted_foreign_patch(tv_model):

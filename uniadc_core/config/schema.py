@@ -121,10 +121,11 @@ class MemoryConfig:
     """The memory of normal patch features beside the discriminator (PatchCore's nearest-neighbour distance)."""
 
     weight: float = 0.0  # share of the memory distance in the anomaly map: 0 = discriminator only, 1 = memory only
-    size: int = 16384  # memory patches kept (coreset size)
+    size: int = 4096  # memory patches kept (coreset size); inference cost grows with it (benchmarks/results/memory_speed.md)
     selection: Literal["greedy", "random"] = "greedy"  # greedy: k-centre coreset; random: uniform, for comparison
     k: int = 1  # nearest memory patches averaged per query patch
-    augment: Literal["none", "flip", "rot90"] = "flip"  # views of each normal shot in the memory (rot90: flips and 90-degree turns)
+    # views of each normal shot in the memory (rot90: flips and 90-degree turns); auto: rot90 below 16 normal shots, none from 16
+    augment: Literal["auto", "none", "flip", "rot90"] = "auto"
     max_patches: int = 200000  # normal patches drawn (at random) before the coreset selection
     smooth: float = 4.0  # Gaussian sigma (pixels at the input size) applied to the upsampled distance map
 

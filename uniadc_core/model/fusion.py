@@ -3,10 +3,11 @@
     attach_memory(model, normals, holdout, cfg.memory, seed)   # after training, before saving
 
 The memory holds patches of the normal *training* shots only (in the views ``augment`` allows:
-flips, 90-degree turns), subsampled at random to ``max_patches`` and then to ``size`` by the
-coreset selection. The fusion statistics (mean and standard deviation of each map over every
-pixel) come from the held-out normals, which neither the memory nor the discriminator saw, so
-neither term wins the fused map by its scale.
+flips, 90-degree turns), subsampled at random to ``max_patches`` (each batch keeps only its drawn
+patches, so RAM holds no more) and then to ``size`` by the coreset selection. The fusion
+statistics (mean and standard deviation of each map over every pixel) come from the held-out
+normals, which neither the memory nor the discriminator saw, so neither term wins the fused map
+by its scale.
 """
 
 from __future__ import annotations
@@ -22,6 +23,17 @@ from uniadc_core.model.memory import NormalMemory
 log = logging.getLogger(__name__)
 
 
+FEW_NORMALS = 16  # augment "auto": below this many normal shots the memory keeps their flips and turns
+
+
+def resolve_augment(augment: str, normal_shots: int) -> str:
+    """``auto``: the flips and 90-degree turns of a few shots fill a memory that would be too sparse; with many
+    shots they only add views the line never shows (on MTD they cost image AUROC: benchmarks/results)."""
+    if augment != "auto":
+        return augment
+    return "rot90" if normal_shots < FEW_NORMALS else "none"
+
+
 def views(images: torch.Tensor, augment: str) -> torch.Tensor:
     """The images (N, 3, S, S) and the views of them the memory keeps."""
     out = [images]
@@ -33,13 +45,24 @@ def views(images: torch.Tensor, augment: str) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _patches(model: Discriminator, images: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+def _patches(model: Discriminator, normals: torch.Tensor, augment: str, limit: int, seed: int, batch_size: int = 16) -> tuple[torch.Tensor, int]:
+    """At most ``limit`` patch features (rows of C) of the views of ``normals``, drawn uniformly at random,
+    and how many there were: each batch keeps only its drawn rows, so RAM holds ``limit`` rows, not all."""
     device = model.mean.device
-    rows = []
-    for i in range(0, len(images), batch_size):
-        p = model.patch_features(images[i:i + batch_size].to(device)).float().cpu()  # (B, C, h, w)
-        rows.append(p.permute(0, 2, 3, 1).reshape(-1, p.shape[1]))
-    return torch.cat(rows)
+    gen = torch.Generator().manual_seed(seed)
+    rows, keep, offset = [], None, 0
+    for i in range(0, len(normals), batch_size):
+        batch = views(normals[i:i + batch_size], augment)
+        for j in range(0, len(batch), batch_size):
+            p = model.patch_features(batch[j:j + batch_size].to(device)).float().cpu()  # (b, C, h, w)
+            p = p.permute(0, 2, 3, 1).reshape(-1, p.shape[1])
+            if keep is None:  # every image gives the same number of patches: draw the kept ones once
+                total = len(p) // min(batch_size, len(batch)) * len(views(normals[:1], augment)) * len(normals)
+                keep = torch.zeros(total, dtype=torch.bool)
+                keep[torch.randperm(total, generator=gen)[:limit]] = True
+            rows.append(p[keep[offset:offset + len(p)]])
+            offset += len(p)
+    return torch.cat(rows), offset
 
 
 @torch.no_grad()
@@ -66,16 +89,14 @@ def attach_memory(model: Discriminator, normals: torch.Tensor, holdout: torch.Te
     if cfg.weight <= 0:
         return model
     model.eval()
-    patches = _patches(model, views(normals, cfg.augment))
-    if len(patches) > cfg.max_patches:
-        keep = torch.randperm(len(patches), generator=torch.Generator().manual_seed(seed))[:cfg.max_patches]
-        patches = patches[keep]
+    augment = resolve_augment(cfg.augment, len(normals))
+    patches, total = _patches(model, normals, augment, cfg.max_patches, seed)
     model.memory = NormalMemory.build(patches, cfg.size, cfg.selection, seed)
     model.config.memory = {"weight": cfg.weight, "k": cfg.k, "smooth": cfg.smooth, "stats": [0.0, 1.0, 0.0, 1.0]}
     if len(holdout) == 0:
         log.warning("train: no held-out normals; the fusion statistics come from the training normals (memory distances biased low)")
         holdout = normals
     model.config.memory["stats"] = _map_stats(model, holdout)
-    log.info("train: normal memory of %d patches (%s of %d, %d channels); fusion stats %s", len(model.memory), cfg.selection,
-             len(patches), patches.shape[1], [round(v, 4) for v in model.config.memory["stats"]])
+    log.info("train: normal memory of %d patches (%s of %d drawn from %d, %d channels, views: %s); fusion stats %s",
+             len(model.memory), cfg.selection, len(patches), total, patches.shape[1], augment, [round(v, 4) for v in model.config.memory["stats"]])
     return model
