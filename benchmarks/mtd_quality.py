@@ -58,6 +58,8 @@ COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "type_accuracy", "miou")
 
 def with_memory_weight(model, weight: float):
     """The trained model with another share of the memory in its map (0: the discriminator alone, no memory)."""
+    if weight > 0 and model.memory is None:
+        sys.exit("--memory-weights: the model was trained without a memory; add --set train.memory.weight=1")
     if weight <= 0:
         model.memory, model.config.memory = None, {}
     else:
@@ -192,6 +194,9 @@ def main() -> None:
     results = []
     seeds = [int(x) for x in a.seeds.split(",")] if a.seeds else [None]
     weights = [float(x) for x in a.memory_weights.split(",")] if a.memory_weights else []
+    trained_with = [float(o.split("=", 1)[1]) for o in a.set if o.startswith("train.memory.weight=")]
+    if weights and not (trained_with and trained_with[-1] > 0):
+        sys.exit("--memory-weights: train with a memory to evaluate it (add --set train.memory.weight=1)")
     label = a.label or "baseline"
     for name in names:
         runs: dict[str, list[dict]] = {}
@@ -213,7 +218,7 @@ def main() -> None:
     text = table(results)
     print(text)
     out = Path(a.out)
-    if names != list(SETTINGS) or a.set:
+    if names != list(SETTINGS) or a.set or weights:
         print(f"partial or modified run: logged in {out.name}_ablation.md; {out.name}.md (all four settings) left as it is")
         return
     command = "python benchmarks/mtd_quality.py " + " ".join(sys.argv[1:])

@@ -87,6 +87,12 @@ def test_batchnorm_folding_keeps_the_outputs_of_a_frozen_cnn():
         after = folded.features[:7](x)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.features.modules())
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4 * float(before.abs().max()))
+    # a tapped convolution keeps its own output: its BatchNorm is not folded into it
+    pair = torch.nn.Sequential(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))).eval()
+    fold_batchnorm(pair, keep=["0.0"])
+    assert isinstance(pair[0][1], torch.nn.BatchNorm2d)
+    fold_batchnorm(pair)
+    assert isinstance(pair[0][1], torch.nn.Identity) and pair[0][0].bias is not None
 
 
 def test_torchvision_weights_load_offline_with_clear_errors(tmp_path):

@@ -30,18 +30,21 @@ DEFAULT_LAYERS = {
 }
 
 
-def fold_batchnorm(module: nn.Module) -> nn.Module:
+def fold_batchnorm(module: nn.Module, keep: list[str] = ()) -> nn.Module:
     """Fold every BatchNorm that directly follows a convolution in a ``Sequential`` into that convolution
     (eval statistics), in place: the same outputs of a frozen network, one pass over memory fewer per layer.
-    Patterns outside a ``Sequential`` (ResNet's conv1/bn1 attributes) are left as they are."""
+    Patterns outside a ``Sequential`` (ResNet's conv1/bn1 attributes) are left as they are, and so are
+    convolutions named in ``keep`` (tapped layers: their own output is what is read)."""
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-    for child in module.modules():
+    for prefix, child in module.named_modules():
         if not isinstance(child, nn.Sequential):
             continue
         names = list(child._modules)
         for a, b in zip(names, names[1:]):
             conv, bn = child._modules[a], child._modules[b]
+            if f"{prefix}.{a}".lstrip(".") in keep:
+                continue
             if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats:
                 child._modules[a] = fuse_conv_bn_eval(conv.eval(), bn.eval())
                 child._modules[b] = nn.Identity()
@@ -71,7 +74,7 @@ class TorchvisionBackbone(nn.Module):
             msg = f"train.torchvision.layers: {unknown} are not modules of this network; some that are: {', '.join(near)}"
             raise ValueError(msg)
         self.layers, self.grid = list(layers), grid
-        cnn = fold_batchnorm(cnn.eval())
+        cnn = fold_batchnorm(cnn.eval(), keep=layers)
         self.cnn = create_feature_extractor(cnn, return_nodes={name: name for name in layers}).requires_grad_(False).eval()
         with torch.no_grad():
             probe = self.cnn(torch.zeros(1, 3, 64, 64))

@@ -29,7 +29,7 @@ from uniadc_core.io import read_weights_dir, save_weights_dir
 from uniadc_core.model.backbones import create_backbone
 from uniadc_core.model.memory import NormalMemory, distance_map
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: torchvision CNNs saved with BatchNorm folded; a memory's image score is the unpooled distance
 NORMAL_CLASSES = ("explicit", "implicit")
 MEMORY_FILE = "memory.safetensors"  # the normal-feature memory bank, beside model.safetensors
 FUSED_TAIL = 3.0  # a fused z-score this far above the held-out normal pixels' mean counts as even odds of a defect

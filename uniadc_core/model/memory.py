@@ -1,6 +1,6 @@
 """A memory of normal patch features: what normal looks like, kept as PatchCore keeps it.
 
-    memory = NormalMemory.build(features, size=16384, method="greedy")   # (N, C) patches of the normal shots
+    memory = NormalMemory.build(features, size=4096, method="greedy")    # (N, C) patches of the normal shots
     d = memory.distances(query, k=1)                                     # (M,) distance to the nearest normal patch
 
 The memory holds a subset of the normal training patches: ``greedy`` picks it by k-centre
@@ -105,12 +105,12 @@ class NormalMemory:
     def distances(self, query: torch.Tensor, k: int = 1, block: int = 1 << 21) -> torch.Tensor:
         """(M,) mean distance of each query row (M, C) to its ``k`` nearest memory rows.
 
-        Queries go in chunks whose (chunk, K) block of distances holds about ``block`` floats (8 MiB): small
-        enough to stay in the CPU's cache between the product that writes it and the reduction that reads
-        it (benchmarks/memory_speed.py)."""
+        On a CPU, queries go in chunks whose (chunk, K) block of distances holds about ``block`` floats
+        (8 MiB; at least 128 rows): small enough to stay in the cache between the product that writes it
+        and the reduction that reads it (benchmarks/memory_speed.py)."""
         augmented = self._augmented.to(query.device)
         k = min(k, len(self.bank))
-        chunk = max(16, block // len(self.bank))
+        chunk = 2048 if query.is_cuda else max(128, block // len(self.bank))  # a GPU wants large products
         out = []
         for start in range(0, len(query), chunk):
             q = query[start:start + chunk].float()
