@@ -6,9 +6,9 @@
 Inference is the whole ``Discriminator.predict`` of a torchvision MobileNetV2 discriminator
 (layers 3/6/10, patch grid stride 8: 32 x 32 patches of 120 channels per image) on batches of 16
 images at 256 px, with no memory and with memories of each size; build times are the greedy
-k-centre coreset and the random selection of the default memory size (``train.memory.size``) out of 200000 patches. Figures are medians of
-``--repeats`` runs (after one warm-up), measured in the same process, so the ratios compare like
-with like. Run it with nothing else on the machine.
+k-centre coreset and the random selection of the default memory size (``train.memory.size``) out
+of 200000 patches. Figures are medians of ``--repeats`` runs (after one warm-up), measured in the
+same process, so the ratios compare like with like. Run it with nothing else on the machine.
 """
 
 from __future__ import annotations

@@ -58,8 +58,6 @@ COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "type_accuracy", "miou")
 
 def with_memory_weight(model, weight: float):
     """The trained model with another share of the memory in its map (0: the discriminator alone, no memory)."""
-    if weight > 0 and model.memory is None:
-        sys.exit("--memory-weights: the model was trained without a memory; add --set train.memory.weight=1")
     if weight <= 0:
         model.memory, model.config.memory = None, {}
     else:
@@ -81,6 +79,8 @@ def run_setting(name: str, root: Path, work: Path, epochs: int, image_size: int,
     }
     apply_overrides(raw, list(overrides), create=True)
     params = parse_params(raw)
+    if weights and params.train.memory.weight <= 0:
+        raise ValueError("--memory-weights: train with a memory to evaluate it (add --set train.memory.weight=1)")
     params = dataclasses.replace(params, **{k: getattr(base, k) for k in ("evaluate",) if k not in raw})
     shutil.rmtree(work, ignore_errors=True)
     times: dict[str, float] = {}
@@ -194,9 +194,6 @@ def main() -> None:
     results = []
     seeds = [int(x) for x in a.seeds.split(",")] if a.seeds else [None]
     weights = [float(x) for x in a.memory_weights.split(",")] if a.memory_weights else []
-    trained_with = [float(o.split("=", 1)[1]) for o in a.set if o.startswith("train.memory.weight=")]
-    if weights and not (trained_with and trained_with[-1] > 0):
-        sys.exit("--memory-weights: train with a memory to evaluate it (add --set train.memory.weight=1)")
     label = a.label or "baseline"
     for name in names:
         runs: dict[str, list[dict]] = {}
@@ -211,7 +208,8 @@ def main() -> None:
                       r["seconds"], flush=True)
         if a.seeds:
             for run_label, group in runs.items():
-                log_seeds(Path(a.out), run_label, name, group[0]["overrides"][:len(a.set)] + group[0]["overrides"][len(a.set) + len(SEEDED):], group)
+                kept = [o for o in group[0]["overrides"] if o.split("=", 1)[0] not in SEEDED]  # the seeds have their own column
+                log_seeds(Path(a.out), run_label, name, kept, group)
         results += [r for group in runs.values() for r in group]
     if a.seeds:
         return

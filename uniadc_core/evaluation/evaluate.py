@@ -33,7 +33,6 @@ from uniadc_core.serving.detector import Decision, Detector, decide
 log = logging.getLogger(__name__)
 
 
-
 class EvalSet(NamedTuple):
     images: list[np.ndarray]  # (S, S, 3) uint8, preprocessed for the model
     masks: np.ndarray  # (N, H, W) uint8 defect index, 0 = normal

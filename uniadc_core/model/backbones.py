@@ -57,7 +57,6 @@ class ScratchBackbone(nn.Module):
         self.proj = nn.Conv2d(2 * w, embed_dim, 1)
         self.embed_channels = 8 * w + 4 * w
 
-
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feats, embedding, _ = self.forward_with_patches(x, patches=False)
         return feats, embedding

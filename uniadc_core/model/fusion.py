@@ -49,17 +49,17 @@ def _patches(model: Discriminator, normals: torch.Tensor, augment: str, limit: i
     """At most ``limit`` patch features (rows of C) of the views of ``normals``, drawn uniformly at random,
     and how many there were: each batch keeps only its drawn rows, so RAM holds ``limit`` rows, not all."""
     device = model.mean.device
-    gen = torch.Generator().manual_seed(seed)
+    n_views = len(views(normals[:1], augment))
     rows, keep, offset = [], None, 0
     for i in range(0, len(normals), batch_size):
         batch = views(normals[i:i + batch_size], augment)
         for j in range(0, len(batch), batch_size):
             p = model.patch_features(batch[j:j + batch_size].to(device)).float().cpu()  # (b, C, h, w)
-            p = p.permute(0, 2, 3, 1).reshape(-1, p.shape[1])
-            if keep is None:  # every image gives the same number of patches: draw the kept ones once
-                total = len(p) // min(batch_size, len(batch)) * len(views(normals[:1], augment)) * len(normals)
+            if keep is None:  # every image has the same h x w patches: draw the kept ones once
+                total = p.shape[2] * p.shape[3] * n_views * len(normals)
                 keep = torch.zeros(total, dtype=torch.bool)
-                keep[torch.randperm(total, generator=gen)[:limit]] = True
+                keep[torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:limit]] = True
+            p = p.permute(0, 2, 3, 1).reshape(-1, p.shape[1])
             rows.append(p[keep[offset:offset + len(p)]])
             offset += len(p)
     return torch.cat(rows), offset
