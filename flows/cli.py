@@ -17,6 +17,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+import time
 
 STAGES = ("ingest", "synthesize", "train", "fit_cada", "evaluate")
 
@@ -120,11 +121,14 @@ def _predict(args, params) -> int:
     except Exception as exc:  # noqa: BLE001  (MLflow: unknown model or alias)
         print(f"error: could not load {model}: {exc}", file=sys.stderr)
         return 2
+    t0 = time.perf_counter()
     rows = predict_files(detector, files, args.batch_size, args.overlays or None)
+    seconds = time.perf_counter() - t0
     out = write_rows(rows, args.out)
     bad = sum(1 for r in rows if r.get("error"))
     flagged = sum(1 for r in rows if r.get("is_anomaly"))
-    print(f"{len(rows)} images ({flagged} anomalous, {bad} unreadable) scored with {model} -> {out}")
+    print(f"{len(rows)} images ({flagged} anomalous, {bad} unreadable) scored with {model} -> {out} "
+          f"in {seconds:.1f} s ({len(rows) / max(seconds, 1e-9):.1f} images/s)")
     return 0
 
 

@@ -22,7 +22,7 @@ def evaluate_models(manifest_path: str, models_dir: str, cfg: EvaluateConfig, ou
 @task(name="track-mlflow", retries=2, retry_delay_seconds=[2, 5])
 def track(params: Params, metrics: dict, report_dir: str, models_dir: str, root: str = ".") -> dict:
     """Log params, metrics, plots and the model to MLflow; register it as the challenger."""
-    from uniadc_core.tracking import log_run, tracking_uri
+    from uniadc_core.tracking import log_run, provenance_tags, tracking_uri
 
     cfg = params.evaluate.mlflow
     uri = tracking_uri(cfg.tracking_uri, root)
@@ -34,6 +34,7 @@ def track(params: Params, metrics: dict, report_dir: str, models_dir: str, root:
         artifact_dirs=[Path(report_dir)],
         models_dir=Path(models_dir),
         registered_model=cfg.registered_model if cfg.register else None,
+        tags=provenance_tags(root),
     )
     get_run_logger().info("MLflow %s: run %s, model version %s", uri, result["run_id"], result["version"])
     return result

@@ -15,7 +15,7 @@ DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
 
 # uniadc_core's layers, lowest first: a module may import its own layer and those below it
 LAYERS = [
-    {"config", "io", "device", "metrics"},
+    {"config", "io", "decoding", "device", "metrics"},
     {"data"},
     {"weights"},
     {"synthesis", "model"},

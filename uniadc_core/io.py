@@ -13,7 +13,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from uniadc_core import decoding
+from uniadc_core.decoding import DEFAULT, DecodeOptions
 
 
 def _umask() -> int:
@@ -52,6 +55,8 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.chmod(tmp, _DIR_MODE)  # mkdtemp makes it private (0700)
+        for sub in tmp.rglob("*"):  # and some writers (safetensors) make their files 0600: the usual permissions
+            os.chmod(sub, _DIR_MODE if sub.is_dir() else _FILE_MODE)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -93,28 +98,19 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def decode_image(data: bytes, source: str = "<bytes>", mode: str = "RGB") -> np.ndarray:
-    """Decode image bytes to a uint8 array (H, W, 3) for RGB or (H, W) for L."""
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            return np.asarray(im.convert(mode))
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        msg = f"{source}: cannot be decoded as an image ({exc}); replace or remove the file"
-        raise ValueError(msg) from None
+def decode_image(data: bytes, source: str = "<bytes>", mode: str = "RGB", options: DecodeOptions = DEFAULT) -> np.ndarray:
+    """Image bytes -> uint8 (H, W, 3) for RGB or (H, W) for L, by the one decoder's rules (``uniadc_core.decoding``)."""
+    return decoding.decode(data, source, mode, options)
 
 
-def load_image(path: str | Path, mode: str = "RGB") -> np.ndarray:
-    path = Path(path)
-    if not path.is_file():
-        msg = f"{path}: image not found; check the manifest or re-run ingest"
-        raise FileNotFoundError(msg)
-    return decode_image(path.read_bytes(), str(path), mode)
+def load_image(path: str | Path, mode: str = "RGB", options: DecodeOptions = DEFAULT) -> np.ndarray:
+    """An image file by the one decoder's rules; a missing file is a ``FileNotFoundError`` naming it."""
+    return decoding.load(path, mode, options)
 
 
-def load_mask(path: str | Path) -> np.ndarray:
-    """A binary mask (H, W) bool; values >= 128 are defect."""
-    return load_image(path, mode="L") >= 128
+def load_mask(path: str | Path, options: DecodeOptions = DEFAULT) -> np.ndarray:
+    """A binary mask (H, W) bool: its defect pixels under ``options.mask_values`` (``uniadc_core.decoding``)."""
+    return decoding.load_mask(path, options)
 
 
 def resize(arr: np.ndarray, size: int, nearest: bool = False, policy: str = "stretch") -> np.ndarray:

@@ -99,3 +99,25 @@ def test_interrupted_training_resumes_to_the_same_model(tiny_dataset, tiny_shard
     # a checkpoint made with other params is ignored, not resumed
     other, h3 = train_discriminator(data, vocab, replace(cfg, lr=0.001), progress=False, checkpoint=ckpt, stop_after=1)
     assert len(h3) == 1
+
+
+def test_training_twice_on_the_same_inputs_gives_byte_identical_model_folders(tiny_dataset, tiny_shards, tmp_path):
+    import os
+    import stat
+
+    from uniadc_core.model.train import timings_path, train
+
+    _, manifest_path, vocab_path = tiny_dataset
+    manifest, vocab = load_inputs(manifest_path, vocab_path)
+    folders = [train(manifest, vocab, tiny_shards, TINY_TRAIN, tmp_path / f"run{i}" / "discriminator") for i in range(2)]
+    files = [sorted(p.name for p in f.iterdir()) for f in folders]
+    assert files[0] == files[1] and "model.safetensors" in files[0] and "history.json" in files[0]
+    for name in files[0]:
+        assert (folders[0] / name).read_bytes() == (folders[1] / name).read_bytes(), name
+    assert all("seconds" not in rec for rec in json.loads((folders[0] / "history.json").read_text()))
+    timings = json.loads(timings_path(folders[0]).read_text())  # the wall times, outside the hashed folder
+    assert [t["epoch"] for t in timings] == [1, 2] and all(t["seconds"] > 0 for t in timings)
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in folders[0].iterdir():  # the usual permissions (safetensors alone writes 0600)
+        assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~umask, f.name

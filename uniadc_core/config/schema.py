@@ -50,6 +50,9 @@ class IngestConfig:
     on_error: Literal["fail", "skip"] = "fail"  # skip: leave bad files out, listed in quarantine.csv
     allow_missing_masks: bool = False  # anomalies without a mask are kept, and left out of pixel metrics
     resize: Literal["stretch", "pad"] = "stretch"  # how images of other sizes become square model inputs
+    bit_depth: Literal["full_scale", "per_image"] = "full_scale"  # 16-bit/float images to 8 bits (uniadc_core/decoding.py)
+    max_pixels: int = 100_000_000  # larger images are rejected (quarantined under on_error: skip)
+    mask_values: Literal["auto", "threshold", "nonzero"] = "auto"  # defect pixels: >= 128, > 0, or auto (> 0 when all < 128)
     seed: int = 0
     normal_shots: Union[int, Literal["all"]] = "all"  # train normals kept per class
     anomaly_shots: int = 1  # real anomalies per defect type moved from test to training (0 = zero-shot)

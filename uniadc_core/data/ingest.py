@@ -15,9 +15,19 @@ from uniadc_core.config import IngestConfig
 from uniadc_core.data.demo import generate_demo
 from uniadc_core.data.layouts import list_records
 from uniadc_core.data.manifest import apply_few_shot, build_vocabulary, records_to_frame
+from uniadc_core.decoding import DecodeOptions
 from uniadc_core.io import atomic_path, write_json
 
 log = logging.getLogger(__name__)
+
+
+LAYOUT_MASK_VALUES = {"mtd": "threshold"}  # mask_values: auto means this for the layout (MTD's publishers: binarise >= 128)
+
+
+def decode_options(cfg: IngestConfig) -> DecodeOptions:
+    """How every stage decodes this dataset's files (recorded in the vocabulary, then in the model)."""
+    rule = LAYOUT_MASK_VALUES.get(cfg.kind, "auto") if cfg.mask_values == "auto" else cfg.mask_values
+    return DecodeOptions(cfg.bit_depth, cfg.max_pixels, rule)
 
 
 class IngestResult(NamedTuple):
@@ -37,9 +47,9 @@ def ingest(cfg: IngestConfig, out_dir: str | Path = "data/prepared", raw_dir: st
     if cfg.kind == "demo":
         d = cfg.demo
         generate_demo(cfg.root, cfg.seed, d.classes, d.image_size, d.train_normals, d.test_normals, d.test_per_defect)
-    frame, problems = records_to_frame(list_records(cfg), cfg.allow_missing_masks, cfg.on_error)
+    frame, problems = records_to_frame(list_records(cfg), cfg.allow_missing_masks, cfg.on_error, decode_options(cfg))
     frame = apply_few_shot(frame, cfg.normal_shots, cfg.anomaly_shots, cfg.seed, cfg.holdout_fraction)
-    vocab = build_vocabulary(frame, cfg.resize)
+    vocab = build_vocabulary(frame, cfg.resize, decode_options(cfg).to_dict())
     paths = IngestResult(frame, out_dir / "manifest.parquet", out_dir / "vocabulary.json", out_dir / "quarantine.csv")
     with atomic_path(paths.quarantine_path) as tmp:
         pl.DataFrame({"path": [p.path for p in problems], "reason": [p.reason for p in problems]}, schema={"path": pl.Utf8, "reason": pl.Utf8}).write_csv(tmp)

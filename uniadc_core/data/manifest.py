@@ -10,6 +10,7 @@ import polars as pl
 from uniadc_core.data.records import ImageRecord
 from uniadc_core.data.validate import Checked, DatasetError, Problem, check_classes, check_records
 from uniadc_core.data.vocabulary import Vocabulary, default_prior
+from uniadc_core.decoding import DEFAULT, DecodeOptions
 
 
 class Role:
@@ -37,13 +38,13 @@ SCHEMA = {
 
 
 def records_to_frame(records: list[ImageRecord], allow_missing_masks: bool = False,
-                     on_error: str = "fail") -> tuple[pl.DataFrame, list[Problem]]:
+                     on_error: str = "fail", options: DecodeOptions = DEFAULT) -> tuple[pl.DataFrame, list[Problem]]:
     """Validate records and build the manifest (no roles yet), with the problems left out.
 
     ``on_error='fail'`` raises one error listing every problem; ``'skip'`` leaves those files out.
     A class with no usable normal image is an error either way.
     """
-    good, problems = check_records(records, allow_missing_masks)
+    good, problems = check_records(records, allow_missing_masks, options)
     if problems and on_error == "fail":
         raise DatasetError(problems)
     check_classes(good)
@@ -105,13 +106,13 @@ def apply_few_shot(
     return frame.with_columns(pl.Series("role", role, dtype=pl.Utf8), pl.Series("split", split, dtype=pl.Utf8))
 
 
-def build_vocabulary(frame: pl.DataFrame, resize: str = "stretch") -> Vocabulary:
+def build_vocabulary(frame: pl.DataFrame, resize: str = "stretch", decode: dict | None = None) -> Vocabulary:
     """Every (class, defect type) seen in the manifest with its default prior."""
     classes: dict = {c: {} for c in sorted(frame["object_class"].unique().to_list())}
     pairs = frame.filter(pl.col("is_anomaly")).select("object_class", "defect_type").unique().sort("object_class", "defect_type")
     for cls, defect in pairs.iter_rows():
         classes[cls][defect] = default_prior(defect, cls)
-    return Vocabulary(classes=classes, resize=resize)
+    return Vocabulary(classes=classes, resize=resize, decode=dict(decode or {}))
 
 
 def read_manifest(path: str | Path, base: str | Path | None = None) -> pl.DataFrame:

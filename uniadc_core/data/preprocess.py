@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from uniadc_core.decoding import DEFAULT, DecodeOptions
 from uniadc_core.io import load_image, load_mask, resize
 
 POLICIES = ("stretch", "pad")
@@ -28,6 +29,7 @@ class Preprocess:
     policy: str = "stretch"  # stretch: each side scaled on its own | pad: pad the short side first (aspect kept)
     mean: tuple[float, ...] | None = None  # per channel on 0..1 pixels; None: not known yet (training computes it)
     std: tuple[float, ...] | None = None
+    decode: DecodeOptions = DEFAULT  # how a file becomes pixels: orientation, bit depth, pixel limit (ingest.bit_depth, max_pixels)
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -43,10 +45,10 @@ class Preprocess:
         return resize(mask, self.size, nearest=True, policy=self.policy)
 
     def load_image(self, path: str | Path) -> np.ndarray:
-        return self.image(load_image(path))
+        return self.image(load_image(path, options=self.decode))
 
     def load_mask(self, path: str | Path) -> np.ndarray:
-        return self.mask(load_mask(path))
+        return self.mask(load_mask(path, self.decode))
 
     @staticmethod
     def batch(images: list[np.ndarray]) -> torch.Tensor:

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from uniadc_core.data.records import ImageRecord
-from uniadc_core.io import sha256_file
+from uniadc_core.decoding import DEFAULT, DecodeOptions, ImageTooLarge, defect_pixels
+from uniadc_core.io import load_image, sha256_file
 
 MIN_SIDE = 16  # px: smaller images cannot hold a defect worth finding
 
@@ -43,26 +43,29 @@ class DatasetError(ValueError):
         super().__init__(msg)
 
 
-def _open(path: Path, what: str) -> tuple[tuple[int, int], np.ndarray | None, str | None]:
-    """((width, height), pixels for masks, problem) of a fully decoded image."""
+def _open(path: Path, what: str, options: DecodeOptions) -> tuple[tuple[int, int], np.ndarray | None, str | None]:
+    """((width, height), pixels for masks, problem) of a file fully decoded by the one decoder every stage uses
+    (oriented by its EXIF tag, as a viewer shows it), so what passes here is what training reads."""
     if path.stat().st_size == 0:
         return (0, 0), None, f"empty {what} file (0 bytes); replace it or remove it"
     try:
-        with Image.open(path) as im:
-            im.load()  # a full decode: truncated files fail here, not later in training
-            arr = np.asarray(im.convert("L")) if what == "mask" else None
-            return im.size, arr, None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        return (0, 0), None, f"not a readable {what} ({type(exc).__name__}: {exc}); replace it with a valid image or remove it"
+        arr = load_image(path, mode="mask" if what == "mask" else "L", options=options)  # a full decode: truncated files fail here
+    except ImageTooLarge as exc:
+        return (0, 0), None, str(exc).removeprefix(f"{path}: ")
+    except ValueError as exc:
+        reason = str(exc).removeprefix(f"{path}: ").removesuffix("; replace or remove the file")
+        return (0, 0), None, f"not a readable {what} ({reason}); replace it with a valid image or remove it"
+    return (arr.shape[1], arr.shape[0]), arr if what == "mask" else None, None
 
 
-def check_records(records: list[ImageRecord], allow_missing_masks: bool = False) -> tuple[list[Checked], list[Problem]]:
+def check_records(records: list[ImageRecord], allow_missing_masks: bool = False,
+                  options: DecodeOptions = DEFAULT) -> tuple[list[Checked], list[Problem]]:
     """Decode every image and mask, pair them, find duplicates; returns (good records, problems)."""
     good: list[Checked] = []
     problems: list[Problem] = []
     seen: dict[str, Path] = {}
     for r in tqdm(records, desc="validate", unit="img", leave=False):
-        (w, h), _, problem = _open(r.path, "image")
+        (w, h), _, problem = _open(r.path, "image", options)
         if problem is None and min(w, h) < MIN_SIDE:
             problem = f"image is {w}x{h}; images need at least {MIN_SIDE} px a side"
         if problem is None and r.defect_type is not None:
@@ -71,18 +74,20 @@ def check_records(records: list[ImageRecord], allow_missing_masks: bool = False)
                     problem = ("anomaly image without a mask; add its mask, or set ingest.allow_missing_masks: true "
                                "(it is then left out of pixel metrics)")
             else:
-                (mw, mh), mask, mask_problem = _open(r.mask_path, "mask")
+                (mw, mh), mask, mask_problem = _open(r.mask_path, "mask", options)
                 if mask_problem is not None:
                     problems.append(Problem(str(r.mask_path), mask_problem))
                     problem = f"its mask {r.mask_path} is unreadable"
                 elif (mw, mh) != (w, h):
                     problem = f"mask {r.mask_path} is {mw}x{mh} but the image is {w}x{h}; masks must match their image"
-                elif not (mask >= 128).any():
+                elif not defect_pixels(mask, options.mask_values).any():
                     if allow_missing_masks:  # kept as an anomaly whose pixels are unknown
                         r = r._replace(mask_path=None)
                     else:
-                        problem = (f"mask {r.mask_path} marks no defect pixel (no value >= 128); fix the mask, or set "
-                                   f"ingest.allow_missing_masks: true to keep the image without pixel truth")
+                        values = ", ".join(str(v) for v in np.unique(mask)[:8]) + (", ..." if len(np.unique(mask)) > 8 else "")
+                        problem = (f"mask {r.mask_path} marks no defect pixel under ingest.mask_values: {options.mask_values} "
+                                   f"(its values: {values}); fix the mask or choose the rule (threshold: >= 128, nonzero: > 0), "
+                                   f"or set ingest.allow_missing_masks: true to keep the image without pixel truth")
         if problem is None:
             image_id = sha256_file(r.path)[:16]
             if image_id in seen:

@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from uniadc_core.data.preprocess import Preprocess
+from uniadc_core.decoding import DecodeOptions
 from uniadc_core.io import read_json
 
 
@@ -122,6 +124,11 @@ class Vocabulary:
 
     classes: dict[str, dict[str, DefectPrior]] = field(default_factory=dict)
     resize: str = "stretch"  # how every stage makes images square (ingest.resize)
+    decode: dict = field(default_factory=dict)  # how every stage decodes a file (ingest.bit_depth, max_pixels); {} = defaults
+
+    def preprocess(self, size: int) -> Preprocess:
+        """How every stage before training makes a file a ``size`` px input: this dataset's resize and decoding."""
+        return Preprocess(size, self.resize, decode=DecodeOptions.from_dict(self.decode))
 
     @property
     def defect_types(self) -> list[str]:
@@ -147,6 +154,7 @@ class Vocabulary:
     def to_dict(self) -> dict:
         return {
             "resize": self.resize,
+            "decode": self.decode,
             "defect_types": self.defect_types,
             "classes": {c: {d: p.to_dict() for d, p in sorted(t.items())} for c, t in sorted(self.classes.items())},
         }
@@ -158,7 +166,7 @@ class Vocabulary:
         except (KeyError, TypeError, AttributeError) as exc:
             msg = f"vocabulary: malformed ({exc!r}); re-run the ingest stage to rewrite it"
             raise ValueError(msg) from None
-        return cls(classes=classes, resize=d.get("resize", "stretch"))
+        return cls(classes=classes, resize=d.get("resize", "stretch"), decode=dict(d.get("decode") or {}))
 
 
 def read_vocabulary(path: str | Path) -> Vocabulary:

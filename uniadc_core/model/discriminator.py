@@ -24,6 +24,7 @@ from torch import nn
 
 import uniadc_core
 from uniadc_core.data.preprocess import Preprocess
+from uniadc_core.decoding import DecodeOptions
 from uniadc_core.device import resolve_device
 from uniadc_core.io import read_weights_dir, save_weights_dir
 from uniadc_core.model.backbones import create_backbone
@@ -48,6 +49,7 @@ class ModelConfig:
     std: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25])
     classes: dict[str, list[str]] = field(default_factory=dict)  # object class -> its defect types
     resize: str = "stretch"  # how inputs are made square: stretch | pad (from ingest.resize)
+    decode: dict = field(default_factory=dict)  # how files are decoded: bit_depth, max_pixels (from ingest); {} = defaults
     normal_class: str = "explicit"  # explicit: normal is type embedding 0 | implicit: a learned constant normal logit
     # the normal-feature memory: {} = none; else weight, k, smooth and stats [mu_m, sd_m, mu_d, sd_d] (held-out normal pixels)
     memory: dict = field(default_factory=dict)
@@ -61,7 +63,7 @@ class ModelConfig:
     @property
     def preprocess(self) -> Preprocess:
         """How a file becomes this model's input: size, resize policy, normalisation."""
-        return Preprocess(self.image_size, self.resize, tuple(self.mean), tuple(self.std))
+        return Preprocess(self.image_size, self.resize, tuple(self.mean), tuple(self.std), DecodeOptions.from_dict(self.decode))
 
 
 class Prediction(NamedTuple):

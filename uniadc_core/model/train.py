@@ -29,7 +29,7 @@ from uniadc_core.data.preprocess import Preprocess
 from uniadc_core.data.shards import RowGroup, read_row_group, row_groups, shards_fingerprint
 from uniadc_core.data.vocabulary import Vocabulary
 from uniadc_core.device import resolve_device
-from uniadc_core.io import atomic_dir
+from uniadc_core.io import atomic_dir, write_json
 from uniadc_core.metrics import auroc
 from uniadc_core.model.backbones import text_type_embeddings
 from uniadc_core.model.cnn import default_layers
@@ -79,7 +79,7 @@ def _cat(a: Batch, b: Batch) -> Batch:
 
 def load_train_data(manifest: pl.DataFrame, vocab: Vocabulary, synthetic_dir: str | Path | None, size: int) -> TrainData:
     """Real images into memory; the synthetic shards' row groups listed for streaming (their validation tenth read now)."""
-    pre = Preprocess(size, vocab.resize)
+    pre = vocab.preprocess(size)
     normals = _real(manifest.filter(pl.col("role") == Role.NORMAL_SHOT), vocab, pre)
     if len(normals.classes) == 0:
         msg = "the manifest has no normal_shot images; training needs normal images (check ingest.normal_shots)"
@@ -265,6 +265,7 @@ def build_model(data: TrainData, vocab: Vocabulary, cfg: TrainConfig) -> Discrim
         std=std,
         classes={c: sorted(t) for c, t in vocab.classes.items()},
         resize=vocab.resize,
+        decode=vocab.decode,
         normal_class=cfg.normal_class,
     )
     model = Discriminator(config, loaded_clip=loaded)
@@ -361,6 +362,16 @@ def train_discriminator(
     return ema.cpu().eval(), history
 
 
+MACHINE_DEPENDENT = ("seconds",)  # history keys kept out of the model folder: a re-run on the same inputs gives the same bytes
+
+
+def timings_path(out_dir: str | Path) -> Path:
+    """Where training writes its per-epoch wall times: beside the model directory, outside what DVC hashes
+    (the evaluate stage logs them to MLflow)."""
+    out_dir = Path(out_dir)
+    return out_dir.with_name(f".{out_dir.name}.timings.json")
+
+
 def checkpoint_path(out_dir: str | Path) -> Path:
     """Where training keeps its per-epoch checkpoint: beside the model directory, hidden."""
     out_dir = Path(out_dir)
@@ -375,6 +386,8 @@ def train(manifest: pl.DataFrame, vocab: Vocabulary, synthetic_dir: str | Path |
     ckpt = checkpoint_path(out_dir)
     model, history = train_discriminator(data, vocab, cfg, checkpoint=ckpt)
     attach_memory(model, data.normals.images, data.holdout.images, cfg.memory, cfg.seed)
-    path = save_model(model, out_dir, extra={"history.json": history})
+    kept = [{k: v for k, v in rec.items() if k not in MACHINE_DEPENDENT} for rec in history]
+    path = save_model(model, out_dir, extra={"history.json": kept})
+    write_json(timings_path(out_dir), [{"epoch": rec["epoch"], "seconds": rec["seconds"]} for rec in history if "seconds" in rec])
     shutil.rmtree(ckpt, ignore_errors=True)
     return path

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from uniadc_core.io import atomic_path, load_image
+from uniadc_core.io import atomic_path
 from uniadc_core.serving.detector import Detector
 from uniadc_core.serving.overlay import labelled_overlay
 
@@ -47,7 +47,7 @@ def predict_files(detector: Detector, paths: list[str | Path], batch_size: int =
         images, ok = [], []
         for n, path in enumerate(chunk, start):
             try:
-                images.append(detector.preprocess.image(load_image(path)))
+                images.append(detector.preprocess.load_image(path))  # the model's decoder: orientation, bit depth, pixel limit
                 ok.append((n, path))
             except (ValueError, OSError) as exc:  # unreadable or corrupt: a row with the error, the rest go on
                 rows.append({"path": str(path), "error": str(exc)})

@@ -18,7 +18,6 @@ import polars as pl
 
 from uniadc_core.config import SynthesizeConfig
 from uniadc_core.data.manifest import Role
-from uniadc_core.data.preprocess import Preprocess
 from uniadc_core.data.vocabulary import Vocabulary
 from uniadc_core.io import png_bytes
 
@@ -91,7 +90,7 @@ def plan_samples(manifest: pl.DataFrame, vocab: Vocabulary, cfg: SynthesizeConfi
 
 def load_sources(spec: SampleSpec, vocab: Vocabulary, size: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """(normal image, real anomaly shot or None, its mask or None) of a spec, at ``size``."""
-    pre = Preprocess(size, vocab.resize)
+    pre = vocab.preprocess(size)
     normal = pre.load_image(spec.source_path)
     if spec.shot_path is None:
         return normal, None, None

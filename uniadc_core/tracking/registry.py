@@ -9,12 +9,16 @@ version decides exactly as the folder it was logged from.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
+import subprocess
 import tempfile
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -23,12 +27,14 @@ from mlflow.entities import Metric, Param  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from uniadc_core.io import load_image, read_json  # noqa: E402
+from uniadc_core.io import read_json, sha256_file  # noqa: E402
+from uniadc_core.model.train import timings_path  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 ENTRY = Path(__file__).with_name("entry.py")
 HISTORY_TAG = "uniadc.champion_history"  # registered-model tag: champion versions, oldest first
+INPUT_KEY_TAG = "uniadc.input_key"  # run tag: input_key() of what the run was made from
 PIP_REQUIREMENTS = ["uniadc", "torch", "safetensors", "numpy", "pandas", "pillow"]
 
 
@@ -55,7 +61,7 @@ class UniadcModel(mlflow.pyfunc.PythonModel):
         if "path" not in model_input.columns:
             msg = f"input needs a 'path' column of image files; got columns {list(model_input.columns)}"
             raise ValueError(msg)
-        d = self.detector.detect([load_image(p) for p in model_input["path"]])
+        d = self.detector.detect([self.detector.preprocess.load_image(p) for p in model_input["path"]])
         return pd.DataFrame({
             "score": d.score, "raw_score": d.raw_score, "is_anomaly": d.is_anomaly,
             "defect_type": d.defect_type, "defect_prob": d.defect_prob,
@@ -65,6 +71,54 @@ class UniadcModel(mlflow.pyfunc.PythonModel):
 def _experiment_id(client: MlflowClient, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
     return experiment.experiment_id if experiment is not None else client.create_experiment(name)
+
+
+def input_key(models_dir: Path, params: dict, metrics: dict) -> str:
+    """A key of what a run is made from: the model folders' bytes, the params and the metrics. A retried or
+    repeated evaluation of the same inputs has the same key, and finds the run (and version) already made."""
+    h = hashlib.sha256()
+    for part in ("discriminator", "cada"):
+        for f in sorted(p for p in (models_dir / part).rglob("*") if p.is_file()):
+            h.update(f"{f.relative_to(models_dir).as_posix()}\0{sha256_file(f)}\0".encode())
+    h.update(json.dumps({"params": params, "metrics": metrics}, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:32]
+
+
+def provenance_tags(root: str | Path = ".") -> dict[str, str]:
+    """``uniadc.git_commit`` (and ``uniadc.git_dirty``) of the repository at ``root``, and ``uniadc.dvc.<out>``: the
+    hash DVC recorded in ``dvc.lock`` for each stage output; whatever cannot be read is left out."""
+    root = Path(root)
+    tags: dict[str, str] = {}
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        if head.returncode == 0:
+            tags["uniadc.git_commit"] = head.stdout.strip()
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=10)
+            tags["uniadc.git_dirty"] = str(bool(dirty.stdout.strip())).lower()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    lock = root / "dvc.lock"
+    if lock.is_file():
+        try:
+            stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+        except yaml.YAMLError:
+            stages = {}
+        for spec in stages.values():
+            for out in spec.get("outs", []) or []:
+                if out.get("path") and out.get("md5"):
+                    tags[f"uniadc.dvc.{out['path']}"] = str(out["md5"])
+    return tags
+
+
+def _finished_run(client: MlflowClient, experiment_id: str, key: str):
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{INPUT_KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'",
+                              max_results=1)
+    return runs[0] if runs else None
+
+
+def _version_of_run(client: MlflowClient, name: str, run_id: str) -> str | None:
+    versions = [v for v in client.search_model_versions(f"name = '{name}'") if v.run_id == run_id]
+    return str(min(int(v.version) for v in versions)) if versions else None
 
 
 def log_run(
@@ -78,19 +132,53 @@ def log_run(
     alias: str = "challenger",
     tags: dict[str, str] | None = None,
 ) -> dict:
-    """Log one evaluation run with its model; register the model and point ``alias`` at the new version."""
+    """Log one evaluation run with its model; register the model and point ``alias`` at its version.
+
+    Idempotent: a finished run with the same ``input_key`` is reused, and so is its registered version, so a
+    retry after a failure part-way (or evaluate re-run on the same inputs) leaves one run and one version."""
     client = MlflowClient(uri)
-    run = client.create_run(_experiment_id(client, experiment), tags=tags or {})
+    experiment_id = _experiment_id(client, experiment)
+    key = input_key(models_dir, params, metrics)
+    existing = _finished_run(client, experiment_id, key)
+    if existing is not None:
+        run_id, artifact_uri = existing.info.run_id, existing.info.artifact_uri
+        log.info("MLflow: run %s already holds these inputs (key %s); not logged again", run_id, key)
+    else:
+        run_id, artifact_uri = _new_run(client, experiment_id, key, params, metrics, artifact_dirs, models_dir, tags)
+    result = {"run_id": run_id, "model_uri": f"runs:/{run_id}/model", "version": None}
+    if registered_model:
+        try:
+            client.get_registered_model(registered_model)
+        except MlflowException:
+            client.create_registered_model(registered_model)
+        version = _version_of_run(client, registered_model, run_id)
+        if version is None:
+            version = str(client.create_model_version(registered_model, f"{artifact_uri}/model", run_id).version)
+        client.set_registered_model_alias(registered_model, alias, version)
+        for k in ("image_auroc_cada", "type_accuracy_cada", "pixel_auroc_cada"):
+            if metrics.get(k) is not None:
+                client.set_model_version_tag(registered_model, version, k, f"{metrics[k]:.4f}")
+        result["version"] = version
+        log.info("MLflow: registered %s version %s as @%s (run %s, %s)", registered_model, version, alias, run_id, uri)
+    return result
+
+
+def _new_run(client: MlflowClient, experiment_id: str, key: str, params: dict, metrics: dict, artifact_dirs: list[Path],
+             models_dir: Path, tags: dict[str, str] | None) -> tuple[str, str]:
+    """Create and fill one run; a failure marks it FAILED (a retry then makes a new one: only finished runs are reused)."""
+    run = client.create_run(experiment_id, tags={**(tags or {}), INPUT_KEY_TAG: key})
     run_id = run.info.run_id
     try:
         client.log_batch(run_id, params=[Param(k, str(v)[:500]) for k, v in params.items()],
                          metrics=[Metric(k, float(v), 0, 0) for k, v in metrics.items() if v is not None])
         history = models_dir / "discriminator" / "history.json"
-        if history.is_file():
-            steps = [Metric(k, float(v), 0, rec["epoch"]) for rec in read_json(history) for k, v in rec.items()
-                     if k not in ("epoch", "best") and isinstance(v, (int, float))]
-            for i in range(0, len(steps), 500):  # MLflow takes up to 1000 metrics a batch
-                client.log_batch(run_id, metrics=steps[i:i + 500])
+        steps = [Metric(k, float(v), 0, rec["epoch"]) for rec in (read_json(history) if history.is_file() else []) for k, v in rec.items()
+                 if k not in ("epoch", "best") and isinstance(v, (int, float))]
+        timings = timings_path(models_dir / "discriminator")  # wall times: kept out of the model folder, logged here
+        if timings.is_file():
+            steps += [Metric("train_epoch_seconds", float(rec["seconds"]), 0, rec["epoch"]) for rec in read_json(timings)]
+        for i in range(0, len(steps), 500):  # MLflow takes up to 1000 metrics a batch
+            client.log_batch(run_id, metrics=steps[i:i + 500])
         for d in artifact_dirs:
             client.log_artifacts(run_id, str(d), artifact_path=d.name)
         with tempfile.TemporaryDirectory() as tmp:
@@ -102,20 +190,7 @@ def log_run(
     except Exception:
         client.set_terminated(run_id, status="FAILED")
         raise
-    result = {"run_id": run_id, "model_uri": f"runs:/{run_id}/model", "version": None}
-    if registered_model:
-        try:
-            client.get_registered_model(registered_model)
-        except MlflowException:
-            client.create_registered_model(registered_model)
-        version = str(client.create_model_version(registered_model, f"{run.info.artifact_uri}/model", run_id).version)
-        client.set_registered_model_alias(registered_model, alias, version)
-        for k in ("image_auroc_cada", "type_accuracy_cada", "pixel_auroc_cada"):
-            if metrics.get(k) is not None:
-                client.set_model_version_tag(registered_model, version, k, f"{metrics[k]:.4f}")
-        result["version"] = version
-        log.info("MLflow: registered %s version %s as @%s (run %s, %s)", registered_model, version, alias, run_id, uri)
-    return result
+    return run_id, run.info.artifact_uri
 
 
 def alias_version(uri: str, name: str, alias: str) -> str | None:

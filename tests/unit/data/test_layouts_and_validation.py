@@ -139,8 +139,8 @@ def _plant(root: Path, kind: str) -> tuple[Path, str]:
     if kind == "empty_mask":
         p = crack / "exp1_Crack_0.png"
         w, h = Image.open(p).size
-        Image.fromarray(np.full((h, w), 90, np.uint8)).save(p)
-        return crack / "exp1_Crack_0.jpg", "marks no defect pixel"
+        Image.fromarray(np.full((h, w), 90, np.uint8)).save(p)  # soft values only: MTD's rule is >= 128
+        return crack / "exp1_Crack_0.jpg", "marks no defect pixel under ingest.mask_values: threshold (its values: 90)"
     if kind == "duplicate":
         src = free / "exp0_num_1.jpg"
         dst = root / "MT_Crack/Imgs/copy_of_normal.jpg"

@@ -4,6 +4,7 @@ images and models folder, with either resize policy; overlays lie on the image t
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -99,3 +100,26 @@ def test_overlays_lie_on_the_image_the_model_saw(models, tmp_path):
     assert np.abs(overlay[cool] - other[cool]).mean() > 5
     with pytest.raises(ValueError, match="pass the preprocessed image"):
         heat_overlay(raw, amap, 1.0)
+
+
+def test_predict_gives_unreadable_truncated_and_oversized_files_their_own_error_rows(models, tmp_path):
+    models_dir, manifest, _, _ = models
+    detector = Detector.load(models_dir)
+    good = manifest.filter(pl.col("role") == "test")["path"].to_list()[:2]
+    truncated = tmp_path / "truncated.png"
+    data = Path(good[0]).read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    big = tmp_path / "big.png"
+    Image.new("RGB", (400, 300)).save(big)
+    gray = load_image(good[1])[..., 0]
+    Image.fromarray(gray).save(tmp_path / "gray8.png")
+    deep = tmp_path / "deep.png"  # the same pixels in 16 bits: read through the same decoder, not clipped to white
+    Image.fromarray(gray.astype(np.uint16) * 257).save(deep)
+    detector.model.config.decode = {**detector.model.config.decode, "max_pixels": 100_000}  # as ingest.max_pixels would record it
+    paths = [good[0], truncated, big, tmp_path / "gray8.png", deep]
+    rows = {Path(r["path"]).name: r for r in predict_files(detector, paths, batch_size=2, progress=False)}
+    assert "truncated.png" in rows["truncated.png"]["error"] and "cannot be decoded" in rows["truncated.png"]["error"]
+    assert "big.png: 400x300 = 120,000 pixels, over the limit of 100,000" in rows["big.png"]["error"]
+    scored = [rows[Path(good[0]).name], rows["gray8.png"], rows["deep.png"]]
+    assert all(r["error"] == "" and np.isfinite(r["score"]) for r in scored)
+    assert rows["deep.png"]["raw_score"] == pytest.approx(rows["gray8.png"]["raw_score"], rel=1e-5, abs=1e-6)
