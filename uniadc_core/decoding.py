@@ -9,8 +9,9 @@ The rules, the same wherever a file becomes pixels:
   it (which is what a mask is drawn on).
 - **Bit depth**: 8-bit images are kept as they are. 16-bit and 32-bit integer images (PNG, TIFF)
   and float images are mapped to 8 bits, never clipped: ``full_scale`` (the default) divides by the
-  largest value of the type (65535 for 16-bit; floats are taken as 0..1, and a float image with
-  values outside 0..1 uses its own range), so every image of a camera maps the same way;
+  largest value of the type (65535 for 16-bit, and for 32-bit integer images whose values fit in 16
+  bits, the usual 16-bit data in a 32-bit container; else 2^32 - 1; floats are taken as 0..1, and a
+  float image with values outside 0..1 uses its own range), so every image of a camera maps the same way;
   ``per_image`` stretches each image's own min..max to 0..255 (for cameras that use a few bits of
   16, at the price of a per-image gain). Pillow reads 16-bit RGB files as 8-bit RGB (the high byte),
   which is the full-scale mapping.
@@ -18,10 +19,13 @@ The rules, the same wherever a file becomes pixels:
   dropped, keeping the colour under it.
 - **Size**: an image of more than ``max_pixels`` pixels is rejected from its header, before it is
   decoded, naming the file (ingest lists it in the quarantine report under ``on_error: skip``).
+  Pillow's own guard (about 179 million pixels) still applies above that, with the same error.
+- A broken EXIF block leaves the image as stored, with a warning naming the file.
 
 Masks go through the same reader (orientation, pixel limit) and keep their values: a palette mask
 its palette indices, an RGB mask the brightest channel of each pixel (a coloured mask on black), a
-16-bit mask its values when they fit in 8 bits (labels), else its full-scale 8-bit image. Which
+16-bit mask its values when they fit in 8 bits (labels), else its full-scale 8-bit image; a transparent
+pixel of a mask with alpha is background; a palette of grays gives its gray levels. Which
 values mark a defect is ``mask_values``:
 
 - ``threshold``: values >= 128 (0/255 masks, and soft 8-bit edges whose values below 128 are noise);
@@ -34,6 +38,7 @@ values mark a defect is ``mask_values``:
 from __future__ import annotations
 
 import io
+import logging
 import struct
 import warnings
 from dataclasses import dataclass
@@ -41,6 +46,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
 
 BIT_DEPTHS = ("full_scale", "per_image")
 MASK_VALUES = ("auto", "threshold", "nonzero")
@@ -109,13 +116,21 @@ def _pixels(im: Image.Image, mode: str, bit_depth: str) -> np.ndarray:
 def _mask_levels(im: Image.Image, bit_depth: str) -> np.ndarray:
     """A mask's values as uint8 (H, W): palette indices, the brightest colour channel, or gray levels."""
     if im.mode == "P":
-        return np.asarray(im).astype(np.uint8)  # the indices, not the colours they stand for
+        indices = np.asarray(im).astype(np.uint8)
+        palette = np.asarray(im.getpalette() or [], np.int32).reshape(-1, 3)
+        used = palette[np.unique(indices)[np.unique(indices) < len(palette)]]
+        if len(used) and (used == used[:, :1]).all():  # a gray palette: its gray levels (index 0 may be white)
+            return np.asarray(im.convert("L"))
+        return indices  # coloured labels: the indices, not the colours they stand for
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):  # transparent pixels are background, whatever colour lies under them
+        rgba = np.asarray(im.convert("RGBA"))
+        return np.where(rgba[..., 3] > 0, rgba[..., :3].max(axis=2), 0).astype(np.uint8)
     if im.mode in ("I", "F") or im.mode.startswith("I;16"):
         arr = np.asarray(im)
         if not np.issubdtype(arr.dtype, np.floating) and arr.min(initial=0) >= 0 and arr.max(initial=0) <= 255:
             return arr.astype(np.uint8)  # labels stored in 16 bits
         return _to_8bit(arr, bit_depth)
-    if im.mode in ("RGB", "RGBA", "CMYK", "YCbCr", "RGBa"):
+    if im.mode in ("RGB", "CMYK", "YCbCr"):
         return np.asarray(im.convert("RGB")).max(axis=2)
     return np.asarray(im.convert("L"))
 
@@ -125,6 +140,16 @@ def defect_pixels(levels: np.ndarray, rule: str = "auto") -> np.ndarray:
     if rule == "auto":
         rule = "nonzero" if levels.max(initial=0) < 128 else "threshold"
     return levels > 0 if rule == "nonzero" else levels >= 128
+
+
+def _oriented(im: Image.Image, source: str) -> Image.Image:
+    """``im`` turned as its EXIF orientation says; a broken EXIF block (Pillow raises many kinds of error on
+    one) leaves the pixels as stored, with a warning naming the file: the pixels themselves are fine."""
+    try:
+        return ImageOps.exif_transpose(im)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("%s: unreadable EXIF orientation (%s: %s); the image is used as stored", source, type(exc).__name__, exc)
+        return im
 
 
 def decode(data: bytes, source: str = "<bytes>", mode: str = "RGB", options: DecodeOptions = DEFAULT) -> np.ndarray:
@@ -142,7 +167,7 @@ def decode(data: bytes, source: str = "<bytes>", mode: str = "RGB", options: Dec
                            f"(ingest.max_pixels); downscale the file or raise the limit")
                     raise ImageTooLarge(msg)
                 im.load()  # a full decode: a truncated file fails here
-                oriented = ImageOps.exif_transpose(im)
+                oriented = _oriented(im, source)
                 if mode == "mask":
                     return _mask_levels(oriented, options.bit_depth)
                 return _pixels(oriented, mode, options.bit_depth)

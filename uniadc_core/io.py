@@ -69,6 +69,13 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def timings_path(out_dir: str | Path) -> Path:
+    """Where a stage writes the wall times of what it made in ``out_dir``: beside it, outside what DVC hashes
+    (so a re-run on the same inputs gives the same output hash; the evaluate stage logs them to MLflow)."""
+    out_dir = Path(out_dir)
+    return out_dir.with_name(f".{out_dir.name}.timings.json")
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")

@@ -105,7 +105,8 @@ def test_training_twice_on_the_same_inputs_gives_byte_identical_model_folders(ti
     import os
     import stat
 
-    from uniadc_core.model.train import timings_path, train
+    from uniadc_core.io import timings_path
+    from uniadc_core.model.train import train
 
     _, manifest_path, vocab_path = tiny_dataset
     manifest, vocab = load_inputs(manifest_path, vocab_path)

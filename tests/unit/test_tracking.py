@@ -77,13 +77,16 @@ def test_runs_are_tagged_with_the_git_commit_and_the_dvc_hashes(tmp_path):
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     (repo / "dvc.lock").write_text("schema: '2.0'\nstages:\n  train:\n    cmd: python -m flows.train\n    outs:\n"
-                                   "    - path: data/models/discriminator\n      hash: md5\n      md5: 0123abcd.dir\n")
+                                   "    - path: data/models/discriminator\n      hash: md5\n      md5: 0123abcd.dir\n"
+                                   "  evaluate:\n    cmd: python -m flows.evaluate\n    outs:\n"
+                                   "    - path: data/reports/per_class.csv\n      hash: md5\n      md5: 99ff\n")
     subprocess.run([*git, "add", "dvc.lock"], cwd=repo, check=True)
     subprocess.run([*git, "commit", "-q", "-m", "lock"], cwd=repo, check=True)
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
     tags = provenance_tags(repo)
     assert tags["uniadc.git_commit"] == head and tags["uniadc.git_dirty"] == "false"
     assert tags["uniadc.dvc.data/models/discriminator"] == "0123abcd.dir"
+    assert "uniadc.dvc.data/reports/per_class.csv" not in tags  # the running stage's lock entry is the last run's
     kw = _inputs(tmp_path)
     run = MlflowClient(kw["uri"]).get_run(log_run(**kw, tags=tags)["run_id"])
     assert run.data.tags["uniadc.git_commit"] == head and "uniadc.input_key" in run.data.tags

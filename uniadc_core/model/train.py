@@ -29,7 +29,7 @@ from uniadc_core.data.preprocess import Preprocess
 from uniadc_core.data.shards import RowGroup, read_row_group, row_groups, shards_fingerprint
 from uniadc_core.data.vocabulary import Vocabulary
 from uniadc_core.device import resolve_device
-from uniadc_core.io import atomic_dir, write_json
+from uniadc_core.io import atomic_dir, timings_path, write_json
 from uniadc_core.metrics import auroc
 from uniadc_core.model.backbones import text_type_embeddings
 from uniadc_core.model.cnn import default_layers
@@ -363,13 +363,6 @@ def train_discriminator(
 
 
 MACHINE_DEPENDENT = ("seconds",)  # history keys kept out of the model folder: a re-run on the same inputs gives the same bytes
-
-
-def timings_path(out_dir: str | Path) -> Path:
-    """Where training writes its per-epoch wall times: beside the model directory, outside what DVC hashes
-    (the evaluate stage logs them to MLflow)."""
-    out_dir = Path(out_dir)
-    return out_dir.with_name(f".{out_dir.name}.timings.json")
 
 
 def checkpoint_path(out_dir: str | Path) -> Path:

@@ -27,8 +27,7 @@ from mlflow.entities import Metric, Param  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from uniadc_core.io import read_json, sha256_file  # noqa: E402
-from uniadc_core.model.train import timings_path  # noqa: E402
+from uniadc_core.io import read_json, sha256_file, timings_path  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +83,10 @@ def input_key(models_dir: Path, params: dict, metrics: dict) -> str:
     return h.hexdigest()[:32]
 
 
-def provenance_tags(root: str | Path = ".") -> dict[str, str]:
+def provenance_tags(root: str | Path = ".", skip_stages: tuple[str, ...] = ("evaluate",)) -> dict[str, str]:
     """``uniadc.git_commit`` (and ``uniadc.git_dirty``) of the repository at ``root``, and ``uniadc.dvc.<out>``: the
-    hash DVC recorded in ``dvc.lock`` for each stage output; whatever cannot be read is left out."""
+    hash DVC recorded in ``dvc.lock`` for each stage output, but those of ``skip_stages`` (the stage running now:
+    its lock entry is the previous run's until it finishes); whatever cannot be read is left out."""
     root = Path(root)
     tags: dict[str, str] = {}
     try:
@@ -103,7 +103,9 @@ def provenance_tags(root: str | Path = ".") -> dict[str, str]:
             stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
         except yaml.YAMLError:
             stages = {}
-        for spec in stages.values():
+        for name, spec in stages.items():
+            if name in skip_stages:
+                continue
             for out in spec.get("outs", []) or []:
                 if out.get("path") and out.get("md5"):
                     tags[f"uniadc.dvc.{out['path']}"] = str(out["md5"])
@@ -117,7 +119,7 @@ def _finished_run(client: MlflowClient, experiment_id: str, key: str):
 
 
 def _version_of_run(client: MlflowClient, name: str, run_id: str) -> str | None:
-    versions = [v for v in client.search_model_versions(f"name = '{name}'") if v.run_id == run_id]
+    versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     return str(min(int(v.version) for v in versions)) if versions else None
 
 

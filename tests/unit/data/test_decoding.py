@@ -218,3 +218,25 @@ def test_a_0_1_mask_is_read_and_a_mask_empty_under_the_rule_is_an_error_naming_i
     with pytest.raises(DatasetError, match=r"s0_mask.png marks no defect pixel under ingest.mask_values: threshold \(its values: 0, 1\)"):
         ingest(parse_params({"ingest": {**spec, "mask_values": "threshold"}}).ingest, tmp_path / "other")
     assert not (tmp_path / "other").exists() or not any((tmp_path / "other").iterdir())
+
+
+def test_awkward_masks_transparent_background_inverted_gray_palette_and_broken_exif(tmp_path, caplog):
+    from uniadc_core.decoding import load_mask
+
+    square = _square() > 0
+    rgba = np.zeros((24, 32, 4), np.uint8)
+    rgba[..., :3] = 255  # white under the transparent background
+    rgba[square] = (255, 0, 0, 255)
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    assert (load_mask(tmp_path / "rgba.png") == square).all()
+    inverted = Image.new("P", (32, 24))
+    inverted.putdata((1 - square.astype(int)).ravel().tolist())  # index 0 marks the defect ...
+    inverted.putpalette([255, 255, 255, 0, 0, 0] + [0] * 762)  # ... and is white: the gray levels say so
+    inverted.save(tmp_path / "inverted.png")
+    assert (load_mask(tmp_path / "inverted.png") == square).all()
+    exif = Image.Exif()
+    exif[0x0112] = 99  # no such orientation
+    Image.fromarray(_displayed()).save(tmp_path / "odd.jpg", exif=exif)
+    with caplog.at_level("WARNING"):
+        out = load(tmp_path / "odd.jpg", mode="L")
+    assert out.shape == (60, 40)  # used as stored
