@@ -4,7 +4,7 @@
         [--weights ../shared/weights/mobilenet_v2_imagenet.safetensors] [--out benchmarks/results/memory_speed.md]
 
 Inference is the whole ``Discriminator.predict`` of a torchvision MobileNetV2 discriminator
-(layers 3/6/10, patch grid stride 8: 32 x 32 patches of 120 channels per image) on batches of 16
+(the default layers, patch grid stride 8: 32 x 32 patches per image) on batches of 16
 images at 256 px, with no memory and with memories of each size; build times are the greedy
 k-centre coreset and the random selection of the default memory size (``train.memory.size``) out
 of 200000 patches. Figures are medians of ``--repeats`` runs (after one warm-up), measured in the
@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from uniadc_core.config import MemoryConfig  # noqa: E402
 from uniadc_core.io import atomic_path  # noqa: E402
+from uniadc_core.model.cnn import default_layers  # noqa: E402
 from uniadc_core.model.discriminator import Discriminator, ModelConfig  # noqa: E402
 from uniadc_core.model.memory import NormalMemory  # noqa: E402
 
@@ -47,10 +48,12 @@ def main() -> None:
     p.add_argument("--sizes", default="4096,10000,16384,50000,200000")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--weights", default="", help="torchvision weights file ('' = random init: the same speed)")
+    p.add_argument("--layers", default="", help="comma-separated modules to tap ('' = the mobilenet_v2 default)")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/memory_speed.md"))
     a = p.parse_args()
     torch.manual_seed(0)
-    options = {"arch": "mobilenet_v2", "weights": a.weights, "layers": ["features.3", "features.6", "features.10"], "grid": 8}
+    layers = a.layers.split(",") if a.layers else default_layers("mobilenet_v2")
+    options = {"arch": "mobilenet_v2", "weights": a.weights, "layers": layers, "grid": 8}
     config = ModelConfig(defect_types=["a", "b", "c"], backbone="torchvision", backbone_options=options, image_size=256,
                          embed_dim=32, mean=[0.5] * 3, std=[0.5] * 3)
     model = Discriminator(config).eval()
@@ -72,7 +75,7 @@ def main() -> None:
 
     lines = [f"# Normal-memory speed\n\nCommand: `python benchmarks/memory_speed.py {' '.join(sys.argv[1:])}`  ",
              f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
-             f"MobileNetV2 features 3/6/10, {channels} channels, 32 x 32 patches per 256 px image, batch {a.batch}; "
+             f"MobileNetV2 {'/'.join(layers)}, {channels} channels, 32 x 32 patches per 256 px image, batch {a.batch}; "
              f"median of {a.repeats} runs after a warm-up.\n",
              "| inference | ms / image | vs no memory |", "|---|---|---|"]
     for name, sec in rows:

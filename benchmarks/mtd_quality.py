@@ -135,6 +135,13 @@ def log_seeds(out: Path, label: str, setting: str, overrides: list[str], runs: l
                  "metrics": [r["metrics"] for r in runs], "seconds": [r["seconds"] for r in runs]})
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(rows, indent=2))
+    render_seeds(path)
+
+
+def render_seeds(path: Path) -> None:
+    """``<out>_seeds.md`` from ``<out>_seeds.json``; a row's ``note`` (added by hand: what went wrong in a run)
+    is printed under the table."""
+    rows = json.loads(path.read_text())
     head = "| run | setting | seeds | " + " | ".join(SUMMARY) + " | minutes per stage, wall clock, 2 cores (ingest/synth/train/cada/eval) |"
     lines = [head, "|" + "---|" * (len(SUMMARY) + 4)]
     for r in rows:
@@ -146,6 +153,9 @@ def log_seeds(out: Path, label: str, setting: str, overrides: list[str], runs: l
         stages = ("ingest", "synthesize", "train", "fit_cada", "evaluate")
         mins = " / ".join(f"{statistics.mean(t[st] for t in r['seconds']) / 60:.1f}" for st in stages)
         lines.append(f"| {r['label']} | {r['setting']} | {len(r['seeds'])} | " + " | ".join(cells) + f" | {mins} |")
+    notes = [f"- {r['label']} / {r['setting']}: {r['note']}" for r in rows if r.get("note")]
+    if notes:
+        lines += ["", "Notes:", "", *notes]
     with atomic_path(path.with_suffix(".md")) as tmp:
         tmp.write_text("# MTD, several seeds\n\nOne row per configuration of `benchmarks/mtd_quality.py --seeds ...`: mean ± std "
                        "over the seeds (each seed draws the shots, the synthetic samples, the weights and the CADA fit), CADA "
