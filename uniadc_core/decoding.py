@@ -118,7 +118,8 @@ def _mask_levels(im: Image.Image, bit_depth: str) -> np.ndarray:
     if im.mode == "P":
         indices = np.asarray(im).astype(np.uint8)
         palette = np.asarray(im.getpalette() or [], np.int32).reshape(-1, 3)
-        used = palette[np.unique(indices)[np.unique(indices) < len(palette)]]
+        present = np.unique(indices)
+        used = palette[present[present < len(palette)]]
         if len(used) and (used == used[:, :1]).all():  # a gray palette: its gray levels (index 0 may be white)
             return np.asarray(im.convert("L"))
         return indices  # coloured labels: the indices, not the colours they stand for

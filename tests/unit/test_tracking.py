@@ -24,17 +24,22 @@ def _inputs(tmp_path, auroc=0.9):
                 metrics={"image_auroc_cada": auroc}, artifact_dirs=[reports], models_dir=models, registered_model="m")
 
 
-def test_a_tracking_retry_after_the_version_was_created_leaves_one_version(tmp_path, monkeypatch):
-    kw = _inputs(tmp_path)
-    real, calls = MlflowClient.set_registered_model_alias, []
+def _fail_once(monkeypatch, method: str, error: Exception) -> None:
+    """``MlflowClient.<method>`` raises ``error`` on its first call, then works (a dropped connection, a full disk)."""
+    real, calls = getattr(MlflowClient, method), []
 
-    def flaky(self, *args, **kwargs):  # the connection drops once, after the version was created
+    def flaky(self, *args, **kwargs):
         calls.append(args)
         if len(calls) == 1:
-            raise MlflowException("connection reset by peer")
+            raise error
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", flaky)
+    monkeypatch.setattr(MlflowClient, method, flaky)
+
+
+def test_a_tracking_retry_after_the_version_was_created_leaves_one_version(tmp_path, monkeypatch):
+    kw = _inputs(tmp_path)
+    _fail_once(monkeypatch, "set_registered_model_alias", MlflowException("connection reset by peer"))  # after the version
     with pytest.raises(MlflowException):
         log_run(**kw)
     client = MlflowClient(kw["uri"])
@@ -53,15 +58,7 @@ def test_a_tracking_retry_after_the_version_was_created_leaves_one_version(tmp_p
 
 def test_a_run_failed_before_it_finished_is_not_reused(tmp_path, monkeypatch):
     kw = _inputs(tmp_path)
-    real, calls = MlflowClient.log_artifacts, []
-
-    def flaky(self, *args, **kwargs):
-        calls.append(args)
-        if len(calls) == 1:
-            raise OSError("disk full")
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(MlflowClient, "log_artifacts", flaky)
+    _fail_once(monkeypatch, "log_artifacts", OSError("disk full"))
     with pytest.raises(OSError):
         log_run(**kw)
     done = log_run(**kw)

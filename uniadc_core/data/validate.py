@@ -84,7 +84,8 @@ def check_records(records: list[ImageRecord], allow_missing_masks: bool = False,
                     if allow_missing_masks:  # kept as an anomaly whose pixels are unknown
                         r = r._replace(mask_path=None)
                     else:
-                        values = ", ".join(str(v) for v in np.unique(mask)[:8]) + (", ..." if len(np.unique(mask)) > 8 else "")
+                        present = np.unique(mask)
+                        values = ", ".join(str(v) for v in present[:8]) + (", ..." if len(present) > 8 else "")
                         problem = (f"mask {r.mask_path} marks no defect pixel under ingest.mask_values: {options.mask_values} "
                                    f"(its values: {values}); fix the mask or choose the rule (threshold: >= 128, nonzero: > 0), "
                                    f"or set ingest.allow_missing_masks: true to keep the image without pixel truth")

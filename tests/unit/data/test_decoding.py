@@ -220,7 +220,7 @@ def test_a_0_1_mask_is_read_and_a_mask_empty_under_the_rule_is_an_error_naming_i
     assert not (tmp_path / "other").exists() or not any((tmp_path / "other").iterdir())
 
 
-def test_awkward_masks_transparent_background_inverted_gray_palette_and_broken_exif(tmp_path, caplog):
+def test_awkward_masks_transparent_background_inverted_gray_palette_and_broken_exif(tmp_path, caplog, monkeypatch):
     from uniadc_core.decoding import load_mask
 
     square = _square() > 0
@@ -234,9 +234,13 @@ def test_awkward_masks_transparent_background_inverted_gray_palette_and_broken_e
     inverted.putpalette([255, 255, 255, 0, 0, 0] + [0] * 762)  # ... and is white: the gray levels say so
     inverted.save(tmp_path / "inverted.png")
     assert (load_mask(tmp_path / "inverted.png") == square).all()
-    exif = Image.Exif()
-    exif[0x0112] = 99  # no such orientation
-    Image.fromarray(_displayed()).save(tmp_path / "odd.jpg", exif=exif)
+    _rotated_jpeg(tmp_path / "odd.jpg")
+
+    def broken(im):  # what Pillow does on some malformed EXIF blocks
+        raise ZeroDivisionError("float division by zero")
+
+    monkeypatch.setattr("uniadc_core.decoding.ImageOps.exif_transpose", broken)
     with caplog.at_level("WARNING"):
         out = load(tmp_path / "odd.jpg", mode="L")
-    assert out.shape == (60, 40)  # used as stored
+    assert out.shape == (40, 60)  # used as stored (not turned), and said so naming the file
+    assert "odd.jpg: unreadable EXIF orientation (ZeroDivisionError" in caplog.text
