@@ -24,7 +24,8 @@ The rules, the same wherever a file becomes pixels:
 
 Masks go through the same reader (orientation, pixel limit) and keep their values: a palette mask
 its palette indices, an RGB mask the brightest channel of each pixel (a coloured mask on black), a
-16-bit mask its values when they fit in 8 bits (labels), else its full-scale 8-bit image; a transparent
+16-bit mask its values when they fit in 8 bits (labels), else its full-scale 8-bit image in which no
+nonzero value becomes 0 (label 1 beside label 300 stays a defect; 0/65535 becomes 0/255); a transparent
 pixel of a mask with alpha is background; a palette of grays gives its gray levels. Which
 values mark a defect is ``mask_values``:
 
@@ -130,7 +131,10 @@ def _mask_levels(im: Image.Image, bit_depth: str) -> np.ndarray:
         arr = np.asarray(im)
         if not np.issubdtype(arr.dtype, np.floating) and arr.min(initial=0) >= 0 and arr.max(initial=0) <= 255:
             return arr.astype(np.uint8)  # labels stored in 16 bits
-        return _to_8bit(arr, bit_depth)
+        levels = _to_8bit(arr, bit_depth)
+        if not np.issubdtype(arr.dtype, np.floating):  # a nonzero 16-bit value stays nonzero (a small label beside a large one)
+            levels[(arr > 0) & (levels == 0)] = 1
+        return levels
     if im.mode in ("RGB", "CMYK", "YCbCr"):
         return np.asarray(im.convert("RGB")).max(axis=2)
     return np.asarray(im.convert("L"))

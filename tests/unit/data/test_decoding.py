@@ -178,9 +178,13 @@ def _mask_files(tmp_path: Path) -> dict[str, Path]:
     palette.putdata(sq.ravel().tolist())
     palette.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
     labels = _square(3)  # a label-indexed mask: defect index 3
+    wide = sq.astype(np.uint16)
+    wide[6:14, 14:20] = 300  # label 1 beside label 300: full-scale alone would round label 1 to 0
     files = {"0_255": Image.fromarray(sq * 255), "0_1": Image.fromarray(sq), "soft": Image.fromarray(soft),
              "rgb": Image.fromarray(rgb), "palette": palette, "labels": Image.fromarray(labels),
-             "labels_16bit": Image.fromarray(labels.astype(np.uint16))}
+             "labels_16bit": Image.fromarray(labels.astype(np.uint16)),
+             "binary_16bit": Image.fromarray(sq.astype(np.uint16) * 65535),  # 0/65535: >= 128 once in 8 bits
+             "labels_over_255": Image.fromarray(wide)}  # 16-bit labels 1 and 300: both survive the mapping
     out = {}
     for name, im in files.items():
         out[name] = tmp_path / f"{name}.png"
@@ -198,6 +202,9 @@ def test_masks_in_the_encodings_people_use(tmp_path):
     nonzero = DecodeOptions(mask_values="nonzero")
     assert (load_mask(files["soft"], nonzero) == (np.asarray(Image.open(files["soft"])) > 0)).all()  # the edge too
     assert not load_mask(files["0_1"], DecodeOptions(mask_values="threshold")).any()
+    assert Image.open(files["labels_over_255"]).mode.startswith("I")  # really stored in 16 bits
+    assert (load_mask(files["binary_16bit"], DecodeOptions(mask_values="threshold")) == square).all()
+    assert (load_mask(files["labels_over_255"], nonzero) == square).all()
 
 
 def test_a_0_1_mask_is_read_and_a_mask_empty_under_the_rule_is_an_error_naming_its_values(tmp_path):
