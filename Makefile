@@ -1,4 +1,4 @@
-# make run  : create .venv if missing, install, run the demo pipeline (dvc repro)
+# make run  : create .venv if missing, install, run the demo pipeline (dvc repro, one Prefect server for all stages)
 # make test : create .venv if missing, install, run the tests
 VENV   := .venv
 STAMP  := $(VENV)/.installed
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 run: setup
-	@start=$$(date +%s); dvc repro && echo "pipeline: $$(( $$(date +%s) - start )) s" && uniadc report
+	@start=$$(date +%s); python -m flows.server dvc repro && echo "pipeline: $$(( $$(date +%s) - start )) s" && uniadc report
 
 test: setup
 	pytest -q
