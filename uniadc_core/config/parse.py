@@ -30,6 +30,8 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "ingest.holdout_fraction": _FRACTION,
     "ingest.mtd.test_normal_fraction": _FRACTION,
     "ingest.folder.test_normal_fraction": _FRACTION,
+    "ingest.kolektorsdd.folds": _int_min(2),
+    "ingest.kolektorsdd.test_fold": _int_min(0),
     "ingest.demo.image_size": (lambda v: 128 <= v <= 256, "an integer in [128, 256]"),
     "ingest.demo.train_normals": _int_min(4),
     "ingest.demo.test_normals": _int_min(1),

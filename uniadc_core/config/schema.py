@@ -30,6 +30,14 @@ class MtdConfig:
 
 
 @dataclass(frozen=True)
+class KolektorConfig:
+    object_class: str = "commutator"
+    folds: int = 3  # items dealt at random into this many folds (the publishers' 3-fold protocol)
+    test_fold: int = 0  # the fold that is the test side
+    split_seed: int = 0  # the deal of items into folds (kept apart from ingest.seed, which draws the shots)
+
+
+@dataclass(frozen=True)
 class FolderClass:
     normal: list[str] = field(default_factory=list)  # folders of normal images
     normal_test: list[str] = field(default_factory=list)  # optional folders of normal test images
@@ -45,7 +53,7 @@ class FolderConfig:
 
 @dataclass(frozen=True)
 class IngestConfig:
-    kind: Literal["demo", "mvtec", "mtd", "folder"] = "demo"
+    kind: Literal["demo", "mvtec", "mtd", "kolektorsdd", "folder"] = "demo"
     root: str = "data/raw/demo"  # dataset root; for kind=demo the generated tree goes here
     on_error: Literal["fail", "skip"] = "fail"  # skip: leave bad files out, listed in quarantine.csv
     allow_missing_masks: bool = False  # anomalies without a mask are kept, and left out of pixel metrics
@@ -59,6 +67,7 @@ class IngestConfig:
     holdout_fraction: float = 0.25  # normal shots per class never trained on: checkpoint choice and CADA statistics
     demo: DemoConfig = field(default_factory=DemoConfig)
     mtd: MtdConfig = field(default_factory=MtdConfig)
+    kolektorsdd: KolektorConfig = field(default_factory=KolektorConfig)
     folder: FolderConfig = field(default_factory=FolderConfig)
 
 

@@ -13,21 +13,11 @@ import polars as pl
 
 from uniadc_core.config import IngestConfig
 from uniadc_core.data.demo import generate_demo
-from uniadc_core.data.layouts import list_records
+from uniadc_core.data.layouts import decode_options, list_records
 from uniadc_core.data.manifest import apply_few_shot, build_vocabulary, records_to_frame
-from uniadc_core.decoding import DecodeOptions
 from uniadc_core.io import atomic_path, write_json
 
 log = logging.getLogger(__name__)
-
-
-LAYOUT_MASK_VALUES = {"mtd": "threshold"}  # mask_values: auto means this for the layout (MTD's publishers: binarise >= 128)
-
-
-def decode_options(cfg: IngestConfig) -> DecodeOptions:
-    """How every stage decodes this dataset's files (recorded in the vocabulary, then in the model)."""
-    rule = LAYOUT_MASK_VALUES.get(cfg.kind, "auto") if cfg.mask_values == "auto" else cfg.mask_values
-    return DecodeOptions(cfg.bit_depth, cfg.max_pixels, rule)
 
 
 class IngestResult(NamedTuple):

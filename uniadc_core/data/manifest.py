@@ -19,7 +19,8 @@ class Role:
     NORMAL_SHOT = "normal_shot"  # a normal image trained on
     NORMAL_HOLDOUT = "normal_holdout"  # a normal never trained on: checkpoint choice, CADA statistics, the threshold
     UNUSED_NORMAL = "unused_normal"  # a train normal beyond ingest.normal_shots
-    ANOMALY_SHOT = "anomaly_shot"  # a real anomaly moved from test into training
+    ANOMALY_SHOT = "anomaly_shot"  # a real anomaly trained on (moved from test, or a training-side anomaly)
+    UNUSED_ANOMALY = "unused_anomaly"  # an anomaly on the training side of the split not drawn as a shot: never used
     TEST = "test"  # evaluation only
 
 
@@ -72,7 +73,9 @@ def apply_few_shot(
 ) -> pl.DataFrame:
     """Assign roles: k normal shots per class, k anomaly shots per (class, defect type) moved to train.
 
-    Shots are drawn with ``seed``; anomaly shots leave the test set (split becomes train). A
+    Shots are drawn with ``seed``; anomaly shots leave the test set (split becomes train). Where a
+    layout puts anomalies on the training side of its split (KolektorSDD's training items), the shots
+    of that type are drawn from those, the test set stays as it is, and the rest are ``unused_anomaly``. A
     ``holdout_fraction`` of each class's normal shots (at least one when there are two or more)
     becomes ``normal_holdout``: never trained on, used for checkpoint choice and CADA statistics.
     """
@@ -88,15 +91,21 @@ def apply_few_shot(
         n_hold = 0 if (holdout_fraction == 0 or k < 2) else max(1, int(round(holdout_fraction * k)))
         role[shots[n_hold:]] = Role.NORMAL_SHOT
         role[shots[:n_hold]] = Role.NORMAL_HOLDOUT
+        train_side = (frame["object_class"] == cls) & (frame["split"] == "train") & frame["is_anomaly"]
+        role[np.flatnonzero(train_side.to_numpy())] = Role.UNUSED_ANOMALY
         if anomaly_shots == 0:
             continue
         sub = frame.filter((pl.col("object_class") == cls) & pl.col("is_anomaly"))
         for defect in sorted(sub["defect_type"].unique().to_list()):
             of_type = (frame["object_class"] == cls) & (frame["defect_type"] == defect)
-            idx = np.flatnonzero(of_type.to_numpy())
-            masked = np.flatnonzero((of_type & frame["mask_path"].is_not_null()).to_numpy())  # shots need masks
-            if len(idx) <= anomaly_shots or len(masked) < anomaly_shots:
-                msg = (f"class '{cls}', defect '{defect}': {len(idx)} image(s), {len(masked)} with a mask, but "
+            from_train = bool((of_type & train_side).any())  # a split with anomalies on its training side: shots from there
+            pool = of_type & train_side if from_train else of_type
+            idx = np.flatnonzero(pool.to_numpy())
+            stays = int((of_type & (frame["split"] == "test")).sum()) - (0 if from_train else anomaly_shots)
+            masked = np.flatnonzero((pool & frame["mask_path"].is_not_null()).to_numpy())  # shots need masks
+            if len(masked) < anomaly_shots or stays < 1:
+                where = "on the training side of the split" if from_train else "in all"
+                msg = (f"class '{cls}', defect '{defect}': {len(idx)} image(s) {where}, {len(masked)} with a mask, but "
                        f"ingest.anomaly_shots={anomaly_shots}; shots need masks and at least one image must stay "
                        f"in the test set (lower anomaly_shots)")
                 raise ValueError(msg)
