@@ -34,7 +34,8 @@ SIZE_BINS: dict[str, SizeBin] = {
 }
 COMPACT_FAMILIES = ("rectangle", "ellipse", "hollow_ellipse", "polygon", "perlin", "hole")
 THIN_FAMILIES = ("line", "scratch", "crack", "brush")
-SHAPE_FAMILIES = (*COMPACT_FAMILIES, *THIN_FAMILIES, "foreground")
+SCATTER_FAMILIES = ("perlin_field",)  # DRAEM's masks: thresholded fractal Perlin noise, several irregular regions
+SHAPE_FAMILIES = (*COMPACT_FAMILIES, *THIN_FAMILIES, *SCATTER_FAMILIES, "foreground")
 ALIASES = {"blob": "perlin", "region": "polygon", "stroke": "brush", "rect": "rectangle", "whole": "foreground"}
 
 
@@ -47,7 +48,11 @@ def canonical_family(name: str, where: str = "prior") -> str:
     return family
 
 
-APPEARANCES = ("darken", "lighten", "texture", "blur", "noise", "colour")
+# what the masked region becomes (uniadc_core/synthesis/procedural.py): changes of the image itself, procedural
+# textures (fractal Perlin noise, stripes, a Gabor patch, a flat fill) and crops of other normal images
+DONOR_APPEARANCES = ("other_normal", "other_class")  # a crop of another normal of the class / of another class
+APPEARANCES = ("darken", "lighten", "texture", "blur", "noise", "colour", "perlin_texture", "stripes", "gabor", "fill",
+               *DONOR_APPEARANCES)
 
 # defect-name keywords -> (shape family, size bin, appearances); first match wins
 _KEYWORDS: list[tuple[tuple[str, ...], str, str, tuple[str, ...]]] = [

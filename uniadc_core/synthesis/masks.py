@@ -10,8 +10,9 @@ bin's area exactly, whatever the clipping, and the family's look.
 
 Size bins bound the area fraction and, for compact families, the elongation (the ratio of the
 principal axes of the mask's pixel cloud). Thin families (line, scratch, crack, brush) are
-elongated by nature and only bounded in area. ``foreground`` ignores the size bin and returns the
-whole estimated foreground.
+elongated by nature and only bounded in area, as is ``perlin_field`` (DRAEM's masks: fractal
+Perlin noise thresholded, so the area falls into several irregular regions anywhere on the
+foreground). ``foreground`` ignores the size bin and returns the whole estimated foreground.
 """
 
 from __future__ import annotations
@@ -127,6 +128,16 @@ def perlin(shape: tuple[int, int], cells: int, rng: np.random.Generator) -> np.n
     return (top * (1 - sy) + bottom * sy) * np.sqrt(2)
 
 
+def fractal_noise(shape: tuple[int, int], cells: int, rng: np.random.Generator, octaves: int = 3) -> np.ndarray:
+    """Octaves of Perlin noise (``cells``, 2 x ``cells``, ...; each half the amplitude of the one before),
+    scaled to about [-1, 1]: the texture and the masks of DRAEM's anomaly source."""
+    total, weight = np.zeros(shape, np.float64), 0.0
+    for o in range(octaves):
+        total += 0.5 ** o * perlin(shape, cells * 2 ** o, rng)
+        weight += 0.5 ** o
+    return total / weight
+
+
 def _score(family: str, rng: np.random.Generator, h: int, w: int, area: float, aspect: float, centre: np.ndarray) -> np.ndarray:
     """A field whose ``area`` highest pixels form a shape of ``family`` around ``centre``."""
     s = float(min(h, w))
@@ -150,6 +161,8 @@ def _score(family: str, rng: np.random.Generator, h: int, w: int, area: float, a
         # perlin: smooth noise over a radial fall-off gives an irregular, mostly single blob
         noise = perlin((h, w), int(rng.integers(3, 7)), rng) + 0.5 * perlin((h, w), int(rng.integers(8, 14)), rng)
         return -np.hypot(u, v) / max(r, 1.0) + 0.6 * noise
+    if family == "perlin_field":  # thresholded fractal noise over the whole image: scattered regions, no centre
+        return fractal_noise((h, w), int(rng.integers(2, 6)), rng)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     width = {"line": rng.uniform(1.0, 3.0), "scratch": rng.uniform(1.0, 2.2), "crack": rng.uniform(1.2, 2.6),
              "brush": rng.uniform(0.05, 0.1) * s}[family]
