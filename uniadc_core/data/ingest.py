@@ -40,7 +40,7 @@ def ingest(cfg: IngestConfig, out_dir: str | Path = "data/prepared", raw_dir: st
     options = decode_options(cfg)
     frame, problems = records_to_frame(list_records(cfg), cfg.allow_missing_masks, cfg.on_error, options)
     frame = apply_few_shot(frame, cfg.normal_shots, cfg.anomaly_shots, cfg.seed, cfg.holdout_fraction)
-    vocab = build_vocabulary(frame, cfg.resize, options.to_dict())
+    vocab = build_vocabulary(frame, cfg.resize, options.to_dict(), cfg.intensity)
     paths = IngestResult(frame, out_dir / "manifest.parquet", out_dir / "vocabulary.json", out_dir / "quarantine.csv")
     with atomic_path(paths.quarantine_path) as tmp:
         pl.DataFrame({"path": [p.path for p in problems], "reason": [p.reason for p in problems]}, schema={"path": pl.Utf8, "reason": pl.Utf8}).write_csv(tmp)

@@ -115,13 +115,13 @@ def apply_few_shot(
     return frame.with_columns(pl.Series("role", role, dtype=pl.Utf8), pl.Series("split", split, dtype=pl.Utf8))
 
 
-def build_vocabulary(frame: pl.DataFrame, resize: str = "stretch", decode: dict | None = None) -> Vocabulary:
+def build_vocabulary(frame: pl.DataFrame, resize: str = "stretch", decode: dict | None = None, intensity: str = "none") -> Vocabulary:
     """Every (class, defect type) seen in the manifest with its default prior."""
     classes: dict = {c: {} for c in sorted(frame["object_class"].unique().to_list())}
     pairs = frame.filter(pl.col("is_anomaly")).select("object_class", "defect_type").unique().sort("object_class", "defect_type")
     for cls, defect in pairs.iter_rows():
         classes[cls][defect] = default_prior(defect, cls)
-    return Vocabulary(classes=classes, resize=resize, decode=dict(decode or {}))
+    return Vocabulary(classes=classes, resize=resize, decode=dict(decode or {}), intensity=intensity)
 
 
 def read_manifest(path: str | Path, base: str | Path | None = None) -> pl.DataFrame:

@@ -1,4 +1,4 @@
-"""How an image becomes a model input: one square size, one resize policy, one normalisation.
+"""How an image becomes a model input: one square size, one resize policy, one intensity rule, one normalisation.
 
 Every stage that turns a file into pixels goes through a ``Preprocess``: ingest-side synthesis at
 ``synthesize.image_size``, training, CADA fitting, evaluation, prediction and overlays at the
@@ -7,6 +7,12 @@ so what it was trained on and what it is fed cannot drift apart.
 
     pre = Preprocess(size=256, policy="pad")
     x = pre.batch([pre.load_image(p) for p in paths])   # (B, 3, 256, 256) uint8
+
+``intensity: per_image`` (``ingest.intensity``) maps each image, after resizing, to one mean and
+spread (gray mean 128, standard deviation 48 over all its pixels and channels, clipped to 0..255):
+for lines whose exposure or lighting drifts between images (MTD's tiles come in several exposures),
+so brightness alone is not read as a defect. Synthetic samples pass through it again when read,
+so a painted defect is normalised with its image as a real one is.
 """
 
 from __future__ import annotations
@@ -21,6 +27,16 @@ from uniadc_core.decoding import DEFAULT, DecodeOptions
 from uniadc_core.io import load_image, load_mask, resize
 
 POLICIES = ("stretch", "pad")
+INTENSITY = ("none", "per_image")
+TARGET_MEAN, TARGET_STD = 128.0, 48.0  # per_image intensity: every image gets this mean and spread (8-bit levels)
+
+
+def normalise_intensity(image: np.ndarray) -> np.ndarray:
+    """(H, W, C) uint8 -> the same image with mean TARGET_MEAN and standard deviation TARGET_STD (a flat image: all TARGET_MEAN)."""
+    x = image.astype(np.float32)
+    mean, std = float(x.mean()), float(x.std())
+    scale = TARGET_STD / std if std >= 1e-3 else 0.0
+    return np.clip(np.rint((x - mean) * scale + TARGET_MEAN), 0, 255).astype(np.uint8)
 
 
 @dataclass(frozen=True)
@@ -30,15 +46,20 @@ class Preprocess:
     mean: tuple[float, ...] | None = None  # per channel on 0..1 pixels; None: not known yet (training computes it)
     std: tuple[float, ...] | None = None
     decode: DecodeOptions = DEFAULT  # how a file becomes pixels: orientation, bit depth, pixel limit (ingest.bit_depth, max_pixels)
+    intensity: str = "none"  # none | per_image: each image to one mean and spread (ingest.intensity)
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
             msg = f"unknown resize policy '{self.policy}'; valid: {', '.join(POLICIES)} (ingest.resize)"
             raise ValueError(msg)
+        if self.intensity not in INTENSITY:
+            msg = f"unknown intensity rule '{self.intensity}'; valid: {', '.join(INTENSITY)} (ingest.intensity)"
+            raise ValueError(msg)
 
     def image(self, image: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 -> (size, size, 3) uint8."""
-        return resize(image, self.size, policy=self.policy)
+        out = resize(image, self.size, policy=self.policy)
+        return normalise_intensity(out) if self.intensity == "per_image" else out
 
     def mask(self, mask: np.ndarray) -> np.ndarray:
         """(H, W) bool or uint8 defect indices -> (size, size), nearest neighbour (pad: zeros)."""

@@ -130,10 +130,11 @@ class Vocabulary:
     classes: dict[str, dict[str, DefectPrior]] = field(default_factory=dict)
     resize: str = "stretch"  # how every stage makes images square (ingest.resize)
     decode: dict = field(default_factory=dict)  # how every stage decodes a file (ingest.bit_depth, max_pixels); {} = defaults
+    intensity: str = "none"  # per-image intensity rule of every stage (ingest.intensity)
 
     def preprocess(self, size: int) -> Preprocess:
-        """How every stage before training makes a file a ``size`` px input: this dataset's resize and decoding."""
-        return Preprocess(size, self.resize, decode=DecodeOptions.from_dict(self.decode))
+        """How every stage before training makes a file a ``size`` px input: this dataset's resize, decoding, intensity."""
+        return Preprocess(size, self.resize, decode=DecodeOptions.from_dict(self.decode), intensity=self.intensity)
 
     @property
     def defect_types(self) -> list[str]:
@@ -160,6 +161,7 @@ class Vocabulary:
         return {
             "resize": self.resize,
             "decode": self.decode,
+            **({"intensity": self.intensity} if self.intensity != "none" else {}),  # absent = none: older files read the same
             "defect_types": self.defect_types,
             "classes": {c: {d: p.to_dict() for d, p in sorted(t.items())} for c, t in sorted(self.classes.items())},
         }
@@ -171,7 +173,8 @@ class Vocabulary:
         except (KeyError, TypeError, AttributeError) as exc:
             msg = f"vocabulary: malformed ({exc!r}); re-run the ingest stage to rewrite it"
             raise ValueError(msg) from None
-        return cls(classes=classes, resize=d.get("resize", "stretch"), decode=dict(d.get("decode") or {}))
+        return cls(classes=classes, resize=d.get("resize", "stretch"), decode=dict(d.get("decode") or {}),
+                   intensity=d.get("intensity", "none"))
 
 
 def read_vocabulary(path: str | Path) -> Vocabulary:

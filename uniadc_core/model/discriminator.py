@@ -50,6 +50,7 @@ class ModelConfig:
     classes: dict[str, list[str]] = field(default_factory=dict)  # object class -> its defect types
     resize: str = "stretch"  # how inputs are made square: stretch | pad (from ingest.resize)
     decode: dict = field(default_factory=dict)  # how files are decoded: bit_depth, max_pixels (from ingest); {} = defaults
+    intensity: str = "none"  # per-image intensity rule: none | per_image (from ingest.intensity)
     normal_class: str = "explicit"  # explicit: normal is type embedding 0 | implicit: a learned constant normal logit
     # the normal-feature memory: {} = none; else weight, k, smooth and stats [mu_m, sd_m, mu_d, sd_d] (held-out normal pixels)
     memory: dict = field(default_factory=dict)
@@ -63,7 +64,8 @@ class ModelConfig:
     @property
     def preprocess(self) -> Preprocess:
         """How a file becomes this model's input: size, resize policy, normalisation."""
-        return Preprocess(self.image_size, self.resize, tuple(self.mean), tuple(self.std), DecodeOptions.from_dict(self.decode))
+        return Preprocess(self.image_size, self.resize, tuple(self.mean), tuple(self.std), DecodeOptions.from_dict(self.decode),
+                          self.intensity)
 
 
 class Prediction(NamedTuple):

@@ -266,6 +266,7 @@ def build_model(data: TrainData, vocab: Vocabulary, cfg: TrainConfig) -> Discrim
         classes={c: sorted(t) for c, t in vocab.classes.items()},
         resize=vocab.resize,
         decode=vocab.decode,
+        intensity=vocab.intensity,
         normal_class=cfg.normal_class,
     )
     model = Discriminator(config, loaded_clip=loaded)

@@ -107,4 +107,4 @@ def apply_priors_file(vocab: Vocabulary, path: str | Path) -> Vocabulary:
             new = replace(prior, **merged)
             new.validate(f"{path}: classes.{cls}.{dt}")
             out[cls][dt] = new
-    return Vocabulary(classes=out, resize=vocab.resize, decode=vocab.decode)
+    return Vocabulary(classes=out, resize=vocab.resize, decode=vocab.decode, intensity=vocab.intensity)
