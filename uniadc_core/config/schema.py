@@ -144,6 +144,16 @@ class MemoryConfig:
 
 
 @dataclass(frozen=True)
+class ReconstructionConfig:
+    """DRAEM's reconstruction branch (scratch backbone): an autoencoder trained to undo synthetic anomalies,
+    whose output the discriminator sees beside the image (uniadc_core/model/reconstruction.py)."""
+
+    enabled: bool = False
+    width: int = 16  # channels of the autoencoder's first level
+    loss_weight: float = 1.0  # weight of its L2 + (1 - SSIM) loss beside the discriminator's
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     backbone: Literal["scratch", "open_clip", "torchvision"] = "scratch"
     normal_class: Literal["explicit", "implicit"] = "explicit"  # explicit: a learned normal embedding; implicit: a learned normal logit
@@ -172,6 +182,7 @@ class TrainConfig:
     clip: ClipConfig = field(default_factory=ClipConfig)  # used when backbone is open_clip
     torchvision: TorchvisionConfig = field(default_factory=TorchvisionConfig)  # used when backbone is torchvision
     memory: MemoryConfig = field(default_factory=MemoryConfig)
+    reconstruction: ReconstructionConfig = field(default_factory=ReconstructionConfig)
 
     def __post_init__(self):
         if self.synthetic_fraction + self.shot_fraction >= 1.0:

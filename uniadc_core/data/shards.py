@@ -94,13 +94,15 @@ def shards_fingerprint(synthetic_dir: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
-def read_row_group(unit: RowGroup, pre: Preprocess, validation: bool = False) -> list[tuple[str, str, np.ndarray, np.ndarray]]:
-    """(sample id, object class, image (S, S, 3), mask (S, S)) of one row group's training rows, or of its validation rows."""
-    table = pq.ParquetFile(unit.path).read_row_group(unit.index, columns=["sample_id", "object_class", "image_png", "mask_png"])
+def read_row_group(unit: RowGroup, pre: Preprocess, validation: bool = False) -> list[tuple[str, str, np.ndarray, np.ndarray, str]]:
+    """(sample id, object class, image (S, S, 3), mask (S, S), source image id) of one row group's training rows,
+    or of its validation rows."""
+    columns = ["sample_id", "object_class", "image_png", "mask_png", "source_image_id"]
+    table = pq.ParquetFile(unit.path).read_row_group(unit.index, columns=columns)
     out = []
     for row in table.to_pylist():
         if is_validation_sample(row["sample_id"]) != validation:
             continue
         image, mask = decode_row(row)
-        out.append((row["sample_id"], row["object_class"], pre.image(image), pre.mask(mask)))
+        out.append((row["sample_id"], row["object_class"], pre.image(image), pre.mask(mask), row["source_image_id"]))
     return out

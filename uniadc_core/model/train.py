@@ -36,6 +36,7 @@ from uniadc_core.model.cnn import default_layers
 from uniadc_core.model.discriminator import Discriminator, ModelConfig, discriminator_loss, predict_from_logits, save_model
 from uniadc_core.model.fusion import attach_memory
 from uniadc_core.model.loader import Batch, MixedStream, make_loader
+from uniadc_core.model.reconstruction import reconstruction_loss
 from uniadc_core.weights import create_clip
 
 log = logging.getLogger(__name__)
@@ -60,13 +61,13 @@ def _real(frame: pl.DataFrame, vocab: Vocabulary, pre: Preprocess) -> Batch:
             masks.append(pre.load_mask(row["mask_path"]).astype(np.uint8) * vocab.index(row["defect_type"]))
         else:
             masks.append(np.zeros((pre.size, pre.size), np.uint8))
-    return _batch(images, masks, frame["object_class"].to_list())
+    return _batch(images, masks, frame["object_class"].to_list(), tuple(frame["image_id"].to_list()))
 
 
-def _batch(images: list[np.ndarray], masks: list[np.ndarray], classes: list[str]) -> Batch:
+def _batch(images: list[np.ndarray], masks: list[np.ndarray], classes: list[str], ids: tuple[str, ...] = ()) -> Batch:
     if not images:
         return Batch(torch.zeros(0, 3, 1, 1, dtype=torch.uint8), torch.zeros(0, 1, 1, dtype=torch.uint8), [])
-    return Batch(Preprocess.batch(images), torch.from_numpy(np.stack(masks)), classes)
+    return Batch(Preprocess.batch(images), torch.from_numpy(np.stack(masks)), classes, ids)
 
 
 def _cat(a: Batch, b: Batch) -> Batch:
@@ -74,7 +75,8 @@ def _cat(a: Batch, b: Batch) -> Batch:
         return b
     if len(b.classes) == 0:
         return a
-    return Batch(torch.cat([a.images, b.images]), torch.cat([a.masks, b.masks]), a.classes + b.classes)
+    known = len(a.ids) == len(a.classes) and len(b.ids) == len(b.classes)
+    return Batch(torch.cat([a.images, b.images]), torch.cat([a.masks, b.masks]), a.classes + b.classes, a.ids + b.ids if known else ())
 
 
 def load_train_data(manifest: pl.DataFrame, vocab: Vocabulary, synthetic_dir: str | Path | None, size: int) -> TrainData:
@@ -102,8 +104,9 @@ def samples_per_epoch(data: TrainData, cfg: TrainConfig) -> int:
 
 def training_stream(data: TrainData, cfg: TrainConfig, steps: int) -> MixedStream:
     """The stream of ``steps`` training batches per epoch, mixed and augmented as ``cfg`` says."""
+    clean_of = {image_id: i for i, image_id in enumerate(data.normals.ids)} if cfg.reconstruction.enabled else None
     return MixedStream(data.normals, data.shots, data.units, data.pre, cfg.batch_size, steps,
-                       cfg.synthetic_fraction, cfg.shot_fraction, cfg.seed, cfg.augment, cfg.shuffle_buffer)
+                       cfg.synthetic_fraction, cfg.shot_fraction, cfg.seed, cfg.augment, cfg.shuffle_buffer, clean_of)
 
 
 def resolve_precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
@@ -268,6 +271,7 @@ def build_model(data: TrainData, vocab: Vocabulary, cfg: TrainConfig) -> Discrim
         decode=vocab.decode,
         intensity=vocab.intensity,
         normal_class=cfg.normal_class,
+        reconstruction={"width": cfg.reconstruction.width} if cfg.reconstruction.enabled else {},
     )
     model = Discriminator(config, loaded_clip=loaded)
     if type_init is not None:
@@ -281,11 +285,17 @@ def train_step(model: Discriminator, opt: torch.optim.Optimizer, scaler: torch.a
     images = batch["image"].to(device, non_blocking=True)
     masks = batch["mask"].to(device, non_blocking=True).long()
     with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        recon = None
         if cache is not None:
             logits, _ = model.forward_frozen(cache.frozen(model, images, batch["key"]), images.shape[-2:])
         else:
-            logits, _ = model(images)
+            logits, _, recon = model.forward_with_reconstruction(images)
     parts = discriminator_loss(logits.float(), masks, cfg.focal_gamma, cfg.type_loss_weight)
+    if recon is not None and "clean" in batch:  # DRAEM: undo the synthetic defect, keep the normal as it is
+        clean = batch["clean"].to(device, non_blocking=True).float() / 255.0
+        pixels = recon.float() * model.std + model.mean
+        parts["recon"] = reconstruction_loss(pixels, clean, batch["has_clean"].to(device).float())
+        parts["loss"] = parts["loss"] + cfg.reconstruction.loss_weight * parts["recon"]
     opt.zero_grad(set_to_none=True)
     scaler.scale(parts["loss"]).backward()
     scaler.step(opt)
