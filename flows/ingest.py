@@ -15,7 +15,8 @@ from uniadc_core.config import load_params
 def ingest_flow(root: str = ".", params_path: str = "") -> tuple[str, str]:
     layout = Layout.at(root)
     cfg = load_params(params_path or layout.params).ingest
-    cfg = dataclasses.replace(cfg, root=str(layout.resolve(cfg.root)))  # a relative dataset root is under the repository
+    sources = [dataclasses.replace(s, root=str(layout.resolve(s.root))) for s in cfg.sources]
+    cfg = dataclasses.replace(cfg, root=str(layout.resolve(cfg.root)), sources=sources)  # relative dataset roots are under the repository
     return ingest_dataset(cfg, str(layout.prepared), str(layout.raw))
 
 

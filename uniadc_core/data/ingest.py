@@ -1,23 +1,85 @@
 """Ingest: a dataset root -> manifest (Parquet) + vocabulary (JSON) + quarantine report (CSV).
 
 Every image is validated first; with ``on_error: fail`` nothing is written when any is bad.
+
+``kind: sources`` pools several datasets (``ingest.sources``: each a layout, a root and its own
+options) into one manifest, each source one or more object classes. Every source's masks are read
+under its own rule (``mask_values``: MTD binarises at 128, KolektorSDD's masks hold 0/1) and
+written once as 0/255 PNGs under ``<out>/masks/``, so the stages after ingest read every mask by
+one rule (``threshold``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import polars as pl
 
 from uniadc_core.config import IngestConfig
 from uniadc_core.data.demo import generate_demo
 from uniadc_core.data.layouts import decode_options, list_records
-from uniadc_core.data.manifest import apply_few_shot, build_vocabulary, records_to_frame
-from uniadc_core.io import atomic_path, write_json
+from uniadc_core.data.manifest import apply_few_shot, build_vocabulary, frame_from_checked, records_to_frame
+from uniadc_core.data.validate import Checked, DatasetError, Problem, check_classes, check_records
+from uniadc_core.decoding import DecodeOptions
+from uniadc_core.io import atomic_path, load_mask, save_png, write_json
 
 log = logging.getLogger(__name__)
+
+
+def source_configs(cfg: IngestConfig) -> list[IngestConfig]:
+    """One ingest config per entry of ``ingest.sources`` (the shared keys from ``cfg``, the layout keys its own)."""
+    if not cfg.sources:
+        msg = ("ingest.kind is sources but ingest.sources is empty; list the datasets, e.g. "
+               "sources: [{kind: mtd, root: ../shared/datasets/mtd}, {kind: kolektorsdd, root: ../shared/datasets/kolektorsdd}]")
+        raise ValueError(msg)
+    return [dataclasses.replace(cfg, kind=s.kind, root=s.root, mask_values=s.mask_values, mtd=s.mtd, kolektorsdd=s.kolektorsdd,
+                                folder=s.folder, sources=[]) for s in cfg.sources]
+
+
+def _pooled(cfg: IngestConfig) -> tuple[list[Checked], list[Problem], dict[str, DecodeOptions]]:
+    """Every source's checked records (each under its own decoding rules), the problems, and each class's rules."""
+    good, problems, owner, rules = [], [], {}, {}
+    for i, (src, sub) in enumerate(zip(cfg.sources, source_configs(cfg), strict=True)):
+        records = list_records(sub)
+        classes = sorted({r.object_class for r in records})
+        if src.object_class:
+            if len(classes) > 1:
+                msg = (f"ingest.sources[{i}] ({src.kind} at {src.root}) holds the classes {classes}; object_class names the "
+                       f"class of a one-class source only: leave it '' to keep the layout's names")
+                raise ValueError(msg)
+            records, classes = [r._replace(object_class=src.object_class) for r in records], [src.object_class]
+        for c in classes:
+            if c in owner:
+                msg = f"object class '{c}' comes from ingest.sources[{owner[c]}] and ingest.sources[{i}]; name them apart with object_class"
+                raise ValueError(msg)
+            owner[c], rules[c] = i, decode_options(sub)
+        checked, bad = check_records(records, cfg.allow_missing_masks, decode_options(sub))
+        good += checked
+        problems += bad
+    return good, problems, rules
+
+
+def _canonical_masks(frame: pl.DataFrame, rules: dict[str, DecodeOptions], out_dir: Path) -> pl.DataFrame:
+    """Each anomaly's mask decoded under its source's rule and written as a 0/255 PNG in ``out_dir/masks``;
+    the manifest then points there (masks of an earlier run that are no longer needed are removed)."""
+    folder = out_dir / "masks"
+    paths = []
+    for row in frame.iter_rows(named=True):
+        if row["mask_path"] is None:
+            paths.append(None)
+            continue
+        target = folder / f"{row['image_id']}.png"
+        save_png(target, load_mask(row["mask_path"], rules[row["object_class"]]).astype(np.uint8) * 255)
+        paths.append(target.as_posix())
+    keep = {Path(p).name for p in paths if p}
+    for stale in folder.glob("*.png") if folder.is_dir() else []:
+        if stale.name not in keep:
+            stale.unlink()
+    return frame.with_columns(pl.Series("mask_path", paths, dtype=pl.Utf8))
 
 
 class IngestResult(NamedTuple):
@@ -37,9 +99,18 @@ def ingest(cfg: IngestConfig, out_dir: str | Path = "data/prepared", raw_dir: st
     if cfg.kind == "demo":
         d = cfg.demo
         generate_demo(cfg.root, cfg.seed, d.classes, d.image_size, d.train_normals, d.test_normals, d.test_per_defect)
-    options = decode_options(cfg)
-    frame, problems = records_to_frame(list_records(cfg), cfg.allow_missing_masks, cfg.on_error, options)
-    frame = apply_few_shot(frame, cfg.normal_shots, cfg.anomaly_shots, cfg.seed, cfg.holdout_fraction)
+    if cfg.kind == "sources":
+        good, problems, rules = _pooled(cfg)
+        if problems and cfg.on_error == "fail":
+            raise DatasetError(problems)
+        check_classes(good)
+        frame = apply_few_shot(frame_from_checked(good), cfg.normal_shots, cfg.anomaly_shots, cfg.seed, cfg.holdout_fraction)
+        frame = _canonical_masks(frame, rules, out_dir)  # once nothing can fail any more
+        options = DecodeOptions(cfg.bit_depth, cfg.max_pixels, "threshold")  # the canonical masks: 0/255
+    else:
+        options = decode_options(cfg)
+        frame, problems = records_to_frame(list_records(cfg), cfg.allow_missing_masks, cfg.on_error, options)
+        frame = apply_few_shot(frame, cfg.normal_shots, cfg.anomaly_shots, cfg.seed, cfg.holdout_fraction)
     vocab = build_vocabulary(frame, cfg.resize, options.to_dict(), cfg.intensity)
     paths = IngestResult(frame, out_dir / "manifest.parquet", out_dir / "vocabulary.json", out_dir / "quarantine.csv")
     with atomic_path(paths.quarantine_path) as tmp:
@@ -48,7 +119,8 @@ def ingest(cfg: IngestConfig, out_dir: str | Path = "data/prepared", raw_dir: st
         frame.write_parquet(tmp)
     write_json(paths.vocabulary_path, vocab.to_dict())
     if raw_dir is not None:
-        source = {"kind": cfg.kind, "root": str(cfg.root), "images": frame.height, "quarantined": len(problems)}
+        roots = [s.root for s in cfg.sources] if cfg.kind == "sources" else str(cfg.root)
+        source = {"kind": cfg.kind, "root": roots, "images": frame.height, "quarantined": len(problems)}
         write_json(Path(raw_dir) / "source.json", source)
     if problems:
         log.warning("ingest: %d bad file(s) left out, listed in %s", len(problems), paths.quarantine_path)
