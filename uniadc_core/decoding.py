@@ -51,7 +51,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 log = logging.getLogger(__name__)
 
 BIT_DEPTHS = ("full_scale", "per_image")
-MASK_VALUES = ("auto", "threshold", "nonzero")
+MASK_VALUES = ("auto", "threshold", "nonzero", "labels")  # labels: ingest's own label maps (values = defect indices; > 0 = defect)
 MAX_PIXELS = 100_000_000  # 100 megapixels: far above any inspection camera's frame, far below what exhausts RAM
 
 
@@ -144,7 +144,7 @@ def defect_pixels(levels: np.ndarray, rule: str = "auto") -> np.ndarray:
     """(H, W) bool: which mask values mark a defect under ``rule`` (``auto`` resolved per mask; see above)."""
     if rule == "auto":
         rule = "nonzero" if levels.max(initial=0) < 128 else "threshold"
-    return levels > 0 if rule == "nonzero" else levels >= 128
+    return levels > 0 if rule in ("nonzero", "labels") else levels >= 128
 
 
 def _oriented(im: Image.Image, source: str) -> Image.Image:

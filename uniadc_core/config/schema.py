@@ -38,6 +38,11 @@ class KolektorConfig:
 
 
 @dataclass(frozen=True)
+class DeeppcbConfig:
+    object_class: str = "pcb"  # the split is the authors' lists (trainval.txt, test.txt), by pair
+
+
+@dataclass(frozen=True)
 class FolderClass:
     normal: list[str] = field(default_factory=list)  # folders of normal images
     normal_test: list[str] = field(default_factory=list)  # optional folders of normal test images
@@ -55,18 +60,19 @@ class FolderConfig:
 class SourceConfig:
     """One dataset of a pooled ingest (``ingest.kind: sources``): its layout, root and own options."""
 
-    kind: Literal["mvtec", "mtd", "kolektorsdd", "folder"] = "mtd"
+    kind: Literal["mvtec", "mtd", "kolektorsdd", "deeppcb", "folder"] = "mtd"
     root: str = ""
     object_class: str = ""  # '' = the layout's class names; else the name of this source's one class
     mask_values: Literal["auto", "threshold", "nonzero"] = "auto"  # this source's mask rule ('auto': the layout's)
     mtd: MtdConfig = field(default_factory=MtdConfig)
     kolektorsdd: KolektorConfig = field(default_factory=KolektorConfig)
+    deeppcb: DeeppcbConfig = field(default_factory=DeeppcbConfig)
     folder: FolderConfig = field(default_factory=FolderConfig)
 
 
 @dataclass(frozen=True)
 class IngestConfig:
-    kind: Literal["demo", "mvtec", "mtd", "kolektorsdd", "folder", "sources"] = "demo"  # sources: the datasets of ingest.sources, pooled
+    kind: Literal["demo", "mvtec", "mtd", "kolektorsdd", "deeppcb", "folder", "sources"] = "demo"  # sources: the datasets of ingest.sources, pooled
     root: str = "data/raw/demo"  # dataset root; for kind=demo the generated tree goes here
     on_error: Literal["fail", "skip"] = "fail"  # skip: leave bad files out, listed in quarantine.csv
     allow_missing_masks: bool = False  # anomalies without a mask are kept, and left out of pixel metrics
@@ -82,6 +88,7 @@ class IngestConfig:
     demo: DemoConfig = field(default_factory=DemoConfig)
     mtd: MtdConfig = field(default_factory=MtdConfig)
     kolektorsdd: KolektorConfig = field(default_factory=KolektorConfig)
+    deeppcb: DeeppcbConfig = field(default_factory=DeeppcbConfig)
     folder: FolderConfig = field(default_factory=FolderConfig)
     sources: list[SourceConfig] = field(default_factory=list)  # kind: sources: each source one or more object classes
 

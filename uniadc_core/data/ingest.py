@@ -5,13 +5,15 @@ Every image is validated first; with ``on_error: fail`` nothing is written when 
 ``kind: sources`` pools several datasets (``ingest.sources``: each a layout, a root and its own
 options) into one manifest, each source one or more object classes. Every source's masks are read
 under its own rule (``mask_values``: MTD binarises at 128, KolektorSDD's masks hold 0/1) and
-written once as 0/255 PNGs under ``<out>/masks/``, so the stages after ingest read every mask by
-one rule (``threshold``).
+written once as label maps (a defect index per pixel) under ``<out>/masks/``, as are the typed
+boxes of a layout without masks (DeepPCB), so the stages after ingest read every mask by one rule
+(``labels``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from pathlib import Path
 from typing import NamedTuple
@@ -24,6 +26,7 @@ from uniadc_core.data.demo import generate_demo
 from uniadc_core.data.layouts import decode_options, list_records
 from uniadc_core.data.manifest import apply_few_shot, build_vocabulary, frame_from_checked, records_to_frame
 from uniadc_core.data.validate import Checked, DatasetError, Problem, check_classes, check_records
+from uniadc_core.data.vocabulary import Vocabulary
 from uniadc_core.decoding import DecodeOptions
 from uniadc_core.io import atomic_path, load_mask, save_png, write_json
 
@@ -37,7 +40,7 @@ def source_configs(cfg: IngestConfig) -> list[IngestConfig]:
                "sources: [{kind: mtd, root: ../shared/datasets/mtd}, {kind: kolektorsdd, root: ../shared/datasets/kolektorsdd}]")
         raise ValueError(msg)
     return [dataclasses.replace(cfg, kind=s.kind, root=s.root, mask_values=s.mask_values, mtd=s.mtd, kolektorsdd=s.kolektorsdd,
-                                folder=s.folder, sources=[]) for s in cfg.sources]
+                                deeppcb=s.deeppcb, folder=s.folder, sources=[]) for s in cfg.sources]
 
 
 def _pooled(cfg: IngestConfig) -> tuple[list[Checked], list[Problem], dict[str, DecodeOptions]]:
@@ -63,19 +66,26 @@ def _pooled(cfg: IngestConfig) -> tuple[list[Checked], list[Problem], dict[str, 
     return good, problems, rules
 
 
-def _canonical_masks(frame: pl.DataFrame, rules: dict[str, DecodeOptions], out_dir: Path) -> pl.DataFrame:
-    """Each anomaly's mask decoded under its source's rule and written as a 0/255 PNG in ``out_dir/masks``;
-    the manifest then points there (masks of an earlier run that are no longer needed are removed)."""
+def _canonical_masks(frame: pl.DataFrame, rules: dict[str, DecodeOptions], vocab: Vocabulary, out_dir: Path) -> pl.DataFrame:
+    """Each anomaly's label map (a defect index per pixel, 0 = normal) written as a PNG in ``out_dir/masks``:
+    drawn from its boxes (the smaller box on top where two overlap), or its mask file read under its source's
+    rule, times its type's index. The manifest then points there; masks of an earlier run no longer needed go."""
     folder = out_dir / "masks"
     paths = []
     for row in frame.iter_rows(named=True):
-        if row["mask_path"] is None:
-            paths.append(None)
+        if not row["is_anomaly"] or (row["mask_path"] is None and row["boxes"] is None):
+            paths.append(row["mask_path"])
             continue
+        if row["boxes"] is not None:
+            labels = np.zeros((row["height"], row["width"]), np.uint8)
+            for x1, y1, x2, y2, t in sorted(json.loads(row["boxes"]), key=lambda b: -(b[2] - b[0] + 1) * (b[3] - b[1] + 1)):
+                labels[y1:y2 + 1, x1:x2 + 1] = vocab.index(t)
+        else:
+            labels = load_mask(row["mask_path"], rules[row["object_class"]]).astype(np.uint8) * vocab.index(row["defect_type"])
         target = folder / f"{row['image_id']}.png"
-        save_png(target, load_mask(row["mask_path"], rules[row["object_class"]]).astype(np.uint8) * 255)
+        save_png(target, labels)
         paths.append(target.as_posix())
-    keep = {Path(p).name for p in paths if p}
+    keep = {Path(p).name for p in paths if p and Path(p).parent == folder}
     for stale in folder.glob("*.png") if folder.is_dir() else []:
         if stale.name not in keep:
             stale.unlink()
@@ -104,14 +114,17 @@ def ingest(cfg: IngestConfig, out_dir: str | Path = "data/prepared", raw_dir: st
         if problems and cfg.on_error == "fail":
             raise DatasetError(problems)
         check_classes(good)
-        frame = apply_few_shot(frame_from_checked(good), cfg.normal_shots, cfg.anomaly_shots, cfg.seed, cfg.holdout_fraction)
-        frame = _canonical_masks(frame, rules, out_dir)  # once nothing can fail any more
-        options = DecodeOptions(cfg.bit_depth, cfg.max_pixels, "threshold")  # the canonical masks: 0/255
+        frame = frame_from_checked(good)
     else:
-        options = decode_options(cfg)
-        frame, problems = records_to_frame(list_records(cfg), cfg.allow_missing_masks, cfg.on_error, options)
-        frame = apply_few_shot(frame, cfg.normal_shots, cfg.anomaly_shots, cfg.seed, cfg.holdout_fraction)
+        frame, problems = records_to_frame(list_records(cfg), cfg.allow_missing_masks, cfg.on_error, decode_options(cfg))
+        rules = {c: decode_options(cfg) for c in frame["object_class"].unique().to_list()}
+    frame = apply_few_shot(frame, cfg.normal_shots, cfg.anomaly_shots, cfg.seed, cfg.holdout_fraction)
+    # pooled sources and typed boxes: every mask rewritten as a label map, read by one rule after ingest
+    canonical = cfg.kind == "sources" or frame["boxes"].is_not_null().any()
+    options = DecodeOptions(cfg.bit_depth, cfg.max_pixels, "labels") if canonical else decode_options(cfg)
     vocab = build_vocabulary(frame, cfg.resize, options.to_dict(), cfg.intensity)
+    if canonical:
+        frame = _canonical_masks(frame, rules, vocab, out_dir)  # once nothing can fail any more
     paths = IngestResult(frame, out_dir / "manifest.parquet", out_dir / "vocabulary.json", out_dir / "quarantine.csv")
     with atomic_path(paths.quarantine_path) as tmp:
         pl.DataFrame({"path": [p.path for p in problems], "reason": [p.reason for p in problems]}, schema={"path": pl.Utf8, "reason": pl.Utf8}).write_csv(tmp)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 from uniadc_core.config import IngestConfig
+from uniadc_core.data.deeppcb import make_deeppcb_records
 from uniadc_core.data.folder import make_folder_records
 from uniadc_core.data.kolektorsdd import make_kolektorsdd_records
 from uniadc_core.data.mtd import make_mtd_records
@@ -28,6 +29,7 @@ LAYOUTS: dict[str, Callable[[IngestConfig], list[ImageRecord]]] = {
     "mtd": lambda cfg: make_mtd_records(cfg.root, cfg.mtd.object_class, cfg.mtd.train_list, cfg.mtd.test_normal_fraction, cfg.seed),
     "kolektorsdd": lambda cfg: make_kolektorsdd_records(cfg.root, cfg.kolektorsdd.object_class, cfg.kolektorsdd.folds,
                                                         cfg.kolektorsdd.test_fold, cfg.kolektorsdd.split_seed, decode_options(cfg)),
+    "deeppcb": lambda cfg: make_deeppcb_records(cfg.root, cfg.deeppcb.object_class),
     "folder": lambda cfg: make_folder_records(cfg.root, cfg.folder.classes, cfg.folder.test_normal_fraction, cfg.seed),
 }
 

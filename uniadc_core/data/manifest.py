@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,10 @@ SCHEMA = {
     "width": pl.Int32,
     "height": pl.Int32,
     "role": pl.Utf8,
+    "defect_types": pl.Utf8,  # every defect type in the image, comma-separated (several where a layout has typed boxes)
+    "boxes": pl.Utf8,  # JSON [[x1, y1, x2, y2, type], ...] for layouts with boxes (the mask is drawn from them), else null
 }
+ADDED = ("defect_types", "boxes")  # columns newer than the first manifests: read as null there
 
 
 def records_to_frame(records: list[ImageRecord], allow_missing_masks: bool = False,
@@ -64,6 +68,8 @@ def frame_from_checked(good: list[Checked]) -> pl.DataFrame:
         "width": c.width,
         "height": c.height,
         "role": None,
+        "defect_types": ",".join(sorted({b[4] for b in c.record.boxes} or {c.record.defect_type})) if c.record.defect_type else None,
+        "boxes": json.dumps([list(b) for b in c.record.boxes]) if c.record.boxes else None,
     } for c in good]
     return pl.DataFrame(rows, schema=SCHEMA)
 
@@ -102,7 +108,8 @@ def apply_few_shot(
             pool = of_type & train_side if from_train else of_type
             idx = np.flatnonzero(pool.to_numpy())
             stays = int((of_type & (frame["split"] == "test")).sum()) - (0 if from_train else anomaly_shots)
-            masked = np.flatnonzero((pool & frame["mask_path"].is_not_null()).to_numpy())  # shots need masks
+            has_mask = frame["mask_path"].is_not_null() | (frame["boxes"].is_not_null() if "boxes" in frame.columns else False)
+            masked = np.flatnonzero((pool & has_mask).to_numpy())  # shots need masks (or boxes, drawn into one at ingest)
             if len(masked) < anomaly_shots or stays < 1:
                 where = "on the training side of the split" if from_train else "in all"
                 msg = (f"class '{cls}', defect '{defect}': {len(idx)} image(s) {where}, {len(masked)} with a mask, but "
@@ -118,8 +125,11 @@ def apply_few_shot(
 def build_vocabulary(frame: pl.DataFrame, resize: str = "stretch", decode: dict | None = None, intensity: str = "none") -> Vocabulary:
     """Every (class, defect type) seen in the manifest with its default prior."""
     classes: dict = {c: {} for c in sorted(frame["object_class"].unique().to_list())}
-    pairs = frame.filter(pl.col("is_anomaly")).select("object_class", "defect_type").unique().sort("object_class", "defect_type")
-    for cls, defect in pairs.iter_rows():
+    anomalies = frame.filter(pl.col("is_anomaly"))
+    listed = anomalies["defect_types"] if "defect_types" in anomalies.columns else anomalies["defect_type"]
+    pairs = sorted({(cls, t) for cls, types in zip(anomalies["object_class"], listed.fill_null(""), strict=True)
+                    for t in types.split(",") if t} | set(anomalies.select("object_class", "defect_type").iter_rows()))
+    for cls, defect in pairs:
         classes[cls][defect] = default_prior(defect, cls)
     return Vocabulary(classes=classes, resize=resize, decode=dict(decode or {}), intensity=intensity)
 
@@ -132,6 +142,7 @@ def read_manifest(path: str | Path, base: str | Path | None = None) -> pl.DataFr
         msg = f"{path}: manifest not found; run the ingest stage first (`dvc repro ingest`)"
         raise FileNotFoundError(msg)
     frame = pl.read_parquet(path)
+    frame = frame.with_columns(pl.lit(None, dtype=pl.Utf8).alias(c) for c in ADDED if c not in frame.columns)
     missing = [c for c in SCHEMA if c not in frame.columns]
     if missing:
         msg = f"{path}: manifest lacks columns {missing}; re-run the ingest stage"

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from uniadc_core import decoding
 from uniadc_core.decoding import DEFAULT, DecodeOptions
 from uniadc_core.io import load_image, load_mask, resize
 
@@ -70,6 +71,13 @@ class Preprocess:
 
     def load_mask(self, path: str | Path) -> np.ndarray:
         return self.mask(load_mask(path, self.decode))
+
+    def load_labels(self, path: str | Path, index: int) -> np.ndarray:
+        """(size, size) uint8 defect index per pixel: ingest's label maps as they are (``mask_values: labels``,
+        several types in one image), any other mask's defect pixels times ``index`` (the image's type)."""
+        if self.decode.mask_values == "labels":
+            return self.mask(decoding.load(path, "mask", self.decode))
+        return self.load_mask(path).astype(np.uint8) * np.uint8(index)
 
     @staticmethod
     def batch(images: list[np.ndarray]) -> torch.Tensor:

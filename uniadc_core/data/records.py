@@ -12,6 +12,9 @@ class ImageRecord(NamedTuple):
     object_class: str
     defect_type: str | None  # None for normal
     mask_path: Path | None
+    # typed boxes (x1, y1, x2, y2, defect type) in pixels, corners included, where a layout has boxes, not masks:
+    # ingest draws them into a label map (one defect index per pixel); defect_type is then the type of most area
+    boxes: tuple[tuple[int, int, int, int, str], ...] = ()
 
 
 def list_files(folder: Path) -> list[Path]:

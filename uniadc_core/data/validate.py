@@ -25,10 +25,22 @@ class Problem(NamedTuple):
 
 
 class Checked(NamedTuple):
-    record: ImageRecord
+    record: ImageRecord  # its boxes clipped to the image
     image_id: str
     width: int
     height: int
+
+
+def clip_boxes(boxes, width: int, height: int) -> tuple[tuple, str | None]:
+    """(the boxes cut to the image, a problem naming the first box wholly outside it or empty, or None)."""
+    kept = []
+    for i, (x1, y1, x2, y2, t) in enumerate(boxes, 1):
+        cx1, cy1, cx2, cy2 = max(0, x1), max(0, y1), min(width - 1, x2), min(height - 1, y2)
+        if cx1 > cx2 or cy1 > cy2:
+            return (), (f"box {i} ({x1} {y1} {x2} {y2}, {t}) lies outside the {width}x{height} image; "
+                        f"fix its annotation line (x1 y1 x2 y2 in pixels, inside the image)")
+        kept.append((cx1, cy1, cx2, cy2, t))
+    return tuple(kept), None
 
 
 class DatasetError(ValueError):
@@ -68,7 +80,10 @@ def check_records(records: list[ImageRecord], allow_missing_masks: bool = False,
         (w, h), _, problem = _open(r.path, "image", options)
         if problem is None and min(w, h) < MIN_SIDE:
             problem = f"image is {w}x{h}; images need at least {MIN_SIDE} px a side"
-        if problem is None and r.defect_type is not None:
+        if problem is None and r.boxes:
+            clipped, problem = clip_boxes(r.boxes, w, h)
+            r = r._replace(boxes=clipped)
+        elif problem is None and r.defect_type is not None:
             if r.mask_path is None:
                 if not allow_missing_masks:
                     problem = ("anomaly image without a mask; add its mask, or set ingest.allow_missing_masks: true "

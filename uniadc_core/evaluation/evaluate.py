@@ -37,9 +37,10 @@ class EvalSet(NamedTuple):
     images: list[np.ndarray]  # (S, S, 3) uint8, preprocessed for the model
     masks: np.ndarray  # (N, H, W) uint8 defect index, 0 = normal
     has_mask: np.ndarray  # (N,) False for anomalies without a mask: left out of pixel metrics
-    labels: np.ndarray  # (N,) image defect index, 0 = normal
+    labels: np.ndarray  # (N,) image defect index, 0 = normal (an image with several types: the type of most area)
     classes: list[str]
     paths: list[str]
+    present: np.ndarray | None = None  # (N, K+1) bool: the types in each image (column 0: normal); None = labels' alone
 
 
 def load_test_set(manifest: pl.DataFrame, defect_types: list[str], pre: Preprocess) -> EvalSet:
@@ -52,15 +53,21 @@ def load_test_set(manifest: pl.DataFrame, defect_types: list[str], pre: Preproce
         msg = f"test defect types {unknown} are not in the model's vocabulary {defect_types}; retrain on this dataset"
         raise ValueError(msg)
     images, masks, labels, has_mask = [], [], [], []
-    for row in test.iter_rows(named=True):
+    present = np.zeros((test.height, len(defect_types) + 1), bool)
+    listed = test["defect_types"] if "defect_types" in test.columns else test["defect_type"]
+    for i, (row, types) in enumerate(zip(test.iter_rows(named=True), listed.to_list(), strict=True)):
         images.append(pre.load_image(row["path"]))
         label = defect_types.index(row["defect_type"]) + 1 if row["is_anomaly"] else 0
         known = not row["is_anomaly"] or row["mask_path"] is not None
-        mask = pre.load_mask(row["mask_path"]) if row["is_anomaly"] and known else np.zeros((pre.size, pre.size), bool)
-        masks.append(mask.astype(np.uint8) * label)
+        masks.append(pre.load_labels(row["mask_path"], label) if row["is_anomaly"] and known else np.zeros((pre.size, pre.size), np.uint8))
         labels.append(label)
         has_mask.append(known)
-    return EvalSet(images, np.stack(masks), np.array(has_mask), np.array(labels), test["object_class"].to_list(), test["path"].to_list())
+        present[i, label] = True
+        for t in (types or "").split(","):
+            if t in defect_types:
+                present[i, defect_types.index(t) + 1] = True
+    return EvalSet(images, np.stack(masks), np.array(has_mask), np.array(labels), test["object_class"].to_list(), test["path"].to_list(),
+                   present)
 
 
 def variant_stats(cada: Cada, scores: Scores, classes: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -85,12 +92,24 @@ def compute_metrics(d: Decision, test: EvalSet, max_fpr: float, num_types: int) 
         "pixel_auroc": _safe(auroc, maps, gt_pix),
         "aupro": _safe(aupro, maps, gt_pix, max_fpr),
         "f1_max": _safe(f1_max, d.score, is_anom),
-        "type_accuracy": _safe(accuracy, test.labels, d.label),
+        "type_accuracy": _safe(type_accuracy, test, d.label),
         "miou": _safe(mean_iou, pix_conf, present),
         # the decision at the threshold: normals flagged, anomalies missed
         "false_positive_rate": float(d.is_anomaly[~is_anom].mean()) if (~is_anom).any() else None,
         "miss_rate": float((~d.is_anomaly[is_anom]).mean()) if is_anom.any() else None,
     }
+
+
+def type_accuracy(test: EvalSet, predicted: np.ndarray, sel: np.ndarray | None = None) -> float:
+    """Share of images whose predicted label is right: a type present in the image (an image with several
+    types counts any of them), 0 for a normal; the same as plain accuracy where every image has one type."""
+    sel = np.ones(len(test.labels), bool) if sel is None else sel
+    if not sel.any():
+        msg = "type_accuracy: no samples"
+        raise ValueError(msg)
+    if test.present is None:
+        return accuracy(test.labels[sel], predicted[sel])
+    return float(test.present[np.flatnonzero(sel), np.asarray(predicted)[sel]].mean())
 
 
 def _safe(metric, *args) -> float | None:
@@ -111,7 +130,7 @@ def _per_class(test: EvalSet, decisions: dict[str, Decision]) -> pl.DataFrame:
         for v, d in decisions.items():
             labels = test.labels[sel] > 0
             row[f"image_auroc_{v}"] = auroc(d.score[sel], labels) if 0 < labels.sum() < sel.sum() else None
-            row[f"type_accuracy_{v}"] = accuracy(test.labels[sel], d.label[sel])
+            row[f"type_accuracy_{v}"] = type_accuracy(test, d.label, sel)
         rows.append(row)
     return pl.DataFrame(rows)
 
@@ -139,13 +158,29 @@ def evaluate(detector: Detector, manifest: pl.DataFrame, cfg: EvaluateConfig, ou
     return flat
 
 
+def per_type_detection(test: EvalSet, scores: Scores, d: Decision, types: list[str]) -> pl.DataFrame:
+    """For each defect type, how well the model tells images holding it from all others: the AUROC of
+    ``aligned score + log p(type)`` (anomalous, and of this type) against "this type is present"."""
+    present = test.present if test.present is not None else np.eye(len(types) + 1, dtype=bool)[test.labels]
+    rows = []
+    for k, name in enumerate(types):
+        truth = present[:, k + 1]
+        score = d.score + np.log(np.clip(scores.type_probs[:, k], 1e-6, 1.0))
+        rows.append({"defect_type": name, "images": int(truth.sum()),
+                     "auroc": auroc(score, truth) if 0 < truth.sum() < len(truth) else None})
+    return pl.DataFrame(rows, schema={"defect_type": pl.Utf8, "images": pl.Int64, "auroc": pl.Float64})
+
+
 def write_report(out_dir: Path, test: EvalSet, scores: Scores, decisions: dict[str, Decision], types: list[str],
                  threshold: float, overlays: int) -> None:
-    """per_class.csv, predictions.csv (CADA variant) and the plots."""
+    """per_class.csv, per_type.csv, predictions.csv (CADA variant) and the plots."""
     table = _per_class(test, decisions)
     with atomic_path(out_dir / "per_class.csv") as tmp:
         table.write_csv(tmp)
     log.info("per class:\n%s", table)
+    by_type = per_type_detection(test, scores, decisions["cada"], types)
+    with atomic_path(out_dir / "per_type.csv") as tmp:
+        by_type.write_csv(tmp)
     d = decisions["cada"]
     names = ["normal", *types]
     predictions = pl.DataFrame({

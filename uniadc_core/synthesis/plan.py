@@ -113,7 +113,8 @@ def load_sources(spec: SampleSpec, vocab: Vocabulary, size: int) -> tuple[np.nda
     normal = pre.load_image(spec.source_path)
     if spec.shot_path is None:
         return normal, None, None
-    return normal, pre.load_image(spec.shot_path), pre.load_mask(spec.shot_mask_path)
+    # the shot's pixels of this spec's type (an image with several types gives each type its own region)
+    return normal, pre.load_image(spec.shot_path), pre.load_labels(spec.shot_mask_path, spec.defect_index) == spec.defect_index
 
 
 def load_donors(spec: SampleSpec, vocab: Vocabulary, size: int) -> dict[str, np.ndarray]:

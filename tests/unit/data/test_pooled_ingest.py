@@ -28,14 +28,14 @@ def test_two_layouts_pool_into_one_manifest_with_masks_read_by_each_sources_rule
     assert set(m["object_class"].unique()) == {"magnetic_tile", "commutator_line2"}
     vocab = Vocabulary.from_dict(json.loads(result.vocabulary_path.read_text()))
     assert set(vocab.classes["magnetic_tile"]) == {"blowhole", "crack"} and set(vocab.classes["commutator_line2"]) == {"crack"}
-    assert vocab.decode["mask_values"] == "threshold"  # one rule after ingest: the masks were rewritten as 0/255
+    assert vocab.decode["mask_values"] == "labels"  # one rule after ingest: the masks were rewritten as label maps
     anomalies = m.filter(pl.col("is_anomaly"))
     assert anomalies["mask_path"].null_count() == 0
     assert all(Path(p).parent == tmp_path / "prepared/masks" for p in anomalies["mask_path"])
     pre = vocab.preprocess(64)
     for row in anomalies.iter_rows(named=True):
         raw = np.asarray(Image.open(row["mask_path"]))
-        assert set(np.unique(raw)) == {0, 255}
+        assert set(np.unique(raw)) == {0, vocab.index(row["defect_type"])}
         assert pre.load_mask(row["mask_path"]).any()
     # KolektorSDD's 0/1 palette masks became defects (read as nonzero), MTD's soft masks were cut at 128
     crack = anomalies.filter(pl.col("object_class") == "commutator_line2").row(0, named=True)
