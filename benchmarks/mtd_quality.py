@@ -68,7 +68,6 @@ def with_memory_weight(model, weight: float):
 def run_setting(name: str, root: Path, work: Path, epochs: int, image_size: int, overrides: list[str] = (),
                 weights: list[float] = ()) -> list[dict]:
     """One training, then CADA and evaluation once per memory weight in ``weights`` (none: the params' weight)."""
-    base = load_params(ROOT / "params.yaml")
     shots = SETTINGS[name]
     raw = {
         # one MTD image (MT_Uneven/exp4_num_124690) has an all-soft mask: kept, without pixel truth
@@ -77,6 +76,18 @@ def run_setting(name: str, root: Path, work: Path, epochs: int, image_size: int,
         "train": {"image_size": image_size, "epochs": epochs, "min_epoch_samples": 256},
         "fit_cada": {"threshold": "auto"},  # decide at the threshold calibrated on held-out normals (what a line acts on)
     }
+    results = run_pipeline(raw, work, overrides, weights)
+    for r in results:
+        r.pop("reports")
+        r.update({"setting": name, **shots})
+    return results
+
+
+def run_pipeline(raw: dict, work: Path, overrides: list[str] = (), weights: list[float] = ()) -> list[dict]:
+    """ingest -> synthesize -> train -> fit_cada -> evaluate in ``work`` for the params ``raw`` (+ ``overrides``),
+    CADA and evaluation once per memory weight in ``weights`` (none: the params' weight); one result per weight
+    with the metrics, the stage seconds and the reports folder."""
+    base = load_params(ROOT / "params.yaml")
     apply_overrides(raw, list(overrides), create=True)
     params = parse_params(raw)
     if weights and params.train.memory.weight <= 0:
@@ -106,8 +117,8 @@ def run_setting(name: str, root: Path, work: Path, epochs: int, image_size: int,
         timed("fit_cada", fit, model, manifest, samples, params.fit_cada, models / "cada")
         metrics = timed("evaluate", evaluate, Detector.load(models), manifest, params.evaluate, work / f"reports_{models.name}")
         extra = [] if w is None else [f"train.memory.weight={w} (at evaluation)"]
-        results.append({"setting": name, **shots, "overrides": [*overrides, *extra], "metrics": metrics, "seconds": dict(times),
-                        "memory_weight": w})
+        results.append({"overrides": [*overrides, *extra], "metrics": metrics, "seconds": dict(times), "memory_weight": w,
+                        "reports": str(work / f"reports_{models.name}")})
     return results
 
 

@@ -12,6 +12,7 @@ metrics are computed at the model's input size, on images preprocessed as the mo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import NamedTuple
@@ -121,18 +122,38 @@ def _safe(metric, *args) -> float | None:
         return None
 
 
-def _per_class(test: EvalSet, decisions: dict[str, Decision]) -> pl.DataFrame:
+def _subset(test: EvalSet, d: Decision, sel: np.ndarray) -> tuple[EvalSet, Decision]:
+    idx = np.flatnonzero(sel)
+    part = EvalSet([test.images[i] for i in idx], test.masks[idx], test.has_mask[idx], test.labels[idx],
+                   [test.classes[i] for i in idx], [test.paths[i] for i in idx], None if test.present is None else test.present[idx])
+    return part, Decision(*(v[idx] if isinstance(v, np.ndarray) else [v[i] for i in idx] for v in d))
+
+
+def _per_class(test: EvalSet, decisions: dict[str, Decision], max_fpr: float, num_types: int) -> pl.DataFrame:
+    """Every metric per object class and variant (a pooled model's classes, each judged alone, at the one threshold)."""
     rows = []
     classes = np.asarray(test.classes)
     for cls in sorted(set(test.classes)):
         sel = classes == cls
         row = {"object_class": cls, "images": int(sel.sum()), "anomalies": int((test.labels[sel] > 0).sum())}
         for v, d in decisions.items():
-            labels = test.labels[sel] > 0
-            row[f"image_auroc_{v}"] = auroc(d.score[sel], labels) if 0 < labels.sum() < sel.sum() else None
-            row[f"type_accuracy_{v}"] = type_accuracy(test, d.label, sel)
+            part, decided = _subset(test, d, sel)
+            with _quiet():
+                metrics = compute_metrics(decided, part, max_fpr, num_types)
+            row.update({f"{k}_{v}": metrics[k] for k in METRICS})
         rows.append(row)
-    return pl.DataFrame(rows)
+    return pl.DataFrame(rows, infer_schema_length=None)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Metrics a class cannot have (no anomaly of it in the test set) are None without a warning per class."""
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def evaluate(detector: Detector, manifest: pl.DataFrame, cfg: EvaluateConfig, out_dir: str | Path | None) -> dict:
@@ -154,7 +175,7 @@ def evaluate(detector: Detector, manifest: pl.DataFrame, cfg: EvaluateConfig, ou
         log.info("%-6s %s", v, "  ".join(f"{k}={per_variant[v][k]}" for k in METRICS))
     if out_dir is not None:
         write_json(Path(out_dir) / "metrics.json", flat)
-        write_report(Path(out_dir), test, scores, decisions, types, threshold, cfg.overlays)
+        write_report(Path(out_dir), test, scores, decisions, types, threshold, cfg.overlays, cfg.max_fpr)
     return flat
 
 
@@ -172,9 +193,9 @@ def per_type_detection(test: EvalSet, scores: Scores, d: Decision, types: list[s
 
 
 def write_report(out_dir: Path, test: EvalSet, scores: Scores, decisions: dict[str, Decision], types: list[str],
-                 threshold: float, overlays: int) -> None:
+                 threshold: float, overlays: int, max_fpr: float = 0.3) -> None:
     """per_class.csv, per_type.csv, predictions.csv (CADA variant) and the plots."""
-    table = _per_class(test, decisions)
+    table = _per_class(test, decisions, max_fpr, len(types))
     with atomic_path(out_dir / "per_class.csv") as tmp:
         table.write_csv(tmp)
     log.info("per class:\n%s", table)
