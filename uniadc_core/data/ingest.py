@@ -125,6 +125,11 @@ def ingest(cfg: IngestConfig, out_dir: str | Path = "data/prepared", raw_dir: st
     vocab = build_vocabulary(frame, cfg.resize, options.to_dict(), cfg.intensity)
     if canonical:
         frame = _canonical_masks(frame, rules, vocab, out_dir)  # once nothing can fail any more
+    else:  # no label maps: an earlier run's go, the folder stays (a DVC output) with its index alone
+        for stale in (out_dir / "masks").glob("*.png"):
+            stale.unlink()
+    masks = frame.filter(pl.col("mask_path").str.starts_with((out_dir / "masks").as_posix())).height
+    write_json(out_dir / "masks/index.json", {"label_maps": masks, "rule": "labels" if canonical else "none"})
     paths = IngestResult(frame, out_dir / "manifest.parquet", out_dir / "vocabulary.json", out_dir / "quarantine.csv")
     with atomic_path(paths.quarantine_path) as tmp:
         pl.DataFrame({"path": [p.path for p in problems], "reason": [p.reason for p in problems]}, schema={"path": pl.Utf8, "reason": pl.Utf8}).write_csv(tmp)
