@@ -95,3 +95,24 @@ def test_a_training_step_learns_to_reconstruct(tiny_dataset, tiny_shards):
     assert last < 0.75 * first  # the autoencoder fits its targets (standalone it halves the loss in 30 steps)
     cfg = parse_params({"train": {"reconstruction": {"enabled": True, "width": 8, "loss_weight": 0.5}}}).train
     assert cfg.reconstruction.enabled and cfg.reconstruction.loss_weight == 0.5
+
+
+def test_a_memory_of_the_autoencoders_features(tmp_path):
+    from uniadc_core.config import MemoryConfig
+    from uniadc_core.model.fusion import attach_memory
+
+    model = _model()
+    normals = torch.randint(0, 255, (6, 3, 64, 64), dtype=torch.uint8)
+    cfg = MemoryConfig(weight=1.0, size=64, features="autoencoder", max_patches=2000)
+    attach_memory(model, normals[:4], normals[4:], cfg, seed=0)
+    assert model.patch_features(normals[:1]).shape == (1, 8 * 8, 8, 8)  # the encoder's H/8 and H/16 levels, 4w channels each
+    assert model.memory.bank.shape[1] == 64 and model.config.memory["features"] == "autoencoder"
+    with torch.no_grad():
+        expected = model.reconstructor.patches(model.normalise(normals[:1]))
+    assert torch.equal(model.patch_features(normals[:1]), expected)
+    save_model(model, tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    assert torch.equal(loaded.predict(normals).anomaly_map, model.predict(normals).anomaly_map)
+    plain = Discriminator(ModelConfig(defect_types=["crack"], image_size=64, width=8, embed_dim=8))
+    with pytest.raises(ValueError, match=r"train.memory.features: autoencoder needs train.reconstruction.enabled: true"):
+        attach_memory(plain, normals[:4], normals[4:], cfg)

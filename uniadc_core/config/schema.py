@@ -162,6 +162,9 @@ class MemoryConfig:
     augment: Literal["auto", "none", "flip", "rot90"] = "auto"
     max_patches: int = 200000  # normal patches drawn (at random) before the coreset selection
     smooth: float = 4.0  # Gaussian sigma (pixels at the input size) applied to the upsampled distance map
+    # whose patch features it keeps: the backbone's, or the reconstruction autoencoder's encoder (learned from the
+    # normals alone: it is trained to repaint them; needs train.reconstruction.enabled)
+    features: Literal["backbone", "autoencoder"] = "backbone"
 
 
 @dataclass(frozen=True)

@@ -185,8 +185,10 @@ class Discriminator(nn.Module):
         if self.memory is None:
             logits, embedding = self(images)
             return logits, embedding, anomaly_log_odds(logits), None
-        x, _ = self._inputs(self.normalise(images))
-        feats, embedding, patches = self.backbone.forward_with_patches(x)
+        x = self.normalise(images)
+        feats, embedding, patches = self.backbone.forward_with_patches(self._inputs(x)[0])
+        if self.config.memory.get("features") == "autoencoder":
+            patches = self.reconstructor.patches(x)
         logits, embedding = self.head(feats, embedding, size)
         distance = distance_map(self.memory, patches, size, self.config.memory.get("k", 1), self.config.memory.get("smooth", 0.0))
         return logits, embedding, anomaly_log_odds(logits), distance
@@ -194,7 +196,10 @@ class Discriminator(nn.Module):
     @torch.no_grad()
     def patch_features(self, images: torch.Tensor) -> torch.Tensor:
         """The patches the normal memory keeps, (B, C, h, w), for uint8 images."""
-        return self.backbone.forward_with_patches(self._inputs(self.normalise(images))[0])[2]
+        x = self.normalise(images)
+        if self.config.memory.get("features") == "autoencoder":
+            return self.reconstructor.patches(x)
+        return self.backbone.forward_with_patches(self._inputs(x)[0])[2]
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> Prediction:

@@ -88,11 +88,16 @@ def attach_memory(model: Discriminator, normals: torch.Tensor, holdout: torch.Te
     """Build the memory from ``normals`` (N, 3, S, S) uint8 and the fusion statistics from ``holdout``."""
     if cfg.weight <= 0:
         return model
+    if cfg.features == "autoencoder" and model.reconstructor is None:
+        msg = "train.memory.features: autoencoder needs train.reconstruction.enabled: true (the autoencoder's encoder gives the patches)"
+        raise ValueError(msg)
     model.eval()
+    model.config.memory = {"features": cfg.features}  # which patches patch_features gives, from here on
     augment = resolve_augment(cfg.augment, len(normals))
     patches, total = _patches(model, normals, augment, cfg.max_patches, seed)
     model.memory = NormalMemory.build(patches, cfg.size, cfg.selection, seed)
-    model.config.memory = {"weight": cfg.weight, "k": cfg.k, "smooth": cfg.smooth, "stats": [0.0, 1.0, 0.0, 1.0]}
+    model.config.memory = {"weight": cfg.weight, "k": cfg.k, "smooth": cfg.smooth, "stats": [0.0, 1.0, 0.0, 1.0],
+                           **({"features": cfg.features} if cfg.features != "backbone" else {})}
     if len(holdout) == 0:
         log.warning("train: no held-out normals; the fusion statistics come from the training normals (memory distances biased low)")
         holdout = normals

@@ -35,6 +35,17 @@ class Reconstructor(nn.Module):
         self.decoder = nn.ModuleList([_conv(4 * w, 4 * w), _conv(4 * w, 2 * w), _conv(2 * w, w), _conv(w, w)])
         self.out = nn.Conv2d(w, 3, 3, 1, 1)
 
+    def patches(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder's patch features at stride 8 (B, 8w, H/8, W/8): its H/8 and H/16 levels, each averaged over
+        3 x 3 neighbourhoods (as PatchCore aggregates), the coarser one upsampled; for the normal memory."""
+        levels, h = [], x
+        for i, layer in enumerate(self.encoder):
+            h = layer(h)
+            if i in (4, 6):  # after the third and the fourth stride-2 convolution
+                levels.append(F.avg_pool2d(h, 3, stride=1, padding=1, count_include_pad=False))
+        fine, coarse = levels
+        return torch.cat([fine, F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear", align_corners=False)], 1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.encoder(x)
         for layer in self.decoder:
