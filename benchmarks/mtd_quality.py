@@ -97,9 +97,10 @@ def run_pipeline(raw: dict, work: Path, overrides: list[str] = (), weights: list
     times: dict[str, float] = {}
 
     def timed(stage, fn, *args):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = fn(*args)
         times[stage] = round(time.perf_counter() - t0, 1)
+        times[f"{stage}_cpu"] = round(time.process_time() - c0, 1)  # CPU seconds of this process, all its threads
         return out
 
     timed("ingest", ingest, params.ingest, work / "prepared")

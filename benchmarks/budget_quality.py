@@ -1,0 +1,90 @@
+"""Quality on a fixed CPU budget: MTD after 10, 30 and 60 CPU-minutes of training on this machine.
+
+    .venv/bin/python benchmarks/budget_quality.py [--budgets 10,30,60] [--seeds 0,1,2] [--settings full_0anom,2shot_0anom]
+        [--image-size 256] [--set train.reconstruction.enabled=true ...] [--label NAME]
+
+Each budget is its own training with a full schedule: a one-epoch run first measures the training
+stage's CPU seconds per epoch for the setting (data loading and the memory build included), and the
+budget's epochs are the most that fit (at least 1). Every run then goes through the same pipeline
+as ``benchmarks/mtd_quality.py`` (ingest -> synthesize -> train -> fit_cada -> evaluate) and its row,
+with the training CPU minutes it really took, goes to ``<out>.json``; ``<out>.md`` is rewritten with
+mean +- std over the seeds per (label, setting, budget). Run it with nothing else on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from mtd_quality import SEEDED, SUMMARY, run_setting  # noqa: E402
+
+from uniadc_core.io import atomic_path  # noqa: E402
+
+
+def render(path: Path) -> None:
+    rows = json.loads(path.read_text())
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["label"], r["setting"], r["budget_minutes"]), []).append(r)
+    head = "| run | setting | CPU budget (min) | epochs | train CPU min | seeds | " + " | ".join(SUMMARY) + " |"
+    lines = [head, "|" + "---|" * (len(SUMMARY) + 6)]
+    for (label, setting, budget), group in sorted(groups.items()):
+        cells = []
+        for c in SUMMARY:
+            vals = [100 * g["metrics"][f"{c}_cada"] for g in group if g["metrics"].get(f"{c}_cada") is not None]
+            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            cells.append(f"{statistics.mean(vals):.1f} ± {sd:.1f}" if vals else "-")
+        cpu = statistics.mean(g["seconds"]["train_cpu"] for g in group) / 60
+        lines.append(f"| {label} | {setting} | {budget:g} | {group[0]['epochs']} | {cpu:.1f} | {len(group)} | " + " | ".join(cells) + " |")
+    with atomic_path(path.with_suffix(".md")) as tmp:
+        tmp.write_text("# MTD on a fixed CPU budget\n\n`benchmarks/budget_quality.py`: each budget is one training whose epochs "
+                       "fit it (CPU seconds per epoch measured by a one-epoch run), CADA variant, mean ± std over seeds, %; "
+                       "false-positive and miss rates at the threshold calibrated on held-out normals. 2 cores, nothing else "
+                       "running. Overrides of each run are in the JSON beside this file.\n\n" + "\n".join(lines) + "\n")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--root", default=str(ROOT.parent / "shared/datasets/mtd"))
+    p.add_argument("--budgets", default="10,30,60", help="CPU minutes of training, comma-separated")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--settings", default="full_0anom,2shot_0anom")
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--label", default="scratch")
+    p.add_argument("--out", default=str(ROOT / "benchmarks/results/budget_quality"))
+    a = p.parse_args()
+    root, out = Path(a.root), Path(a.out).with_suffix(".json")
+    if not (root / "MT_Free").is_dir():
+        sys.exit(f"{root}: no MTD dataset here (expected MT_Free/); pass --root")
+    log = json.loads(out.read_text()) if out.is_file() else []
+    seeds = [int(x) for x in a.seeds.split(",")]
+    for setting in a.settings.split(","):
+        work = ROOT / "benchmarks/work" / f"budget_{setting}"
+        probe = run_setting(setting, root, work, 1, a.image_size, [*a.set, *(f"{k}={seeds[0]}" for k in SEEDED)])[0]
+        per_epoch = probe["seconds"]["train_cpu"]
+        print(setting, f"one epoch: {per_epoch:.0f} CPU s of training", flush=True)
+        for budget in [float(b) for b in a.budgets.split(",")]:
+            epochs = max(1, math.floor(budget * 60 / per_epoch))
+            for seed in seeds:
+                (r,) = run_setting(setting, root, work, epochs, a.image_size, [*a.set, *(f"{k}={seed}" for k in SEEDED)])
+                r.update({"label": a.label, "budget_minutes": budget, "epochs": epochs, "seed": seed, "image_size": a.image_size,
+                          "cpu_seconds_per_epoch_probe": per_epoch})
+                log.append(r)
+                with atomic_path(out) as tmp:
+                    tmp.write_text(json.dumps(log, indent=2))
+                render(out)
+                print(setting, budget, seed, epochs, json.dumps({k: round(v, 4) for k, v in r["metrics"].items() if k.endswith("_cada")}),
+                      flush=True)
+
+
+if __name__ == "__main__":
+    main()
