@@ -33,10 +33,11 @@ def render(path: Path) -> None:
     rows = json.loads(path.read_text())
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["label"], r["setting"], r["budget_minutes"]), []).append(r)
+        key = (r["label"], r["setting"], r["budget_minutes"], r["image_size"], " ".join(o for o in r["overrides"] if o.split("=")[0] not in SEEDED))
+        groups.setdefault(key, []).append(r)
     head = "| run | setting | CPU budget (min) | epochs | train CPU min | seeds | " + " | ".join(SUMMARY) + " |"
     lines = [head, "|" + "---|" * (len(SUMMARY) + 6)]
-    for (label, setting, budget), group in sorted(groups.items()):
+    for (label, setting, budget, _, _), group in sorted(groups.items()):
         cells = []
         for c in SUMMARY:
             vals = [100 * g["metrics"][f"{c}_cada"] for g in group if g["metrics"].get(f"{c}_cada") is not None]
@@ -65,19 +66,22 @@ def main() -> None:
     root, out = Path(a.root), Path(a.out).with_suffix(".json")
     if not (root / "MT_Free").is_dir():
         sys.exit(f"{root}: no MTD dataset here (expected MT_Free/); pass --root")
+    if any(s.startswith("train.loader_workers=") and s.split("=", 1)[1] != "0" for s in a.set):
+        sys.exit("train.loader_workers > 0: their CPU time is not counted (process time of this process only); keep 0")
     log = json.loads(out.read_text()) if out.is_file() else []
     seeds = [int(x) for x in a.seeds.split(",")]
     for setting in a.settings.split(","):
         work = ROOT / "benchmarks/work" / f"budget_{setting}"
-        probe = run_setting(setting, root, work, 1, a.image_size, [*a.set, *(f"{k}={seeds[0]}" for k in SEEDED)])[0]
-        per_epoch = probe["seconds"]["train_cpu"]
-        print(setting, f"one epoch: {per_epoch:.0f} CPU s of training", flush=True)
+        probe = [run_setting(setting, root, work, e, a.image_size, [*a.set, *(f"{k}={seeds[0]}" for k in SEEDED)])[0]["seconds"]["train_cpu"]
+                 for e in (1, 2)]
+        per_epoch, fixed = max(1.0, probe[1] - probe[0]), max(0.0, 2 * probe[0] - probe[1])  # loading, memory, saving: once
+        print(setting, f"training: {fixed:.0f} CPU s once + {per_epoch:.0f} CPU s per epoch", flush=True)
         for budget in [float(b) for b in a.budgets.split(",")]:
-            epochs = max(1, math.floor(budget * 60 / per_epoch))
+            epochs = max(1, math.floor((budget * 60 - fixed) / per_epoch))
             for seed in seeds:
                 (r,) = run_setting(setting, root, work, epochs, a.image_size, [*a.set, *(f"{k}={seed}" for k in SEEDED)])
                 r.update({"label": a.label, "budget_minutes": budget, "epochs": epochs, "seed": seed, "image_size": a.image_size,
-                          "cpu_seconds_per_epoch_probe": per_epoch})
+                          "cpu_seconds_per_epoch_probe": per_epoch, "cpu_seconds_fixed_probe": fixed})
                 log.append(r)
                 with atomic_path(out) as tmp:
                     tmp.write_text(json.dumps(log, indent=2))

@@ -13,6 +13,7 @@ The exit status is the command's.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -29,11 +30,22 @@ def run_with_server(command: list[str]) -> int:
     server = SubprocessASGIServer()
     timeout = int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", STARTUP_TIMEOUT_S))
     server.start(timeout=max(timeout, STARTUP_TIMEOUT_S))
+    child = None
+
+    def forward(signum, _frame):  # a SIGTERM (CI, a scheduler) goes to the command, then the server stops
+        if child is not None and child.poll() is None:
+            child.send_signal(signum)
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, forward)
     try:
-        return subprocess.call(command, env={**os.environ, "PREFECT_API_URL": server.api_url})
-    except KeyboardInterrupt:
-        return 130
+        child = subprocess.Popen(command, env={**os.environ, "PREFECT_API_URL": server.api_url})
+        try:
+            return child.wait()
+        except KeyboardInterrupt:  # the command got the Ctrl-C too: let it finish its own clean-up (DVC's lock)
+            return child.wait()
     finally:
+        signal.signal(signal.SIGTERM, previous)
         server.stop()
 
 

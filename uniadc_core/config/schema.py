@@ -209,6 +209,13 @@ class TrainConfig:
     reconstruction: ReconstructionConfig = field(default_factory=ReconstructionConfig)
 
     def __post_init__(self):
+        if self.reconstruction.enabled and self.backbone != "scratch":
+            msg = (f"train.reconstruction.enabled needs train.backbone: scratch (got {self.backbone}: the discriminator "
+                   f"reads image + reconstruction, 6 channels); set one of the two")
+            raise ConfigError(msg)
+        if self.memory.features == "autoencoder" and not self.reconstruction.enabled:
+            msg = "train.memory.features: autoencoder needs train.reconstruction.enabled: true (its encoder gives the patches)"
+            raise ConfigError(msg)
         if self.synthetic_fraction + self.shot_fraction >= 1.0:
             msg = (f"params keys 'train.synthetic_fraction' ({self.synthetic_fraction}) and 'train.shot_fraction' "
                    f"({self.shot_fraction}) must sum to less than 1: the rest of each batch is real normal images")

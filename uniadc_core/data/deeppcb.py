@@ -14,9 +14,12 @@ overlap) and its ``defect_type`` is the type covering most of its area (``defect
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
-from uniadc_core.data.records import ImageRecord
+from uniadc_core.data.records import ImageRecord, main_type
+
+log = logging.getLogger(__name__)
 
 TYPES = {1: "open", 2: "short", 3: "mousebite", 4: "spur", 5: "copper", 6: "pin_hole"}
 LISTS = {"train": "trainval.txt", "test": "test.txt"}
@@ -31,7 +34,7 @@ def read_boxes(path: Path) -> tuple[tuple[int, int, int, int, str], ...]:
         parts = line.replace(",", " ").split()
         try:
             x1, y1, x2, y2, t = (int(float(p)) for p in parts)
-        except ValueError:
+        except (ValueError, OverflowError):
             msg = f"{path}:{n}: expected 'x1 y1 x2 y2 type' (5 numbers), got {line.strip()!r}; fix the line"
             raise ValueError(msg) from None
         if t not in TYPES:
@@ -39,14 +42,6 @@ def read_boxes(path: Path) -> tuple[tuple[int, int, int, int, str], ...]:
             raise ValueError(msg)
         boxes.append((min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2), TYPES[t]))
     return tuple(boxes)
-
-
-def main_type(boxes) -> str:
-    """The type covering most box area (ties: the first in name order)."""
-    area: dict[str, int] = {}
-    for x1, y1, x2, y2, t in boxes:
-        area[t] = area.get(t, 0) + (x2 - x1 + 1) * (y2 - y1 + 1)
-    return min(area, key=lambda t: (-area[t], t))
 
 
 def make_deeppcb_records(root: str | Path, object_class: str = "pcb") -> list[ImageRecord]:
@@ -58,6 +53,8 @@ def make_deeppcb_records(root: str | Path, object_class: str = "pcb") -> list[Im
     if len(missing) == len(LISTS):
         msg = f"{root}: neither trainval.txt nor test.txt is here; DeepPCB's split lists name the pairs (see its README)"
         raise ValueError(msg)
+    if missing:
+        log.warning("deeppcb: %s has no %s; every listed pair is on the side of the list that names it", root, " or ".join(missing))
     records, seen = [], {}
     for split, name in LISTS.items():
         listed = root / name
@@ -77,6 +74,10 @@ def make_deeppcb_records(root: str | Path, object_class: str = "pcb") -> list[Im
             seen[stem.as_posix()] = split
             template = root / stem.with_name(f"{stem.stem}_temp{stem.suffix}")
             tested = root / stem.with_name(f"{stem.stem}_test{stem.suffix}")
+            for image in (template, tested):
+                if not image.is_file():
+                    msg = f"{image}: image not found (the pair is listed in {listed}:{n}); restore it or remove the line"
+                    raise FileNotFoundError(msg)
             annotation = root / parts[1]
             if not annotation.is_file():
                 msg = f"{annotation}: annotation file not found (listed in {listed}:{n}); restore it or remove the line"

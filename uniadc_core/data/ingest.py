@@ -39,6 +39,10 @@ def source_configs(cfg: IngestConfig) -> list[IngestConfig]:
         msg = ("ingest.kind is sources but ingest.sources is empty; list the datasets, e.g. "
                "sources: [{kind: mtd, root: ../shared/datasets/mtd}, {kind: kolektorsdd, root: ../shared/datasets/kolektorsdd}]")
         raise ValueError(msg)
+    for i, s in enumerate(cfg.sources):
+        if not s.root:
+            msg = f"ingest.sources[{i}].root is empty; give the folder of this {s.kind} dataset"
+            raise ValueError(msg)
     return [dataclasses.replace(cfg, kind=s.kind, root=s.root, mask_values=s.mask_values, mtd=s.mtd, kolektorsdd=s.kolektorsdd,
                                 deeppcb=s.deeppcb, folder=s.folder, sources=[]) for s in cfg.sources]
 
@@ -63,7 +67,16 @@ def _pooled(cfg: IngestConfig) -> tuple[list[Checked], list[Problem], dict[str, 
         checked, bad = check_records(records, cfg.allow_missing_masks, decode_options(sub))
         good += checked
         problems += bad
-    return good, problems, rules
+    first: dict[str, Checked] = {}
+    unique = []
+    for c in good:  # a file in two sources: each source checked its own duplicates only
+        if c.image_id in first:
+            problems.append(Problem(str(c.record.path), f"same content as {first[c.image_id].record.path} (another source); "
+                                                        f"remove one of the duplicates"))
+        else:
+            first[c.image_id] = c
+            unique.append(c)
+    return unique, problems, rules
 
 
 def _canonical_masks(frame: pl.DataFrame, rules: dict[str, DecodeOptions], vocab: Vocabulary, out_dir: Path) -> pl.DataFrame:
@@ -128,6 +141,7 @@ def ingest(cfg: IngestConfig, out_dir: str | Path = "data/prepared", raw_dir: st
     else:  # no label maps: an earlier run's go, the folder stays (a DVC output) with its index alone
         for stale in (out_dir / "masks").glob("*.png"):
             stale.unlink()
+    frame = frame.with_columns(pl.when(pl.col("mask_path").is_not_null()).then(pl.lit(options.mask_values)).otherwise(None).alias("mask_rule"))
     masks = frame.filter(pl.col("mask_path").str.starts_with((out_dir / "masks").as_posix())).height
     write_json(out_dir / "masks/index.json", {"label_maps": masks, "rule": "labels" if canonical else "none"})
     paths = IngestResult(frame, out_dir / "manifest.parquet", out_dir / "vocabulary.json", out_dir / "quarantine.csv")

@@ -38,8 +38,9 @@ SCHEMA = {
     "role": pl.Utf8,
     "defect_types": pl.Utf8,  # every defect type in the image, comma-separated (several where a layout has typed boxes)
     "boxes": pl.Utf8,  # JSON [[x1, y1, x2, y2, type], ...] for layouts with boxes (the mask is drawn from them), else null
+    "mask_rule": pl.Utf8,  # how the mask's values are read (threshold | nonzero | auto | labels: ingest's label maps)
 }
-ADDED = ("defect_types", "boxes")  # columns newer than the first manifests: read as null there
+ADDED = ("defect_types", "boxes", "mask_rule")  # columns newer than the first manifests: read as null there
 
 
 def records_to_frame(records: list[ImageRecord], allow_missing_masks: bool = False,
@@ -70,6 +71,7 @@ def frame_from_checked(good: list[Checked]) -> pl.DataFrame:
         "role": None,
         "defect_types": ",".join(sorted({b[4] for b in c.record.boxes} or {c.record.defect_type})) if c.record.defect_type else None,
         "boxes": json.dumps([list(b) for b in c.record.boxes]) if c.record.boxes else None,
+        "mask_rule": None,  # set by ingest once it knows how the masks are stored
     } for c in good]
     return pl.DataFrame(rows, schema=SCHEMA)
 

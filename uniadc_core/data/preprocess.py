@@ -17,7 +17,7 @@ so a painted defect is normalised with its image as a real one is.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -66,18 +66,24 @@ class Preprocess:
         """(H, W) bool or uint8 defect indices -> (size, size), nearest neighbour (pad: zeros)."""
         return resize(mask, self.size, nearest=True, policy=self.policy)
 
+    def decode_image(self, path: str | Path) -> np.ndarray:
+        """The file's pixels by this model's decoding rules, at their own size (``image`` makes them an input)."""
+        return load_image(path, options=self.decode)
+
     def load_image(self, path: str | Path) -> np.ndarray:
-        return self.image(load_image(path, options=self.decode))
+        return self.image(self.decode_image(path))
 
     def load_mask(self, path: str | Path) -> np.ndarray:
         return self.mask(load_mask(path, self.decode))
 
-    def load_labels(self, path: str | Path, index: int) -> np.ndarray:
-        """(size, size) uint8 defect index per pixel: ingest's label maps as they are (``mask_values: labels``,
-        several types in one image), any other mask's defect pixels times ``index`` (the image's type)."""
-        if self.decode.mask_values == "labels":
-            return self.mask(decoding.load(path, "mask", self.decode))
-        return self.load_mask(path).astype(np.uint8) * np.uint8(index)
+    def load_labels(self, path: str | Path, index: int, rule: str | None = None) -> np.ndarray:
+        """(size, size) uint8 defect index per pixel: ingest's label maps as they are (rule ``labels``, several
+        types in one image), any other mask's defect pixels times ``index`` (the image's type). ``rule``: the
+        manifest row's (``mask_rule``, how ingest read that mask), else this preprocessing's ``mask_values``."""
+        options = self.decode if rule is None else replace(self.decode, mask_values=rule)
+        if options.mask_values == "labels":
+            return self.mask(decoding.load(path, "mask", options))
+        return self.mask(load_mask(path, options)).astype(np.uint8) * np.uint8(index)
 
     @staticmethod
     def batch(images: list[np.ndarray]) -> torch.Tensor:

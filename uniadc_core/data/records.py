@@ -20,3 +20,11 @@ class ImageRecord(NamedTuple):
 def list_files(folder: Path) -> list[Path]:
     """Every visible file of a folder, sorted (not only image suffixes: validation reports the ones that are not images)."""
     return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def main_type(boxes) -> str:
+    """The type covering most box area (ties: the first in name order)."""
+    area: dict[str, int] = {}
+    for x1, y1, x2, y2, t in boxes:
+        area[t] = area.get(t, 0) + (x2 - x1 + 1) * (y2 - y1 + 1)
+    return min(area, key=lambda t: (-area[t], t))

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import numpy as np
 from tqdm import tqdm
 
-from uniadc_core.data.records import ImageRecord
+from uniadc_core.data.records import ImageRecord, main_type
 from uniadc_core.decoding import DEFAULT, DecodeOptions, ImageTooLarge, defect_pixels
 from uniadc_core.io import load_image, sha256_file
 
@@ -82,7 +82,8 @@ def check_records(records: list[ImageRecord], allow_missing_masks: bool = False,
             problem = f"image is {w}x{h}; images need at least {MIN_SIDE} px a side"
         if problem is None and r.boxes:
             clipped, problem = clip_boxes(r.boxes, w, h)
-            r = r._replace(boxes=clipped)
+            if problem is None:  # the type of most area, of what lies in the image
+                r = r._replace(boxes=clipped, defect_type=main_type(clipped))
         elif problem is None and r.defect_type is not None:
             if r.mask_path is None:
                 if not allow_missing_masks:

@@ -60,7 +60,15 @@ def load_test_set(manifest: pl.DataFrame, defect_types: list[str], pre: Preproce
         images.append(pre.load_image(row["path"]))
         label = defect_types.index(row["defect_type"]) + 1 if row["is_anomaly"] else 0
         known = not row["is_anomaly"] or row["mask_path"] is not None
-        masks.append(pre.load_labels(row["mask_path"], label) if row["is_anomaly"] and known else np.zeros((pre.size, pre.size), np.uint8))
+        if row["is_anomaly"] and known:
+            mask = pre.load_labels(row["mask_path"], label, row.get("mask_rule"))  # read as ingest stored it, whatever the model's rule
+            if mask.max(initial=0) > len(defect_types):
+                msg = (f"{row['mask_path']}: defect index {int(mask.max())} in its label map, but the model knows "
+                       f"{len(defect_types)} types; evaluate a model trained on this dataset (re-run train)")
+                raise ValueError(msg)
+        else:
+            mask = np.zeros((pre.size, pre.size), np.uint8)
+        masks.append(mask)
         labels.append(label)
         has_mask.append(known)
         present[i, label] = True
@@ -162,7 +170,7 @@ def evaluate(detector: Detector, manifest: pl.DataFrame, cfg: EvaluateConfig, ou
     model, cada, threshold = detector.model, detector.cada, detector.threshold
     types = model.config.defect_types
     test = load_test_set(manifest, types, model.preprocess)
-    scores = score_images(model, test.images, progress=True)
+    scores = score_images(model, test.images, progress=True, preprocessed=True)
     stats = variant_stats(cada, scores, test.classes)
     decisions = {v: decide(scores, *stats[v], threshold, types) for v in VARIANTS}
     flat, per_variant = {"threshold": threshold, "calibrated_threshold": cada.config.calibrated_threshold}, {}

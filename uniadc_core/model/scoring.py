@@ -26,13 +26,15 @@ class Scores(NamedTuple):
 
 
 @torch.no_grad()
-def score_images(model: Discriminator, images: list[np.ndarray], batch_size: int = 32, progress: bool = False) -> Scores:
-    """Score (H, W, 3) uint8 images of any size (preprocessed here as the model was trained)."""
+def score_images(model: Discriminator, images: list[np.ndarray], batch_size: int = 32, progress: bool = False,
+                 preprocessed: bool = False) -> Scores:
+    """Score (H, W, 3) uint8 images of any size, preprocessed here as the model was trained (``preprocessed``: they
+    already went through ``model.preprocess.image`` once; its intensity rule is not applied twice)."""
     pre, device = model.preprocess, model.mean.device
     parts: list = []
     starts = range(0, len(images), batch_size)
     for i in tqdm(starts, desc="score", unit="batch", disable=not progress, leave=False):
-        batch = pre.batch([pre.image(im) for im in images[i:i + batch_size]])
+        batch = pre.batch([im if preprocessed else pre.image(im) for im in images[i:i + batch_size]])
         p = model.predict(batch.to(device))
         parts.append(tuple(t.cpu() for t in (p.score, p.anomaly_map, p.type_probs, p.pixel_types.to(torch.uint8), p.embedding)))
     if not parts:
@@ -42,4 +44,4 @@ def score_images(model: Discriminator, images: list[np.ndarray], batch_size: int
 
 
 def score_paths(model: Discriminator, paths: list[str | Path], batch_size: int = 32, progress: bool = False) -> Scores:
-    return score_images(model, [model.preprocess.load_image(p) for p in paths], batch_size, progress)
+    return score_images(model, [model.preprocess.decode_image(p) for p in paths], batch_size, progress)

@@ -58,7 +58,7 @@ def _real(frame: pl.DataFrame, vocab: Vocabulary, pre: Preprocess) -> Batch:
     for row in frame.iter_rows(named=True):
         images.append(pre.load_image(row["path"]))
         if row["is_anomaly"]:
-            masks.append(pre.load_labels(row["mask_path"], vocab.index(row["defect_type"])))
+            masks.append(pre.load_labels(row["mask_path"], vocab.index(row["defect_type"]), row.get("mask_rule")))
         else:
             masks.append(np.zeros((pre.size, pre.size), np.uint8))
     return _batch(images, masks, frame["object_class"].to_list(), tuple(frame["image_id"].to_list()))

@@ -47,7 +47,7 @@ def predict_files(detector: Detector, paths: list[str | Path], batch_size: int =
         images, ok = [], []
         for n, path in enumerate(chunk, start):
             try:
-                images.append(detector.preprocess.load_image(path))  # the model's decoder: orientation, bit depth, pixel limit
+                images.append(detector.preprocess.decode_image(path))  # the model's decoder: orientation, bit depth, pixel limit
                 ok.append((n, path))
             except (ValueError, OSError) as exc:  # unreadable or corrupt: a row with the error, the rest go on
                 rows.append({"path": str(path), "error": str(exc)})
@@ -60,7 +60,7 @@ def predict_files(detector: Detector, paths: list[str | Path], batch_size: int =
                 if overlay_dir is not None:
                     verdict = f"{d.defect_type[i]} {d.defect_prob[i]:.2f}" if d.is_anomaly[i] else "normal"
                     label = f"{verdict}  score {d.score[i]:.2f}"
-                    labelled_overlay(images[i], d.anomaly_map[i], detector.threshold, label).save(Path(overlay_dir) / f"{n:05d}_{path.stem}.png")
+                    labelled_overlay(detector.preprocess.image(images[i]), d.anomaly_map[i], detector.threshold, label).save(Path(overlay_dir) / f"{n:05d}_{path.stem}.png")
         bar.update(len(chunk))
     bar.close()
     order = {str(p): i for i, p in enumerate(paths)}

@@ -60,7 +60,7 @@ class UniadcModel(mlflow.pyfunc.PythonModel):
         if "path" not in model_input.columns:
             msg = f"input needs a 'path' column of image files; got columns {list(model_input.columns)}"
             raise ValueError(msg)
-        d = self.detector.detect([self.detector.preprocess.load_image(p) for p in model_input["path"]])
+        d = self.detector.detect([self.detector.preprocess.decode_image(p) for p in model_input["path"]])
         return pd.DataFrame({
             "score": d.score, "raw_score": d.raw_score, "is_anomaly": d.is_anomaly,
             "defect_type": d.defect_type, "defect_prob": d.defect_prob,
