@@ -33,10 +33,20 @@ def border_foreground(image: np.ndarray) -> np.ndarray:
     Textured surfaces fill the frame, so their border looks like their centre and the whole image
     is returned; an object on a plain background gets a mask of the object.
     """
+    h, w = image.shape[:2]
+    f = max(1, min(h, w) // FOREGROUND_SIDE)  # estimated at about FOREGROUND_SIDE px a side, then scaled back up
+    if f > 1:
+        coarse = border_foreground(image[: h - h % f or h, : w - w % f or w].reshape(h // f, f, w // f, f, -1).mean((1, 3)))
+        full = np.ones((h, w), bool)
+        full[: h // f * f, : w // f * f] = coarse.repeat(f, 0).repeat(f, 1)
+        if h % f:
+            full[h // f * f:] = full[h // f * f - 1]
+        if w % f:
+            full[:, w // f * f:] = full[:, w // f * f - 1: w // f * f]
+        return full
     img = image.astype(np.float32)
     if img.ndim == 2:
         img = img[..., None]
-    h, w = img.shape[:2]
     b = max(2, min(h, w) // 32)
     border = np.concatenate([img[:b].reshape(-1, img.shape[2]), img[-b:].reshape(-1, img.shape[2]),
                              img[:, :b].reshape(-1, img.shape[2]), img[:, -b:].reshape(-1, img.shape[2])])
@@ -49,6 +59,9 @@ def border_foreground(image: np.ndarray) -> np.ndarray:
     if frac < 0.05 or frac > 0.95:
         return np.ones((h, w), bool)
     return fg
+
+
+FOREGROUND_SIDE = 64  # border_foreground works on an image about this small: a coarse estimate, 16x cheaper at 256 px
 
 
 def whole_image(image: np.ndarray) -> np.ndarray:
@@ -138,8 +151,9 @@ def fractal_noise(shape: tuple[int, int], cells: int, rng: np.random.Generator, 
     return total / weight
 
 
-def _score(family: str, rng: np.random.Generator, h: int, w: int, area: float, aspect: float, centre: np.ndarray) -> np.ndarray:
-    """A field whose ``area`` highest pixels form a shape of ``family`` around ``centre``."""
+def _score(family: str, rng: np.random.Generator, h: int, w: int, area: float, aspect: float, centre: np.ndarray,
+           allowed: np.ndarray | None = None) -> np.ndarray:
+    """A field whose ``area`` highest pixels (inside ``allowed``) form a shape of ``family`` around ``centre``."""
     s = float(min(h, w))
     if family in COMPACT_FAMILIES:
         u, v = _frame(rng, h, w, centre, aspect)
@@ -163,25 +177,64 @@ def _score(family: str, rng: np.random.Generator, h: int, w: int, area: float, a
         return -np.hypot(u, v) / max(r, 1.0) + 0.6 * noise
     if family == "perlin_field":  # thresholded fractal noise over the whole image: scattered regions, no centre
         return fractal_noise((h, w), int(rng.integers(2, 6)), rng)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     width = {"line": rng.uniform(1.0, 3.0), "scratch": rng.uniform(1.0, 2.2), "crack": rng.uniform(1.2, 2.6),
              "brush": rng.uniform(0.05, 0.1) * s}[family]
     length = float(np.clip(area / width, 4, 1.5 * s))
     if family == "crack":
         n = max(4, int(length / (s / 24)))
         pts = _walk(rng, centre, n, length / n, 0.5)
-        dist = _segment_distance(yy, xx, pts)
+        lines = [(pts, 1.0)]
         for _ in range(int(rng.integers(0, 3))):
             branch = _walk(rng, pts[int(rng.integers(0, len(pts)))], max(2, n // 3), length / n, 0.7)
-            dist = np.minimum(dist, _segment_distance(yy, xx, branch) * 1.4)  # branches are thinner
-        return -dist
+            lines.append((branch, 1.4))  # branches are thinner
+        return -_distance(h, w, lines, area, allowed)
     if family == "brush":
         n = max(3, int(length / (s / 10)))
-        return -_segment_distance(yy, xx, _walk(rng, centre - 0.3 * length * rng.uniform(-1, 1, 2), n, length / n, 0.35))
+        return -_distance(h, w, [(_walk(rng, centre - 0.3 * length * rng.uniform(-1, 1, 2), n, length / n, 0.35), 1.0)], area, allowed)
     angle = rng.uniform(0, np.pi)
     d = np.array([np.sin(angle), np.cos(angle)]) * length / 2
     bend = rng.normal(0, (0.08 if family == "scratch" else 0.15) * length, 2)
-    return -_segment_distance(yy, xx, np.array([centre - d, centre + bend, centre + d]))
+    return -_distance(h, w, [(np.array([centre - d, centre + bend, centre + d]), 1.0)], area, allowed)
+
+
+def _distance(h: int, w: int, lines: list[tuple[np.ndarray, float]], k: float, allowed: np.ndarray | None) -> np.ndarray:
+    """(H, W) scaled distance to the nearest of ``lines`` ((points, scale) pairs), computed only in a window
+    around them (+inf outside) when the window holds the ``k`` nearest allowed pixels, so the ``k`` best are
+    the same as over the whole image; else over the whole image. Thin masks cost their size, not the image's."""
+    def field(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:  # exact, over the whole window
+        yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+        dist = np.full(yy.shape, np.inf, np.float32)
+        for p, scale in lines:
+            dist = np.minimum(dist, _segment_distance(yy, xx, p) * scale)
+        return dist
+
+    def near_field(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """Exact within ``margin`` of the lines, +inf beyond: each segment only over its own box."""
+        dist = np.full((y1 - y0, x1 - x0), np.inf, np.float32)
+        for p, scale in lines:
+            for a, b in zip(p[:-1], p[1:], strict=True):
+                lo = np.clip(np.floor(np.minimum(a, b)).astype(int) - margin, [y0, x0], [y1, x1])
+                hi = np.clip(np.ceil(np.maximum(a, b)).astype(int) + margin + 1, lo, [y1, x1])
+                if (hi <= lo).any():
+                    continue
+                yy, xx = np.mgrid[lo[0]:hi[0], lo[1]:hi[1]].astype(np.float32)
+                box = dist[lo[0] - y0:hi[0] - y0, lo[1] - x0:hi[1] - x0]
+                np.minimum(box, _segment_distance(yy, xx, np.stack([a, b])) * scale, out=box)
+        return dist
+
+    pts = np.concatenate([p for p, _ in lines])
+    length = sum(float(np.hypot(*np.diff(p, axis=0).T).sum()) for p, _ in lines)
+    margin = int(k / max(length, 1.0)) + 6  # twice the half-width k pixels take along the lines, and a few more
+    lo = np.clip(np.floor(pts.min(0)).astype(int) - margin, 0, [h, w])
+    hi = np.clip(np.ceil(pts.max(0)).astype(int) + margin + 1, lo, [h, w])
+    (y0, x0), (y1, x1) = lo, hi
+    dist = near_field(y0, y1, x0, x1)
+    near = dist <= margin if allowed is None else (dist <= margin) & allowed[y0:y1, x0:x1]
+    if near.sum() < k:  # the k nearest might lie beyond the window (clipped by the allowed region): the whole image
+        return field(0, h, 0, w)
+    out = np.full((h, w), np.inf, np.float32)  # every pixel nearer than the margin is in the window
+    out[y0:y1, x0:x1] = dist
+    return out
 
 
 # ---------------------------------------------------------------------------- sampling
@@ -240,7 +293,7 @@ def _top_k(family: str, rng: np.random.Generator, allowed: np.ndarray, k: int, a
         inner = ndimage.binary_erosion(allowed, iterations=max(1, int(min(r, min(h, w) / 4))))
         pool = np.argwhere(inner if inner.any() else allowed)
         centre = pool[int(rng.integers(len(pool)))].astype(float)
-    score = _score(family, rng, h, w, k, aspect, centre).astype(np.float64)
+    score = _score(family, rng, h, w, k, aspect, centre, allowed).astype(np.float64)
     score = np.where(allowed, score, -np.inf).ravel()
     top = np.argpartition(-score, k - 1)[:k]  # exactly k pixels: the area is the bin's by construction
     mask = np.zeros(h * w, bool)
