@@ -37,6 +37,32 @@ def _soft(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(ndimage.gaussian_filter(mask.astype(np.float32), rng.uniform(0.5, 1.2)) * 1.3, 0, 1)  # (H, W)
 
 
+SOFT_MARGIN = 12  # px around a mask where its soft edge can reach: twice the Gaussian's reach (sigma <= 1.2, truncate 4)
+
+
+def _window(mask: np.ndarray) -> tuple[slice, slice]:
+    """The mask's bounding box grown by SOFT_MARGIN, clipped to the image: outside it nothing changes, and the
+    soft edge computed inside it equals the one computed over the whole image."""
+    ys, xs = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
+    if len(ys) == 0:
+        return slice(0, mask.shape[0]), slice(0, mask.shape[1])
+    h, w = mask.shape
+    return (slice(max(0, ys[0] - SOFT_MARGIN), min(h, ys[-1] + SOFT_MARGIN + 1)),
+            slice(max(0, xs[0] - SOFT_MARGIN), min(w, xs[-1] + SOFT_MARGIN + 1)))
+
+
+def _blend(normal: np.ndarray, changed: np.ndarray, mask: np.ndarray, alpha: np.ndarray, win: tuple[slice, slice]) -> Synthetic:
+    """``normal`` with ``changed`` shown through ``alpha`` (both given over ``win`` only), and its quality."""
+    base = normal[win].astype(np.float32)
+    region = np.round(np.clip(base * (1 - alpha) + changed * alpha, 0, 255)).astype(np.uint8)
+    out8 = normal.copy()
+    out8[win] = region
+    diff = np.abs(region.astype(np.float32) - base).mean(-1)
+    inside = mask[win]
+    quality = float(diff[inside].mean() / 255.0) if inside.any() else 0.0
+    return Synthetic(out8, mask, quality)
+
+
 def _wave(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """An oriented sinusoid (H, W) in [-1, 1], period 3..16 px."""
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -109,9 +135,9 @@ def synthesize_zero_shot(normal: np.ndarray, prior: DefectPrior, rng: np.random.
     img = normal.astype(np.float32)
     mask = sample_mask(prior, rng, img.shape[:2], estimate_foreground(normal, foreground))
     changed = _appearance(str(rng.choice(prior.appearances)), img, mask, rng, donors)
-    alpha = (_soft(mask, rng) * rng.uniform(0.75, 1.0))[..., None]
-    out = np.clip(img * (1 - alpha) + changed * alpha, 0, 255)
-    return finish(normal, out, mask)
+    win = _window(mask)  # blended only around the mask: the same pixels as over the whole image
+    alpha = (_soft(mask[win], rng) * rng.uniform(0.75, 1.0))[..., None]
+    return _blend(normal, changed[win], mask, alpha, win)
 
 
 def _augment_patch(patch: np.ndarray, pmask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -151,9 +177,9 @@ def synthesize_cut_paste(
     mask &= fg
     layer = normal.astype(np.float32).copy()
     layer[ty:ty + ph, tx:tx + pw] = patch
-    alpha = _soft(mask, rng)[..., None]
-    out = np.clip(normal.astype(np.float32) * (1 - alpha) + layer * alpha, 0, 255)
-    return finish(normal, out, mask)
+    win = _window(mask)
+    alpha = _soft(mask[win], rng)[..., None]
+    return _blend(normal, layer[win], mask, alpha, win)
 
 
 def finish(normal: np.ndarray, out: np.ndarray, mask: np.ndarray) -> Synthetic:
