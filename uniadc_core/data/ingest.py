@@ -51,7 +51,7 @@ def _pooled(cfg: IngestConfig) -> tuple[list[Checked], list[Problem], dict[str, 
     """Every source's checked records (each under its own decoding rules), the problems, and each class's rules."""
     good, problems, owner, rules = [], [], {}, {}
     for i, (src, sub) in enumerate(zip(cfg.sources, source_configs(cfg), strict=True)):
-        records = list_records(sub)
+        records, options = list_records(sub), decode_options(sub)
         classes = sorted({r.object_class for r in records})
         if src.object_class:
             if len(classes) > 1:
@@ -63,8 +63,8 @@ def _pooled(cfg: IngestConfig) -> tuple[list[Checked], list[Problem], dict[str, 
             if c in owner:
                 msg = f"object class '{c}' comes from ingest.sources[{owner[c]}] and ingest.sources[{i}]; name them apart with object_class"
                 raise ValueError(msg)
-            owner[c], rules[c] = i, decode_options(sub)
-        checked, bad = check_records(records, cfg.allow_missing_masks, decode_options(sub))
+            owner[c], rules[c] = i, options
+        checked, bad = check_records(records, cfg.allow_missing_masks, options)
         good += checked
         problems += bad
     first: dict[str, Checked] = {}
@@ -82,7 +82,7 @@ def _pooled(cfg: IngestConfig) -> tuple[list[Checked], list[Problem], dict[str, 
 def _canonical_masks(frame: pl.DataFrame, rules: dict[str, DecodeOptions], vocab: Vocabulary, out_dir: Path) -> pl.DataFrame:
     """Each anomaly's label map (a defect index per pixel, 0 = normal) written as a PNG in ``out_dir/masks``:
     drawn from its boxes (the smaller box on top where two overlap), or its mask file read under its source's
-    rule, times its type's index. The manifest then points there; masks of an earlier run no longer needed go."""
+    rule, times its type's index. The manifest then points there."""
     folder = out_dir / "masks"
     paths = []
     for row in frame.iter_rows(named=True):
@@ -98,10 +98,6 @@ def _canonical_masks(frame: pl.DataFrame, rules: dict[str, DecodeOptions], vocab
         target = folder / f"{row['image_id']}.png"
         save_png(target, labels)
         paths.append(target.as_posix())
-    keep = {Path(p).name for p in paths if p and Path(p).parent == folder}
-    for stale in folder.glob("*.png") if folder.is_dir() else []:
-        if stale.name not in keep:
-            stale.unlink()
     return frame.with_columns(pl.Series("mask_path", paths, dtype=pl.Utf8))
 
 
@@ -138,12 +134,13 @@ def ingest(cfg: IngestConfig, out_dir: str | Path = "data/prepared", raw_dir: st
     vocab = build_vocabulary(frame, cfg.resize, options.to_dict(), cfg.intensity)
     if canonical:
         frame = _canonical_masks(frame, rules, vocab, out_dir)  # once nothing can fail any more
-    else:  # no label maps: an earlier run's go, the folder stays (a DVC output) with its index alone
-        for stale in (out_dir / "masks").glob("*.png"):
-            stale.unlink()
     frame = frame.with_columns(pl.when(pl.col("mask_path").is_not_null()).then(pl.lit(options.mask_values)).otherwise(None).alias("mask_rule"))
-    masks = frame.filter(pl.col("mask_path").str.starts_with((out_dir / "masks").as_posix())).height
-    write_json(out_dir / "masks/index.json", {"label_maps": masks, "rule": "labels" if canonical else "none"})
+    folder = out_dir / "masks"  # a DVC output: this run's label maps and their index (an earlier run's others go)
+    keep = {Path(p).name for p in frame["mask_path"].drop_nulls() if Path(p).parent == folder}
+    for stale in folder.glob("*.png"):
+        if stale.name not in keep:
+            stale.unlink()
+    write_json(folder / "index.json", {"label_maps": len(keep), "rule": "labels" if canonical else "none"})
     paths = IngestResult(frame, out_dir / "manifest.parquet", out_dir / "vocabulary.json", out_dir / "quarantine.csv")
     with atomic_path(paths.quarantine_path) as tmp:
         pl.DataFrame({"path": [p.path for p in problems], "reason": [p.reason for p in problems]}, schema={"path": pl.Utf8, "reason": pl.Utf8}).write_csv(tmp)

@@ -57,10 +57,13 @@ def _blend(normal: np.ndarray, changed: np.ndarray, mask: np.ndarray, alpha: np.
     region = np.round(np.clip(base * (1 - alpha) + changed * alpha, 0, 255)).astype(np.uint8)
     out8 = normal.copy()
     out8[win] = region
-    diff = np.abs(region.astype(np.float32) - base).mean(-1)
-    inside = mask[win]
-    quality = float(diff[inside].mean() / 255.0) if inside.any() else 0.0
-    return Synthetic(out8, mask, quality)
+    return Synthetic(out8, mask, _quality(region, base, mask[win]))
+
+
+def _quality(out8: np.ndarray, base: np.ndarray, mask: np.ndarray) -> float:
+    """Mean absolute change inside the mask, 0..1 (0 for an empty mask)."""
+    diff = np.abs(out8.astype(np.float32) - base.astype(np.float32)).mean(-1)
+    return float(diff[mask].mean() / 255.0) if mask.any() else 0.0
 
 
 def _wave(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -184,9 +187,7 @@ def synthesize_cut_paste(
 
 def finish(normal: np.ndarray, out: np.ndarray, mask: np.ndarray) -> Synthetic:
     out8 = np.round(out).astype(np.uint8)
-    diff = np.abs(out8.astype(np.float32) - normal.astype(np.float32)).mean(-1)
-    quality = float(diff[mask].mean() / 255.0) if mask.any() else 0.0
-    return Synthetic(out8, mask, quality)
+    return Synthetic(out8, mask, _quality(out8, normal, mask))
 
 
 def make_sample(spec: SampleSpec, vocab: Vocabulary, image_size: int, foreground: str = "border") -> dict:
