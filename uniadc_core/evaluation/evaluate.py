@@ -35,13 +35,14 @@ log = logging.getLogger(__name__)
 
 
 class EvalSet(NamedTuple):
-    images: list[np.ndarray]  # (S, S, 3) uint8, preprocessed for the model
+    images: list[np.ndarray]  # (S, S, 3) uint8, preprocessed for the model (resize tile: native, ``Preprocess.native``)
     masks: np.ndarray  # (N, H, W) uint8 defect index, 0 = normal
     has_mask: np.ndarray  # (N,) False for anomalies without a mask: left out of pixel metrics
     labels: np.ndarray  # (N,) image defect index, 0 = normal (an image with several types: the type of most area)
     classes: list[str]
     paths: list[str]
     present: np.ndarray | None = None  # (N, K+1) bool: the types in each image (column 0: normal); None = labels' alone
+    views: list[np.ndarray] | None = None  # (S, S, 3) the images as the maps lie on them (overlays); None = ``images``
 
 
 def load_test_set(manifest: pl.DataFrame, defect_types: list[str], pre: Preprocess) -> EvalSet:
@@ -57,7 +58,7 @@ def load_test_set(manifest: pl.DataFrame, defect_types: list[str], pre: Preproce
     present = np.zeros((test.height, len(defect_types) + 1), bool)
     listed = test["defect_types"] if "defect_types" in test.columns else test["defect_type"]
     for i, (row, types) in enumerate(zip(test.iter_rows(named=True), listed.to_list(), strict=True)):
-        images.append(pre.load_image(row["path"]))
+        images.append(pre.native(pre.decode_image(row["path"])) if pre.tiled else pre.load_image(row["path"]))
         label = defect_types.index(row["defect_type"]) + 1 if row["is_anomaly"] else 0
         known = not row["is_anomaly"] or row["mask_path"] is not None
         if row["is_anomaly"] and known:
@@ -76,7 +77,7 @@ def load_test_set(manifest: pl.DataFrame, defect_types: list[str], pre: Preproce
             if t in defect_types:
                 present[i, defect_types.index(t) + 1] = True
     return EvalSet(images, np.stack(masks), np.array(has_mask), np.array(labels), test["object_class"].to_list(), test["path"].to_list(),
-                   present)
+                   present, [pre.view(im) for im in images] if pre.tiled else None)
 
 
 def variant_stats(cada: Cada, scores: Scores, classes: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -231,4 +232,4 @@ def write_report(out_dir: Path, test: EvalSet, scores: Scores, decisions: dict[s
         plot_roc({v: (decisions[v].score, test.labels > 0) for v in VARIANTS}, plots / "roc.png")
     plot_confusion(confusion_matrix(test.labels, d.label, len(names)), names, plots / "confusion.png")
     plot_score_histograms(scores.score, d.score, test.classes, test.labels > 0, plots / "scores.png")
-    plot_overlays(test.images, d.anomaly_map, test.masks, test.labels, d.label, d.score, names, threshold, overlays, plots / "overlays.png")
+    plot_overlays(test.images if test.views is None else test.views, d.anomaly_map, test.masks, test.labels, d.label, d.score, names, threshold, overlays, plots / "overlays.png")

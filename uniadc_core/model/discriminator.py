@@ -49,7 +49,7 @@ class ModelConfig:
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])  # per-channel, on 0..1 pixels
     std: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25])
     classes: dict[str, list[str]] = field(default_factory=dict)  # object class -> its defect types
-    resize: str = "stretch"  # how inputs are made square: stretch | pad (from ingest.resize)
+    resize: str = "stretch"  # how inputs are made: stretch | pad | tile (native-resolution tiles; from ingest.resize)
     decode: dict = field(default_factory=dict)  # how files are decoded: bit_depth, max_pixels (from ingest); {} = defaults
     intensity: str = "none"  # per-image intensity rule: none | per_image (from ingest.intensity)
     normal_class: str = "explicit"  # explicit: normal is type embedding 0 | implicit: a learned constant normal logit

@@ -54,6 +54,8 @@ class TrainData:
 
 
 def _real(frame: pl.DataFrame, vocab: Vocabulary, pre: Preprocess) -> Batch:
+    if pre.tiled:
+        return _real_tiles(frame, vocab, pre)
     images, masks = [], []
     for row in frame.iter_rows(named=True):
         images.append(pre.load_image(row["path"]))
@@ -62,6 +64,32 @@ def _real(frame: pl.DataFrame, vocab: Vocabulary, pre: Preprocess) -> Batch:
         else:
             masks.append(np.zeros((pre.size, pre.size), np.uint8))
     return _batch(images, masks, frame["object_class"].to_list(), tuple(frame["image_id"].to_list()))
+
+
+def _real_tiles(frame: pl.DataFrame, vocab: Vocabulary, pre: Preprocess) -> Batch:
+    """``resize: tile``: every native-resolution tile of a normal; of an anomaly, the tiles holding defect pixels.
+    A tile's id is its image's with ``#y,x`` (its corner) appended."""
+    images, masks, classes, ids = [], [], [], []
+    for row in frame.iter_rows(named=True):
+        native = pre.native(pre.decode_image(row["path"]))
+        if row["is_anomaly"]:
+            labels = pre.native_labels(row["mask_path"], vocab.index(row["defect_type"]), row.get("mask_rule"))
+            if labels.shape != native.shape[:2]:
+                msg = (f"{row['mask_path']}: mask is {labels.shape[1]}x{labels.shape[0]} px but its image {row['path']} is "
+                       f"{native.shape[1]}x{native.shape[0]}; ingest.resize: tile cuts both at native size (fix the mask)")
+                raise ValueError(msg)
+        else:
+            labels = np.zeros(native.shape[:2], np.uint8)
+        tiles, windows = pre.tiles(native)
+        label_tiles, _ = pre.tiles(labels, reflect=False)
+        for tile, lab, (y, x) in zip(tiles, label_tiles, windows, strict=True):
+            if row["is_anomaly"] and not lab.any():
+                continue
+            images.append(tile)
+            masks.append(lab)
+            classes.append(row["object_class"])
+            ids.append(f"{row['image_id']}#{y},{x}")
+    return _batch(images, masks, classes, tuple(ids))
 
 
 def _batch(images: list[np.ndarray], masks: list[np.ndarray], classes: list[str], ids: tuple[str, ...] = ()) -> Batch:
@@ -104,6 +132,10 @@ def samples_per_epoch(data: TrainData, cfg: TrainConfig) -> int:
 
 def training_stream(data: TrainData, cfg: TrainConfig, steps: int) -> MixedStream:
     """The stream of ``steps`` training batches per epoch, mixed and augmented as ``cfg`` says."""
+    if cfg.reconstruction.enabled and data.pre.tiled:
+        msg = ("train.reconstruction.enabled with ingest.resize: tile is not supported (a synthetic tile's clean normal tile "
+               "is not recorded); use ingest.resize: pad or stretch, or disable train.reconstruction")
+        raise ValueError(msg)
     clean_of = {image_id: i for i, image_id in enumerate(data.normals.ids)} if cfg.reconstruction.enabled else None
     return MixedStream(data.normals, data.shots, data.units, data.pre, cfg.batch_size, steps,
                        cfg.synthetic_fraction, cfg.shot_fraction, cfg.seed, cfg.augment, cfg.shuffle_buffer, clean_of)

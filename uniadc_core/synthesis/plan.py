@@ -18,6 +18,7 @@ import polars as pl
 
 from uniadc_core.config import SynthesizeConfig
 from uniadc_core.data.manifest import Role
+from uniadc_core.data.preprocess import Preprocess
 from uniadc_core.data.vocabulary import Vocabulary
 from uniadc_core.io import png_bytes
 
@@ -110,6 +111,8 @@ def plan_samples(manifest: pl.DataFrame, vocab: Vocabulary, cfg: SynthesizeConfi
 def load_sources(spec: SampleSpec, vocab: Vocabulary, size: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """(normal image, real anomaly shot or None, its mask or None) of a spec, at ``size``."""
     pre = vocab.preprocess(size)
+    if pre.tiled:
+        return _tile_sources(spec, pre)
     normal = pre.load_image(spec.source_path)
     if spec.shot_path is None:
         return normal, None, None
@@ -117,10 +120,29 @@ def load_sources(spec: SampleSpec, vocab: Vocabulary, size: int) -> tuple[np.nda
     return normal, pre.load_image(spec.shot_path), pre.load_labels(spec.shot_mask_path, spec.defect_index) == spec.defect_index
 
 
+def _tile_rng(spec: SampleSpec, what: int) -> np.random.Generator:
+    return np.random.default_rng([spec.seed, 0x711E, what])
+
+
+def _tile_sources(spec: SampleSpec, pre: Preprocess) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """``resize: tile``: a seeded native-resolution tile of the normal; the shot's tile centred on its defect."""
+    native = pre.native(pre.decode_image(spec.source_path))
+    normal = pre.crop(native, *pre.random_corner(native.shape, _tile_rng(spec, 0)))
+    if spec.shot_path is None:
+        return normal, None, None
+    shot = pre.native(pre.decode_image(spec.shot_path))
+    region = pre.native_labels(spec.shot_mask_path, spec.defect_index) == spec.defect_index
+    corner = pre.corner_around(region)
+    return normal, pre.crop(shot, *corner), pre.crop(region, *corner, reflect=False)
+
+
 def load_donors(spec: SampleSpec, vocab: Vocabulary, size: int) -> dict[str, np.ndarray]:
     """The other normal images a zero-shot spec may crop, by appearance name, at ``size``."""
     pre = vocab.preprocess(size)
     paths = {"other_normal": spec.donor_path, "other_class": spec.foreign_path}
+    if pre.tiled:  # a seeded native-resolution tile of each
+        natives = {kind: pre.native(pre.decode_image(path)) for kind, path in paths.items() if path}
+        return {kind: pre.crop(im, *pre.random_corner(im.shape, _tile_rng(spec, 1 + i))) for i, (kind, im) in enumerate(natives.items())}
     return {kind: pre.load_image(path) for kind, path in paths.items() if path}
 
 

@@ -1,5 +1,6 @@
 """Evaluation and prediction are one scoring path: the same scores, decisions and defect types for the same
-images and models folder, with either resize policy; overlays lie on the image the model saw."""
+images and models folder, with every resize policy (tile: native-resolution tiles merged back); overlays lie on
+the image the model saw."""
 
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ def _widen(root) -> None:
         Image.fromarray(np.pad(arr, pads, mode="constant" if is_mask else "reflect")).save(path)
 
 
-@pytest.fixture(scope="module", params=[("stretch", 0.0), ("pad", 0.0), ("pad", 0.5)], ids=["stretch", "pad", "pad-memory"])
+@pytest.fixture(scope="module", params=[("stretch", 0.0), ("pad", 0.0), ("pad", 0.5), ("tile", 0.5)],
+                ids=["stretch", "pad", "pad-memory", "tile-memory"])
 def models(request, tmp_path_factory):
     """(models folder, manifest, policy) of a tiny pipeline on non-square images; the last with a normal
     memory over the scratch encoder's features, fused half and half with the discriminator."""
@@ -91,7 +93,7 @@ def test_overlays_lie_on_the_image_the_model_saw(models, tmp_path):
     assert overlay.shape[1] == size
     raw = load_image(path)
     seen = detector.preprocess.image(raw).astype(int)[13:]
-    other = Preprocess(size, "stretch" if policy == "pad" else "pad").image(raw).astype(int)[13:]
+    other = Preprocess(size, "pad" if policy == "stretch" else "stretch").image(raw).astype(int)[13:]
     # where the map is below the threshold the overlay is the input pixel for pixel; the other policy's image is not it
     amap = detector.detect([raw]).anomaly_map[0][13:]
     cool = amap <= 0

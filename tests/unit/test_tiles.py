@@ -1,0 +1,144 @@
+"""ingest.resize: tile — native-resolution tiles, cut, scored and merged back into one map."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from uniadc_core.data.preprocess import Preprocess, merge_tiles, tile_windows
+from uniadc_core.data.vocabulary import Vocabulary, default_prior
+from uniadc_core.io import save_png
+from uniadc_core.model.discriminator import Discriminator, ModelConfig
+from uniadc_core.model.scoring import score_images
+from uniadc_core.model.train import _real
+from uniadc_core.synthesis.plan import SampleSpec, load_sources
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (20, 90), (75, 40), (100, 129)])
+def test_windows_cover_the_image_and_stay_inside(shape):
+    h, w = shape
+    size = 32
+    covered = np.zeros((max(h, size), max(w, size)), int)
+    for y, x in tile_windows(h, w, size):
+        assert 0 <= y <= max(0, h - size) and 0 <= x <= max(0, w - size)
+        covered[y:y + size, x:x + size] += 1
+    assert (covered[:h, :w] >= 1).all()
+    if w > size:  # evenly spaced, overlapping by at least a quarter of a tile
+        xs = sorted({x for _, x in tile_windows(h, w, size)})
+        steps = [b - a for a, b in zip(xs, xs[1:])]
+        assert max(steps) <= 24 and max(steps) - min(steps) <= 1
+
+
+def test_cut_then_merge_gives_the_map_back():
+    rng = np.random.default_rng(0)
+    native = rng.random((70, 100)).astype(np.float32)
+    pre = Preprocess(32, "tile")
+    tiles, windows = pre.tiles(native, reflect=False)
+    assert all(t.shape == (32, 32) for t in tiles)
+    np.testing.assert_array_equal(merge_tiles(np.stack(tiles), windows, native.shape), native)
+
+
+def test_overlaps_average_their_tiles():
+    windows = tile_windows(32, 56, 32)  # two tiles side by side, x = 0 and 24: overlap on columns 24..31
+    assert windows == [(0, 0), (0, 24)]
+    merged = merge_tiles(np.stack([np.full((32, 32), 1.0), np.full((32, 32), 3.0)]), windows, (32, 56))
+    assert merged[:, :24].tolist() == np.full((32, 24), 1.0).tolist()
+    assert merged[:, 24:32].tolist() == np.full((32, 8), 2.0).tolist()
+    assert merged[:, 32:].tolist() == np.full((32, 24), 3.0).tolist()
+
+
+def test_merged_map_lies_where_the_view_puts_the_mask():
+    pre = Preprocess(32, "tile")
+    h, w = 40, 120
+    region = np.zeros((h, w), bool)
+    region[5:15, 90:110] = True
+    tiles, windows = pre.tiles(region.astype(np.float32), reflect=False)
+    view = pre.merged_view(np.stack(tiles), windows, (h, w))
+    mask = pre.mask(region)
+    assert view.shape == mask.shape == (32, 32)
+    hot = view > 0.5
+    assert (hot & mask).sum() >= 0.6 * mask.sum()
+    assert (hot & ~mask).sum() <= 0.4 * mask.sum()
+    assert view[0].max() == 0.0  # the view's padding above the image: the map's lowest value
+
+
+def test_a_pixel_takes_the_label_of_the_tile_most_sure_of_it():
+    pre = Preprocess(32, "tile")
+    windows = tile_windows(32, 56, 32)
+    labels = np.stack([np.full((32, 32), 1, np.uint8), np.full((32, 32), 2, np.uint8)])
+    peak = np.stack([np.full((32, 32), 0.9, np.float32), np.full((32, 32), 0.1, np.float32)])
+    native = pre.labels_view(labels, windows, (32, 56), peak)
+    full = np.zeros((32, 56), np.uint8)
+    full[:, :32], full[:, 32:] = 1, 2  # the first tile wins its overlap with the second
+    np.testing.assert_array_equal(native, pre.mask(full))
+
+
+def _model(size: int = 32) -> Discriminator:
+    torch.manual_seed(0)
+    return Discriminator(ModelConfig(defect_types=["crack", "hole"], image_size=size, width=8, embed_dim=8, resize="tile")).eval()
+
+
+def test_tiled_scores_are_the_tiles_merged():
+    model = _model()
+    pre = model.preprocess
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 255, (50, 90, 3), np.uint8), rng.integers(0, 255, (20, 20, 3), np.uint8)]
+    s = score_images(model, images, batch_size=4)
+    assert s.anomaly_map.shape == (2, 32, 32) and s.pixel_types.shape == (2, 32, 32)
+    tiles, windows = pre.tiles(images[0])
+    with torch.no_grad():
+        p = model.predict(pre.batch(tiles))
+    assert s.score[0] == pytest.approx(float(p.score.max()), rel=1e-5)
+    np.testing.assert_allclose(s.embedding[0], p.embedding.mean(0).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(s.type_probs[0], p.type_probs[int(p.score.argmax())].numpy(), rtol=1e-5)
+    np.testing.assert_allclose(s.anomaly_map[0], pre.merged_view(p.anomaly_map.numpy(), windows, (50, 90)), rtol=1e-5, atol=1e-5)
+    # one batch or many, native or preprocessed: the same scores
+    again = score_images(model, [pre.native(im) for im in images], batch_size=64, preprocessed=True)
+    np.testing.assert_allclose(again.score, s.score, rtol=1e-5)
+
+
+def _tree(tmp_path):
+    rng = np.random.default_rng(2)
+    normal, anomaly = rng.integers(0, 255, (40, 80, 3), np.uint8), rng.integers(0, 255, (40, 80, 3), np.uint8)
+    mask = np.zeros((40, 80), np.uint8)
+    mask[30:36, 70:78] = 255  # in the right-hand tiles only
+    for name, arr in {"normal.png": normal, "anomaly.png": anomaly, "anomaly_mask.png": mask}.items():
+        save_png(tmp_path / name, arr)
+    return normal, anomaly, mask
+
+
+def test_training_reads_every_normal_tile_and_the_defect_tiles_of_a_shot(tmp_path):
+    normal, anomaly, mask = _tree(tmp_path)
+    vocab = Vocabulary(classes={"tile": {"crack": default_prior("crack", "tile")}}, resize="tile")
+    frame = pl.DataFrame({
+        "image_id": ["n", "a"], "path": [str(tmp_path / "normal.png"), str(tmp_path / "anomaly.png")],
+        "is_anomaly": [False, True], "mask_path": [None, str(tmp_path / "anomaly_mask.png")],
+        "defect_type": [None, "crack"], "object_class": ["tile", "tile"], "mask_rule": [None, None],
+    })
+    pre = vocab.preprocess(32)
+    batch = _real(frame, vocab, pre)
+    windows = tile_windows(40, 80, 32)
+    normal_ids = [i for i in batch.ids if i.startswith("n#")]
+    assert normal_ids == [f"n#{y},{x}" for y, x in windows]
+    shots = [i for i, k in enumerate(batch.ids) if k.startswith("a#")]
+    assert shots and all(batch.masks[i].any() for i in shots)
+    assert len(shots) < len(windows)  # the defect-free tiles of the anomalous image are left out
+    first = batch.ids.index(f"n#{windows[1][0]},{windows[1][1]}")
+    y, x = windows[1]
+    np.testing.assert_array_equal(batch.images[first].permute(1, 2, 0).numpy(), normal[y:y + 32, x:x + 32])
+
+
+def test_synthesis_paints_on_a_seeded_native_tile_and_crops_the_shot_around_its_defect(tmp_path):
+    normal, anomaly, mask = _tree(tmp_path)
+    vocab = Vocabulary(classes={"tile": {"crack": default_prior("crack", "tile")}}, resize="tile")
+    spec = SampleSpec("s1", "tile", "crack", 1, "cutpaste", 7, "n", str(tmp_path / "normal.png"),
+                      str(tmp_path / "anomaly.png"), str(tmp_path / "anomaly_mask.png"))
+    base, shot, region = load_sources(spec, vocab, 32)
+    again, _, _ = load_sources(spec, vocab, 32)
+    np.testing.assert_array_equal(base, again)  # seeded
+    assert base.shape == shot.shape == (32, 32, 3) and region.shape == (32, 32)
+    assert region.sum() == (mask > 0).sum()  # the whole defect lies in its tile
+    found = [(y, x) for y in range(9) for x in range(49) if np.array_equal(normal[y:y + 32, x:x + 32], base)]
+    assert found  # a tile of the normal at its own pixel scale, not a resized image
