@@ -8,6 +8,11 @@ image (``other_normal``: of the same class; ``other_class``: of another class), 
 diversity of the anomaly source mattered more than where it came from.
 Few-shot: the real defect region of an anomaly shot, cut by its mask, geometrically and
 photometrically augmented, and pasted with a soft edge onto the foreground of a normal image.
+
+A gray normal image (three equal channels: a monochrome camera, as MTD, KolektorSDD and DeepPCB)
+gets a gray defect: the change is averaged over the channels before blending, so no sample carries a
+colour that no real defect of that line can have (a shortcut the discriminator would learn instead
+of the defect).
 """
 
 from __future__ import annotations
@@ -51,8 +56,16 @@ def _window(mask: np.ndarray) -> tuple[slice, slice]:
             slice(max(0, xs[0] - SOFT_MARGIN), min(w, xs[-1] + SOFT_MARGIN + 1)))
 
 
+def is_gray(image: np.ndarray) -> bool:
+    """True for an (H, W, 3) image whose three channels are equal."""
+    return bool((image[..., 1] == image[..., 0]).all() and (image[..., 2] == image[..., 0]).all())
+
+
 def _blend(normal: np.ndarray, changed: np.ndarray, mask: np.ndarray, alpha: np.ndarray, win: tuple[slice, slice]) -> Synthetic:
-    """``normal`` with ``changed`` shown through ``alpha`` (both given over ``win`` only), and its quality."""
+    """``normal`` with ``changed`` shown through ``alpha`` (both given over ``win`` only), and its quality;
+    a gray ``normal`` gets the channel mean of ``changed`` (a gray defect)."""
+    if is_gray(normal):
+        changed = changed.mean(-1, keepdims=True)
     base = normal[win].astype(np.float32)
     region = np.round(np.clip(base * (1 - alpha) + changed * alpha, 0, 255)).astype(np.uint8)
     out8 = normal.copy()
@@ -186,7 +199,10 @@ def synthesize_cut_paste(
 
 
 def finish(normal: np.ndarray, out: np.ndarray, mask: np.ndarray) -> Synthetic:
-    out8 = np.round(out).astype(np.uint8)
+    """A generated image (float, H x W x 3) as a sample of ``normal``: gray where ``normal`` is."""
+    if is_gray(normal):
+        out = np.repeat(out.mean(-1, keepdims=True), 3, axis=-1)
+    out8 = np.round(np.clip(out, 0, 255)).astype(np.uint8)
     return Synthetic(out8, mask, _quality(out8, normal, mask))
 
 
