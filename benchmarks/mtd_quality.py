@@ -6,9 +6,10 @@
 
 ``--set`` overrides any params key (as ``dvc exp run -S`` does) and ``--label`` names the run in the
 ablation log: every run is appended to ``<out>_ablation.json`` and ``<out>_ablation.md`` lists them all,
-each with the commit it ran at. ``--resume`` (with ``--seeds``) takes a seed's rows from the ablation log
-instead of running it again when a row of the same label, setting, epochs, size, seed, overrides and
-commit is there (a 3-seed row split over several sittings, run with the same code).
+each with the commit and the library tree (``git rev-parse HEAD:uniadc_core``) it ran with. ``--resume``
+(with ``--seeds``) takes a seed's rows from the ablation log instead of running it again when rows of the
+same label, setting, epochs, size, seed and overrides were run with the same clean library tree (a 3-seed
+row split over several sittings, with the same code).
 
 Settings: 2 normal shots or all 761 train normals, with 0 or 1 anomaly shot per defect type.
 Each runs ingest -> synthesize -> train -> fit_cada -> evaluate with the library calls the Prefect
@@ -142,18 +143,24 @@ def table(results: list[dict]) -> str:
 SEEDED = ("ingest.seed", "synthesize.seed", "train.seed", "fit_cada.seed")  # a seed draws the shots, the samples, the weights
 
 
-def commit() -> str:
-    """The checkout's commit, with ``+dirty`` when tracked code (uniadc_core/, benchmarks/*.py) differs from it."""
+def code_version() -> dict:
+    """What ran: the checkout's commit and the git tree of uniadc_core/ (the library that decides the figures), each
+    with ``+dirty`` when tracked files differ from it (uniadc_core/ for the library, also benchmarks/*.py for the commit)."""
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
+
+    def dirty(*paths: str) -> str:
+        return "+dirty" if git("status", "--porcelain", "--untracked-files=no", *paths) else ""
+
     head = git("rev-parse", "--short", "HEAD") or "unknown"
-    return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no", "uniadc_core", "benchmarks/*.py") else "")
+    library = git("rev-parse", "--short", "HEAD:uniadc_core") or "unknown"
+    return {"commit": head + dirty("uniadc_core", "benchmarks/*.py"), "library": library + dirty("uniadc_core")}
 
 
 def logged_runs(out: Path, label: str, setting: str, epochs: int, image_size: int, seed: int, overrides: list[str],
-                code: str, weights: list[float]) -> list[dict] | None:
-    """The ablation log's rows of one seed of a configuration (one per memory weight), run at commit ``code``;
-    None when any is missing (the seed runs again)."""
+                library: str, weights: list[float]) -> list[dict] | None:
+    """The ablation log's rows of one seed of a configuration (one per memory weight), run with the same library
+    tree ``library`` (a clean one); None when any is missing (the seed runs again)."""
     path = out.with_name(out.name + "_ablation.json")
     rows = json.loads(path.read_text()) if path.is_file() else []
     labels = [label] if not weights else [f"{label}-w{w:g}" for w in weights]
@@ -162,7 +169,7 @@ def logged_runs(out: Path, label: str, setting: str, epochs: int, image_size: in
         extra = [] if w is None else [f"train.memory.weight={w} (at evaluation)"]
         match = [r for r in rows if r["label"] == name and r["setting"] == setting and r["epochs"] == epochs
                  and r["image_size"] == image_size and r.get("seed") == seed and r["overrides"] == [*overrides, *extra]
-                 and r.get("commit") == code and not code.endswith("+dirty")]
+                 and r.get("library") == library and not library.endswith("+dirty")]
         if not match:
             return None
         found.append(match[-1])
@@ -242,7 +249,7 @@ def main() -> None:
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/mtd_quality"))
     a = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    code = commit()
+    code = code_version()
     root = Path(a.root)
     if not (root / "MT_Free").is_dir():
         sys.exit(f"{root}: no MTD dataset here (expected MT_Free/); pass --root")
@@ -255,16 +262,17 @@ def main() -> None:
         runs: dict[str, list[dict]] = {}
         for seed in seeds:
             overrides = [*a.set, *([f"{k}={seed}" for k in SEEDED] if seed is not None else [])]
-            kept = logged_runs(Path(a.out), label, name, a.epochs, a.image_size, seed, overrides, code, weights) if a.resume and a.seeds else None
+            kept = (logged_runs(Path(a.out), label, name, a.epochs, a.image_size, seed, overrides, code["library"], weights)
+                    if a.resume and a.seeds else None)
             if kept is not None:
-                print(name, seed, f"resumed: {len(kept)} rows from the ablation log at {code}", flush=True)
+                print(name, seed, f"resumed: {len(kept)} rows from the ablation log (library {code['library']})", flush=True)
                 for r in kept:
                     runs.setdefault(r["label"], []).append(r)
                 continue
             for r in run_setting(name, root, ROOT / "benchmarks/work" / name, a.epochs, a.image_size, overrides, weights):
                 w = r.pop("memory_weight")
                 r.update({"label": label if w is None else f"{label}-w{w:g}", "epochs": a.epochs, "image_size": a.image_size, "seed": seed,
-                          "commit": code})
+                          **code})
                 runs.setdefault(r["label"], []).append(r)
                 log_ablation(Path(a.out), r)
                 print(name, seed, r["label"], json.dumps({k: round(v, 4) for k, v in r["metrics"].items() if k.endswith("_cada")}),
