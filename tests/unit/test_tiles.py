@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 import torch
 
 from uniadc_core.data.preprocess import Preprocess, merge_tiles, tile_windows
+from uniadc_core.data.shards import decode_row, read_row_group, row_groups
 from uniadc_core.data.vocabulary import Vocabulary, default_prior
 from uniadc_core.io import save_png
 from uniadc_core.model.discriminator import Discriminator, ModelConfig
@@ -51,17 +53,27 @@ def test_overlaps_average_their_tiles():
 
 def test_merged_map_lies_where_the_view_puts_the_mask():
     pre = Preprocess(32, "tile")
-    h, w = 40, 120
+    h, w = 32, 64  # the view: padded to 64 x 64 (16 rows above and below), then halved
     region = np.zeros((h, w), bool)
-    region[5:15, 90:110] = True
+    region[8:16, 40:56] = True  # -> view rows (16 + 8) / 2 .. (16 + 16) / 2, columns 20 .. 28
     tiles, windows = pre.tiles(region.astype(np.float32), reflect=False)
     view = pre.merged_view(np.stack(tiles), windows, (h, w))
     mask = pre.mask(region)
     assert view.shape == mask.shape == (32, 32)
-    hot = view > 0.5
-    assert (hot & mask).sum() >= 0.6 * mask.sum()
-    assert (hot & ~mask).sum() <= 0.4 * mask.sum()
-    assert view[0].max() == 0.0  # the view's padding above the image: the map's lowest value
+    expected = np.zeros((32, 32), bool)
+    expected[12:16, 20:28] = True
+    np.testing.assert_array_equal(mask, expected)
+    np.testing.assert_array_equal(view > 0.5, expected)
+    assert view[:8].max() == 0.0 and view[24:].max() == 0.0  # the view's padding: the map's lowest value
+
+
+def test_a_thin_line_of_a_large_image_survives_the_downscaled_view():
+    pre = Preprocess(32, "tile")
+    native = np.zeros((256, 256), np.float32)
+    native[:, 101] = 1.0  # one pixel wide, at 1/8 of the view's scale
+    tiles, windows = pre.tiles(native, reflect=False)
+    view = pre.merged_view(np.stack(tiles), windows, native.shape)
+    assert view[:, 12:14].max() >= 0.1 and view[:, :10].max() < 1e-6  # averaged in where it lies, not skipped
 
 
 def test_a_pixel_takes_the_label_of_the_tile_most_sure_of_it():
@@ -94,6 +106,10 @@ def test_tiled_scores_are_the_tiles_merged():
     np.testing.assert_allclose(s.embedding[0], p.embedding.mean(0).numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(s.type_probs[0], p.type_probs[int(p.score.argmax())].numpy(), rtol=1e-5)
     np.testing.assert_allclose(s.anomaly_map[0], pre.merged_view(p.anomaly_map.numpy(), windows, (50, 90)), rtol=1e-5, atol=1e-5)
+    square = images[1][:16].repeat(2, 0).repeat(2, 1)[:32, :32]  # exactly one tile: the model's own outputs
+    with torch.no_grad():
+        one = model.predict(pre.batch([square]))
+    np.testing.assert_allclose(score_images(model, [square]).anomaly_map[0], one.anomaly_map[0].numpy(), rtol=1e-5, atol=1e-6)
     # one batch or many, native or preprocessed: the same scores
     again = score_images(model, [pre.native(im) for im in images], batch_size=64, preprocessed=True)
     np.testing.assert_allclose(again.score, s.score, rtol=1e-5)
@@ -142,3 +158,30 @@ def test_synthesis_paints_on_a_seeded_native_tile_and_crops_the_shot_around_its_
     assert region.sum() == (mask > 0).sum()  # the whole defect lies in its tile
     found = [(y, x) for y in range(9) for x in range(49) if np.array_equal(normal[y:y + 32, x:x + 32], base)]
     assert found  # a tile of the normal at its own pixel scale, not a resized image
+
+
+def test_a_small_shot_is_padded_as_its_labels_are(tmp_path):
+    rng = np.random.default_rng(3)
+    save_png(tmp_path / "a.png", rng.integers(0, 255, (24, 40, 3), np.uint8))  # shorter than a tile: padded below
+    mask = np.zeros((24, 40), np.uint8)
+    mask[18:23, 5:12] = 255  # near the bottom edge: reflected into the padding
+    save_png(tmp_path / "a_mask.png", mask)
+    vocab = Vocabulary(classes={"tile": {"crack": default_prior("crack", "tile")}}, resize="tile")
+    frame = pl.DataFrame({"image_id": ["a"], "path": [str(tmp_path / "a.png")], "is_anomaly": [True],
+                          "mask_path": [str(tmp_path / "a_mask.png")], "defect_type": ["crack"], "object_class": ["tile"],
+                          "mask_rule": [None]})
+    batch = _real(frame, vocab, vocab.preprocess(32))
+    label = batch.masks[0].numpy()
+    assert label[24:].any()  # the mirrored defect is labelled a defect
+    np.testing.assert_array_equal(label, np.pad((mask > 0).astype(np.uint8), ((0, 8), (0, 0)), mode="reflect")[:, :32])  # the first tile
+
+
+def test_synthetic_tiles_are_not_normalised_again(tiny_shards):
+    unit = row_groups(tiny_shards)[0]
+    stored = [decode_row(r)[0] for r in pq.ParquetFile(unit.path).read_row_group(unit.index).to_pylist()]
+    rows = read_row_group(unit, Preprocess(64, "tile", intensity="per_image")) + read_row_group(
+        unit, Preprocess(64, "tile", intensity="per_image"), validation=True)
+    assert rows and all(any(np.array_equal(r[2], im) for im in stored) for r in rows)  # as stored: normalised with their image
+    padded = read_row_group(unit, Preprocess(64, "pad", intensity="per_image")) + read_row_group(
+        unit, Preprocess(64, "pad", intensity="per_image"), validation=True)
+    assert not all(any(np.array_equal(r[2], im) for im in stored) for r in padded)  # the other policies: once more when read

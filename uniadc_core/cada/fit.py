@@ -44,6 +44,8 @@ def regressor_data(model: Discriminator, manifest: pl.DataFrame, synthetic: pa.T
     """Embeddings of real training-side images (normal and anomaly shots) and synthetic anomalies.
 
     ``known`` maps paths already scored (the held-out normals) to their embeddings; only the rest is scored.
+    A model on native-resolution tiles (``resize: tile``) takes no synthetic samples: each is one tile, while
+    an image's embedding is the mean over all its tiles, so the two would not be alike.
     """
     real = manifest.filter(pl.col("role").is_in([Role.NORMAL_SHOT, Role.NORMAL_HOLDOUT, Role.ANOMALY_SHOT]))
     known = known or {}
@@ -53,7 +55,9 @@ def regressor_data(model: Discriminator, manifest: pl.DataFrame, synthetic: pa.T
         known = {**known, **dict(zip(todo, score_paths(model, todo, progress=True).embedding))}
     emb = [np.stack([known[p] for p in paths])]
     classes = real["object_class"].to_list()
-    if per_class and synthetic.num_rows:
+    if per_class and synthetic.num_rows and model.preprocess.tiled:
+        log.info("resize tile: the CADA regressor learns from the real images alone (a synthetic sample is one tile)")
+    elif per_class and synthetic.num_rows:
         rng = np.random.default_rng(seed)
         syn_classes = np.asarray(synthetic.column("object_class").to_pylist())
         pick = []

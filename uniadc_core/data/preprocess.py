@@ -17,7 +17,9 @@ so a painted defect is normalised with its image as a real one is.
 ``policy: tile`` (``ingest.resize: tile``) keeps the native resolution: the model sees size x size
 tiles of the image at its own pixel scale (an image smaller than a tile is padded by reflection),
 laid out with a quarter overlap (``TILE_OVERLAP``). Training reads every tile of a real normal,
-the tiles of an anomaly shot that hold defect pixels, and synthesis paints on one seeded tile;
+the tiles of an anomaly shot that hold defect pixels (a label map is padded as its image is, so a
+mirrored defect stays a defect), and synthesis paints on one seeded tile; the intensity rule acts
+once, on the whole native image, never on a tile by itself;
 scoring runs every tile and merges the maps back (``merge_tiles``: the mean where tiles overlap),
 then brings the merged map to the whole-image view ``image`` gives (aspect kept, as ``pad``), the
 geometry of masks, metrics and overlays. Thin cracks keep their width in pixels instead of being
@@ -118,6 +120,8 @@ class Preprocess:
 
     def image(self, image: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 -> (size, size, 3) uint8: the model input (tile: the whole-image view, as ``pad``)."""
+        if self.tiled:
+            return self.view(self.native(image))  # the intensity rule at native size, as the tiles get it
         out = resize(image, self.size, policy=self._view_policy)
         return normalise_intensity(out) if self.intensity == "per_image" else out
 
@@ -169,8 +173,9 @@ class Preprocess:
         top, left = (side - h) // 2, (side - w) // 2  # where ``resize(policy="pad")`` puts the image
         square = np.full((side, side), merged.min(), np.float32)
         square[top:top + h, left:left + w] = merged
-        t = torch.from_numpy(square)[None, None]
-        return torch.nn.functional.interpolate(t, size=(self.size, self.size), mode="bilinear", align_corners=False)[0, 0].numpy()
+        t = torch.from_numpy(square)[None, None]  # antialiased: a thin line of a large image is averaged in, not skipped
+        return torch.nn.functional.interpolate(t, size=(self.size, self.size), mode="bilinear", align_corners=False,
+                                               antialias=side > self.size)[0, 0].numpy()
 
     def labels_view(self, labels: np.ndarray, windows: list[tuple[int, int]], shape: tuple[int, int], peak: np.ndarray) -> np.ndarray:
         """Per-tile (T, S, S) uint8 labels -> the (size, size) view, each pixel labelled by the tile whose ``peak``

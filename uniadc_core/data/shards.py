@@ -104,10 +104,13 @@ def read_row_group(unit: RowGroup, pre: Preprocess, validation: bool = False) ->
         if is_validation_sample(row["sample_id"]) != validation:
             continue
         image, mask = decode_row(row)
-        if pre.tiled and image.shape[:2] != (pre.size, pre.size):
-            msg = (f"{unit.path}: synthetic sample {row['sample_id']} is {image.shape[1]}x{image.shape[0]} px, but the "
-                   f"model's native-resolution tiles are {pre.size} px (ingest.resize: tile); set synthesize.image_size "
-                   f"equal to train.image_size and re-run synthesize")
-            raise ValueError(msg)
+        if pre.tiled:  # a native tile, its intensity already its whole image's (normalising it again would mark it)
+            if image.shape[:2] != (pre.size, pre.size):
+                msg = (f"{unit.path}: synthetic sample {row['sample_id']} is {image.shape[1]}x{image.shape[0]} px, but the "
+                       f"model's native-resolution tiles are {pre.size} px (ingest.resize: tile); set synthesize.image_size "
+                       f"equal to train.image_size and re-run synthesize")
+                raise ValueError(msg)
+            out.append((row["sample_id"], row["object_class"], image, mask, row["source_image_id"]))
+            continue
         out.append((row["sample_id"], row["object_class"], pre.image(image), pre.mask(mask), row["source_image_id"]))
     return out

@@ -81,7 +81,7 @@ def _real_tiles(frame: pl.DataFrame, vocab: Vocabulary, pre: Preprocess) -> Batc
         else:
             labels = np.zeros(native.shape[:2], np.uint8)
         tiles, windows = pre.tiles(native)
-        label_tiles, _ = pre.tiles(labels, reflect=False)
+        label_tiles, _ = pre.tiles(labels)  # padded by reflection as the image is: a mirrored defect is labelled
         for tile, lab, (y, x) in zip(tiles, label_tiles, windows, strict=True):
             if row["is_anomaly"] and not lab.any():
                 continue
@@ -89,6 +89,8 @@ def _real_tiles(frame: pl.DataFrame, vocab: Vocabulary, pre: Preprocess) -> Batc
             masks.append(lab)
             classes.append(row["object_class"])
             ids.append(f"{row['image_id']}#{y},{x}")
+    log.info("resize tile: %d tiles of %d px from %d images (%.0f MiB in memory)", len(images), pre.size, frame.height,
+             len(images) * pre.size * pre.size * 4 / 2**20)
     return _batch(images, masks, classes, tuple(ids))
 
 

@@ -133,7 +133,7 @@ def _tile_sources(spec: SampleSpec, pre: Preprocess) -> tuple[np.ndarray, np.nda
     shot = pre.native(pre.decode_image(spec.shot_path))
     region = pre.native_labels(spec.shot_mask_path, spec.defect_index) == spec.defect_index
     corner = pre.corner_around(region)
-    return normal, pre.crop(shot, *corner), pre.crop(region, *corner, reflect=False)
+    return normal, pre.crop(shot, *corner), pre.crop(region, *corner)  # padded alike: a mirrored defect is in the region
 
 
 def load_donors(spec: SampleSpec, vocab: Vocabulary, size: int) -> dict[str, np.ndarray]:
