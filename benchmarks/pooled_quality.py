@@ -6,7 +6,8 @@ with no class label (CADA), against no alignment, the class-aware oracle, and ea
 
 Each seed runs ingest (``kind: sources``) -> synthesize -> train -> fit_cada -> evaluate with the library
 calls the flows use, in ``benchmarks/work/pooled/``; with ``--alone`` every class is also run by itself
-with the same params. Results are appended to ``<out>.json`` and ``<out>.md`` is rewritten: per class
+with the same params. Every row records the commit and the library tree it ran with; ``--resume`` skips a
+(run, seed) whose rows are logged with the same params and the same clean library tree. Results are appended to ``<out>.json`` and ``<out>.md`` is rewritten: per class
 and pooled, per variant (none / cada / oracle), mean +- std over the seeds of image AUROC, pixel AUROC,
 AUPRO, F1-max, type accuracy, mIoU and the false-positive and miss rates at the calibrated threshold.
 The first seed's per-class score histograms before and after alignment are copied beside the table.
@@ -26,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import polars as pl  # noqa: E402
-from mtd_quality import SEEDED, run_pipeline  # noqa: E402
+from mtd_quality import SEEDED, code_version, run_pipeline  # noqa: E402
 
 from uniadc_core.evaluation.report import METRICS, VARIANTS  # noqa: E402
 from uniadc_core.io import atomic_path  # noqa: E402
@@ -94,6 +95,8 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a params key (repeatable)")
     p.add_argument("--label", default="pooled")
     p.add_argument("--alone", action="store_true", help="also train and evaluate every class by itself (the reference)")
+    p.add_argument("--resume", action="store_true", help="skip the (run, seed) pairs already logged with these params "
+                   "and this library tree")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/pooled_quality"))
     a = p.parse_args()
     shared = Path(a.shared)
@@ -104,13 +107,19 @@ def main() -> None:
     out = Path(a.out).with_suffix(".json")
     log = json.loads(out.read_text()) if out.is_file() else []
     runs = [(a.label, srcs)] + ([(f"{a.label}-alone-{s.get('object_class', s['kind'])}", [s]) for s in srcs] if a.alone else [])
+    code = code_version()
     for seed in [int(x) for x in a.seeds.split(",")]:
         for run, group in runs:
+            same = [r for r in log if r["run"] == run and r["seed"] == seed and r["overrides"] == a.set and r["epochs"] == a.epochs
+                    and r["image_size"] == a.image_size and r.get("library") == code["library"]]
+            if a.resume and same and not code["library"].endswith("+dirty"):
+                print(run, seed, f"resumed: logged with library {code['library']}", flush=True)
+                continue
             overrides = [*a.set, *(f"{k}={seed}" for k in SEEDED)]
             (result,) = run_pipeline(raw_params(group, a.image_size, a.epochs), ROOT / "benchmarks/work/pooled", overrides)
             rows = rows_of(result, run, seed)
             for r in rows:
-                r.update({"overrides": a.set, "image_size": a.image_size, "epochs": a.epochs, "seconds": result["seconds"]})
+                r.update({"overrides": a.set, "image_size": a.image_size, "epochs": a.epochs, "seconds": result["seconds"], **code})
             log += rows
             with atomic_path(out) as tmp:
                 tmp.write_text(json.dumps(log, indent=2))
