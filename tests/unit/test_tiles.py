@@ -14,7 +14,7 @@ from uniadc_core.data.vocabulary import Vocabulary, default_prior
 from uniadc_core.io import save_png
 from uniadc_core.model.discriminator import Discriminator, ModelConfig
 from uniadc_core.model.scoring import score_images
-from uniadc_core.model.train import _real
+from uniadc_core.model.train_data import real_batch
 from uniadc_core.synthesis.plan import SampleSpec, load_sources
 
 
@@ -134,7 +134,7 @@ def test_training_reads_every_normal_tile_and_the_defect_tiles_of_a_shot(tmp_pat
         "defect_type": [None, "crack"], "object_class": ["tile", "tile"], "mask_rule": [None, None],
     })
     pre = vocab.preprocess(32)
-    batch = _real(frame, vocab, pre)
+    batch = real_batch(frame, vocab, pre)
     windows = tile_windows(40, 80, 32)
     normal_ids = [i for i in batch.ids if i.startswith("n#")]
     assert normal_ids == [f"n#{y},{x}" for y, x in windows]
@@ -170,7 +170,7 @@ def test_a_small_shot_is_padded_as_its_labels_are(tmp_path):
     frame = pl.DataFrame({"image_id": ["a"], "path": [str(tmp_path / "a.png")], "is_anomaly": [True],
                           "mask_path": [str(tmp_path / "a_mask.png")], "defect_type": ["crack"], "object_class": ["tile"],
                           "mask_rule": [None]})
-    batch = _real(frame, vocab, vocab.preprocess(32))
+    batch = real_batch(frame, vocab, vocab.preprocess(32))
     label = batch.masks[0].numpy()
     assert label[24:].any()  # the mirrored defect is labelled a defect
     np.testing.assert_array_equal(label, np.pad((mask > 0).astype(np.uint8), ((0, 8), (0, 0)), mode="reflect")[:, :32])  # the first tile
