@@ -146,11 +146,15 @@ def load_donors(spec: SampleSpec, vocab: Vocabulary, size: int) -> dict[str, np.
     return {kind: pre.load_image(path) for kind, path in paths.items() if path}
 
 
+def is_gray(image: np.ndarray) -> bool:
+    """True for an (H, W, 3) image whose three channels are equal."""
+    return bool((image[..., 1] == image[..., 0]).all() and (image[..., 2] == image[..., 0]).all())
+
+
 def _stored(image: np.ndarray) -> np.ndarray:
     """A gray image (three equal channels, as MTD, KolektorSDD and DeepPCB give) as one channel: a third of the
     PNG encoding time and size; read back as RGB by ``decode_row``, pixel for pixel the same."""
-    gray = image[..., 0]
-    return gray if (image[..., 1] == gray).all() and (image[..., 2] == gray).all() else image
+    return image[..., 0] if is_gray(image) else image
 
 
 def shard_row(spec: SampleSpec, image: np.ndarray, mask: np.ndarray, quality: float, settings: dict) -> dict:

@@ -28,7 +28,7 @@ from uniadc_core.config import SynthesizeConfig
 from uniadc_core.data.vocabulary import DONOR_APPEARANCES, DefectPrior, Vocabulary
 from uniadc_core.synthesis import masks
 from uniadc_core.synthesis.masks import estimate_foreground
-from uniadc_core.synthesis.plan import SampleSpec, load_donors, load_sources, shard_row
+from uniadc_core.synthesis.plan import SampleSpec, is_gray, load_donors, load_sources, shard_row
 from uniadc_core.synthesis.priors import sample_mask
 
 
@@ -54,11 +54,6 @@ def _window(mask: np.ndarray) -> tuple[slice, slice]:
     h, w = mask.shape
     return (slice(max(0, ys[0] - SOFT_MARGIN), min(h, ys[-1] + SOFT_MARGIN + 1)),
             slice(max(0, xs[0] - SOFT_MARGIN), min(w, xs[-1] + SOFT_MARGIN + 1)))
-
-
-def is_gray(image: np.ndarray) -> bool:
-    """True for an (H, W, 3) image whose three channels are equal."""
-    return bool((image[..., 1] == image[..., 0]).all() and (image[..., 2] == image[..., 0]).all())
 
 
 def _blend(normal: np.ndarray, changed: np.ndarray, mask: np.ndarray, alpha: np.ndarray, win: tuple[slice, slice]) -> Synthetic:
