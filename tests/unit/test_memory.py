@@ -202,3 +202,27 @@ def test_memory_only_flags_a_pasted_foreign_patch(tv_model):
     inside = np.zeros(maps.shape[1:], bool)
     inside[20:36, 20:36] = True
     assert maps[1][inside].mean() > maps[0][inside].mean() + 1.0
+
+
+def test_a_per_class_budget_keeps_a_plain_class_covered_beside_a_varied_one(tv_model):
+    import copy
+
+    from uniadc_core.model.fusion import class_groups
+
+    model, data = tv_model
+    s = data.normals.images.shape[-1]
+    gen = torch.Generator().manual_seed(0)
+    plain = (128 + torch.randint(-4, 5, (6, 1, s, s), generator=gen)).expand(6, 3, s, s).to(torch.uint8)  # a flat tile
+    varied = torch.randint(0, 256, (6, 3, s, s), generator=gen).to(torch.uint8)  # a busy board
+    normals, classes = torch.cat([plain, varied]), ["tile"] * 6 + ["board"] * 6
+    per_class = attach_memory(copy.deepcopy(model), normals, data.holdout.images, MemoryConfig(weight=1.0, size=40), classes=classes)
+    total = attach_memory(copy.deepcopy(model), normals, data.holdout.images, MemoryConfig(weight=1.0, size=80, budget="total"), classes=classes)
+    assert len(per_class.memory) == len(total.memory) == 80  # 40 per class, or 80 for the two together
+    tile_patches, _ = _patches(model, plain, "none", 10**6, seed=0)
+    # one coreset over both spends its centres on the busy class: the flat one is covered worse by the same bank size
+    assert per_class.memory.distances(tile_patches).max() < 0.5 * total.memory.distances(tile_patches).max()
+    unlabelled = attach_memory(copy.deepcopy(model), normals, data.holdout.images, MemoryConfig(weight=1.0, size=80))
+    torch.testing.assert_close(unlabelled.memory.bank, total.memory.bank)  # no class names: one class, as budget total
+    assert list(class_groups(classes, 12, "per_class")) == ["board", "tile"]
+    with pytest.raises(ValueError, match="11 class names for 12 normal images"):
+        class_groups(classes[:11], 12, "per_class")

@@ -161,6 +161,9 @@ class MemoryConfig:
     # views of each normal shot in the memory (rot90: flips and 90-degree turns); auto: rot90 below 16 normal shots, none from 16
     augment: Literal["auto", "none", "flip", "rot90"] = "auto"
     max_patches: int = 200000  # normal patches drawn (at random) before the coreset selection
+    # per_class: size and max_patches apply to each object class (a coreset per class, searched as one bank with no
+    # class label), so a varied class cannot take a plain one's centres; total: one coreset over every class
+    budget: Literal["per_class", "total"] = "per_class"
     smooth: float = 4.0  # Gaussian sigma (pixels at the input size) applied to the upsampled distance map
     # whose patch features it keeps: the backbone's, or the reconstruction autoencoder's encoder (learned from the
     # normals alone: it is trained to repaint them; needs train.reconstruction.enabled)

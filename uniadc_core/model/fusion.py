@@ -4,7 +4,11 @@
 
 The memory holds patches of the normal *training* shots only (in the views ``augment`` allows:
 flips, 90-degree turns), subsampled at random to ``max_patches`` (each batch keeps only its drawn
-patches, so RAM holds no more) and then to ``size`` by the coreset selection. The fusion
+patches, so RAM holds no more) and then to ``size`` by the coreset selection. With ``budget:
+per_class`` (the default) both limits apply to each object class's normals and the memory is the
+union of the class coresets, searched with no class label: a varied class (a circuit board) cannot
+take the coreset centres a plain one (a tile) needs, and adding a class to a line never thins the
+coverage of the others. The fusion
 statistics (mean and standard deviation of each map over every pixel) come from the held-out
 normals, which neither the memory nor the discriminator saw, so neither term wins the fused map
 by its scale.
@@ -84,8 +88,23 @@ def _map_stats(model: Discriminator, images: torch.Tensor, batch_size: int = 16)
     return [float(mean_m), max(float(sd_m), 1e-6), float(mean_d), max(float(sd_d), 1e-6)]
 
 
-def attach_memory(model: Discriminator, normals: torch.Tensor, holdout: torch.Tensor, cfg: MemoryConfig, seed: int = 0) -> Discriminator:
-    """Build the memory from ``normals`` (N, 3, S, S) uint8 and the fusion statistics from ``holdout``."""
+def class_groups(classes: list[str] | None, n: int, budget: str) -> dict[str, torch.Tensor]:
+    """The row indices of each object class (``budget: per_class``), or of all ``n`` rows as one group."""
+    if budget != "per_class" or not classes:
+        return {"": torch.arange(n)}
+    if len(classes) != n:
+        msg = f"normal memory: {len(classes)} class names for {n} normal images"
+        raise ValueError(msg)
+    groups: dict[str, list[int]] = {}
+    for i, c in enumerate(classes):
+        groups.setdefault(c, []).append(i)
+    return {c: torch.tensor(rows) for c, rows in sorted(groups.items())}
+
+
+def attach_memory(model: Discriminator, normals: torch.Tensor, holdout: torch.Tensor, cfg: MemoryConfig, seed: int = 0,
+                  classes: list[str] | None = None) -> Discriminator:
+    """Build the memory from ``normals`` (N, 3, S, S) uint8 of the object ``classes`` (one name per image;
+    None: one class) and the fusion statistics from ``holdout``."""
     if cfg.weight <= 0:
         return model
     if cfg.features == "autoencoder" and model.reconstructor is None:
@@ -93,15 +112,21 @@ def attach_memory(model: Discriminator, normals: torch.Tensor, holdout: torch.Te
         raise ValueError(msg)
     model.eval()
     model.config.memory = {"features": cfg.features}  # which patches patch_features gives, from here on
-    augment = resolve_augment(cfg.augment, len(normals))
-    patches, total = _patches(model, normals, augment, cfg.max_patches, seed)
-    model.memory = NormalMemory.build(patches, cfg.size, cfg.selection, seed)
+    banks, drawn, total, channels = [], 0, 0, 0
+    for name, rows in class_groups(classes, len(normals), cfg.budget).items():
+        augment = resolve_augment(cfg.augment, len(rows))
+        patches, n = _patches(model, normals[rows], augment, cfg.max_patches, seed)
+        banks.append(NormalMemory.build(patches, cfg.size, cfg.selection, seed).bank)
+        drawn, total, channels = drawn + len(patches), total + n, patches.shape[1]
+        if name:
+            log.info("train: memory of class %s: %d patches (%s of %d drawn from %d, views: %s)", name, len(banks[-1]), cfg.selection, len(patches), n, augment)
+    model.memory = NormalMemory(torch.cat(banks))
     model.config.memory = {"weight": cfg.weight, "k": cfg.k, "smooth": cfg.smooth, "stats": [0.0, 1.0, 0.0, 1.0],
                            **({"features": cfg.features} if cfg.features != "backbone" else {})}
     if len(holdout) == 0:
         log.warning("train: no held-out normals; the fusion statistics come from the training normals (memory distances biased low)")
         holdout = normals
     model.config.memory["stats"] = _map_stats(model, holdout)
-    log.info("train: normal memory of %d patches (%s of %d drawn from %d, %d channels, views: %s); fusion stats %s",
-             len(model.memory), cfg.selection, len(patches), total, patches.shape[1], augment, [round(v, 4) for v in model.config.memory["stats"]])
+    log.info("train: normal memory of %d patches (%s of %d drawn from %d, %d channels, %d classes); fusion stats %s",
+             len(model.memory), cfg.selection, drawn, total, channels, len(banks), [round(v, 4) for v in model.config.memory["stats"]])
     return model

@@ -337,7 +337,7 @@ def train(manifest: pl.DataFrame, vocab: Vocabulary, synthetic_dir: str | Path |
              len(data.normals.classes), len(data.shots.classes), sum(u.rows for u in data.units), len(data.units), len(data.val.classes))
     ckpt = checkpoint_path(out_dir)
     model, history = train_discriminator(data, vocab, cfg, checkpoint=ckpt)
-    attach_memory(model, data.normals.images, data.holdout.images, cfg.memory, cfg.seed)
+    attach_memory(model, data.normals.images, data.holdout.images, cfg.memory, cfg.seed, data.normals.classes)
     kept = [{k: v for k, v in rec.items() if k not in MACHINE_DEPENDENT} for rec in history]
     path = save_model(model, out_dir, extra={"history.json": kept})
     write_json(timings_path(out_dir), [{"epoch": rec["epoch"], "seconds": rec["seconds"]} for rec in history if "seconds" in rec])
