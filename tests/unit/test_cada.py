@@ -56,3 +56,17 @@ def test_alignment_puts_classes_on_one_scale():
 def test_missing_class_statistics_is_an_error():
     with pytest.raises(ValueError, match=r"no normal-score statistics for class\(es\) \['b'\]"):
         fit_cada({"a": ClassStats(0, 1, 1, False)}, np.zeros((2, 3)), ["a", "b"], FitCadaConfig(steps=1), (0, 1))
+
+
+def test_per_class_calibration_keeps_every_class_false_positive_rate_within_budget():
+    from uniadc_core.cada.fit import calibrate
+
+    rng = np.random.default_rng(0)
+    low, high = rng.normal(0.0, 0.1, 900), rng.normal(0.3, 0.1, 100)  # a class whose aligned normals sit higher
+    aligned, classes = np.concatenate([low, high]), ["tile"] * 900 + ["board"] * 100
+    pooled, per = calibrate(aligned, classes, 99.0, "pooled")
+    threshold, _ = calibrate(aligned, classes, 99.0, "per_class")
+    assert per == {"board": float(np.percentile(high, 99)), "tile": float(np.percentile(low, 99))}
+    assert (high > pooled).mean() > 0.05  # one percentile of all: the high class is flagged far above 1 %
+    assert threshold == max(per.values()) and max((low > threshold).mean(), (high > threshold).mean()) <= 0.01
+    assert calibrate(low, ["tile"] * 900, 99.0, "per_class")[0] == calibrate(low, ["tile"] * 900, 99.0, "pooled")[0]

@@ -19,9 +19,9 @@ from uniadc_core.model.scoring import Scores, score_images, score_paths
 log = logging.getLogger(__name__)
 
 
-def normal_statistics(model: Discriminator, manifest: pl.DataFrame) -> tuple[dict[str, ClassStats], tuple[float, float], Scores, list[str]]:
+def normal_statistics(model: Discriminator, manifest: pl.DataFrame) -> tuple[dict[str, ClassStats], tuple[float, float], Scores, pl.DataFrame]:
     """Per-class and pooled (u, gamma) of held-out normal scores (training normals where a class has none),
-    with those scores and the paths they belong to."""
+    with those scores and the manifest rows they belong to."""
     held = manifest.filter(pl.col("role") == Role.NORMAL_HOLDOUT)
     frames, in_sample = [], {}
     for cls in sorted(manifest["object_class"].unique().to_list()):
@@ -36,7 +36,19 @@ def normal_statistics(model: Discriminator, manifest: pl.DataFrame) -> tuple[dic
     stats = class_statistics(s.score, normals["object_class"].to_list(), in_sample)
     for cls, st in stats.items():
         log.info("class %-12s u=%.4f gamma=%.4f from %d normals%s", cls, st.u, st.gamma, st.count, " (in-sample)" if st.in_sample else "")
-    return stats, (float(s.score.mean()), float(s.score.max())), s, normals["path"].to_list()
+    return stats, (float(s.score.mean()), float(s.score.max())), s, normals
+
+
+def calibrate(aligned: np.ndarray, classes: list[str], percentile: float, scope: str = "per_class") -> tuple[float, dict[str, float]]:
+    """The decision threshold on aligned held-out normal scores, and each class's ``percentile`` of them.
+
+    ``per_class``: the highest of the classes' percentiles, so no class's held-out false-positive rate exceeds
+    ``100 - percentile`` % (alignment brings the classes close, never exactly together); ``pooled``: the
+    percentile of all scores together, which a class whose normals sit high can exceed."""
+    labels = np.asarray(classes)
+    per = {c: float(np.percentile(aligned[labels == c], percentile)) for c in sorted(set(classes))}
+    pooled = float(np.percentile(aligned, percentile))
+    return (max(per.values()) if scope == "per_class" else pooled), per
 
 
 def regressor_data(model: Discriminator, manifest: pl.DataFrame, synthetic: pa.Table, per_class: int, seed: int,
@@ -71,20 +83,23 @@ def regressor_data(model: Discriminator, manifest: pl.DataFrame, synthetic: pa.T
 
 
 def fit(model: Discriminator, manifest: pl.DataFrame, synthetic: pa.Table, cfg: FitCadaConfig, out_dir: str | Path) -> Path:
-    stats, global_stats, held, held_paths = normal_statistics(model, manifest)
+    stats, global_stats, held, held_rows = normal_statistics(model, manifest)
     embeddings, classes = regressor_data(model, manifest, synthetic, cfg.synthetic_per_class, cfg.seed,
-                                         known=dict(zip(held_paths, held.embedding)))
+                                         known=dict(zip(held_rows["path"].to_list(), held.embedding)))
     cada = fit_cada(stats, embeddings, classes, cfg, global_stats)
     # the calibrated decision threshold: a high percentile of the aligned held-out normal scores (normal data only)
     aligned = align(held.score, *cada.predict_stats(held.embedding))
-    cada.config.calibrated_threshold = float(np.percentile(aligned, cfg.threshold_percentile))
+    cada.config.calibrated_threshold, per_class = calibrate(aligned, held_rows["object_class"].to_list(), cfg.threshold_percentile,
+                                                            cfg.calibrate)
     cada.config.threshold = cada.config.calibrated_threshold if cfg.threshold == "auto" else float(cfg.threshold)
-    log.info("calibrated threshold %.4f = %.1fth percentile of %d aligned held-out normal scores; threshold in force %.4f",
-             cada.config.calibrated_threshold, cfg.threshold_percentile, len(aligned), cada.config.threshold)
+    log.info("calibrated threshold %.4f (%s) from the %.1fth percentiles of %d aligned held-out normal scores %s; threshold in force %.4f",
+             cada.config.calibrated_threshold, cfg.calibrate, cfg.threshold_percentile, len(aligned),
+             {c: round(t, 4) for c, t in per_class.items()}, cada.config.threshold)
     # how well it recovers each class's statistics on its own training images
     u, gamma = cada.predict_stats(embeddings)
     report = {}
     for cls in sorted(stats):
         sel = np.asarray(classes) == cls
-        report[cls] = {"u": stats[cls].u, "gamma": stats[cls].gamma, "u_pred_mean": float(u[sel].mean()), "gamma_pred_mean": float(gamma[sel].mean())}
+        report[cls] = {"u": stats[cls].u, "gamma": stats[cls].gamma, "u_pred_mean": float(u[sel].mean()), "gamma_pred_mean": float(gamma[sel].mean()),
+                       "threshold_percentile": per_class.get(cls)}
     return save_cada(cada, out_dir, extra={"fit_report.json": report})

@@ -234,6 +234,8 @@ class FitCadaConfig:
     weight_decay: float = 0.001
     synthetic_per_class: int = 60  # synthetic anomalous images per class added to the regressor's data
     threshold_percentile: float = 99.0  # calibrated threshold = this percentile of aligned held-out normal scores
+    # per_class: the highest of the classes' percentiles (every class's held-out FP rate <= 100 - percentile %); pooled: of all
+    calibrate: Literal["per_class", "pooled"] = "per_class"
     # the decision threshold saved with the model, on the aligned score: 1.0 = the predicted normal max; auto = calibrated
     threshold: Union[float, Literal["auto"]] = 1.0
     min_spread: float = 0.1  # floor on gamma - u (log-odds units): a class whose normals all score alike must not turn noise into alarms
