@@ -35,35 +35,33 @@ def score_images(model: Discriminator, images: list[np.ndarray], batch_size: int
                  preprocessed: bool = False) -> Scores:
     """Score (H, W, 3) uint8 images of any size, preprocessed here as the model was trained (``preprocessed``: they
     already went through ``model.preprocess.image`` once; its intensity rule is not applied twice)."""
-    pre, device = model.preprocess, model.mean.device
+    pre = model.preprocess
     if pre.tiled:
         return _score_tiled(model, images, batch_size, progress, preprocessed)
-    parts: list = []
+    if not images:
+        return _empty(model)
     starts = range(0, len(images), batch_size)
-    for i in tqdm(starts, desc="score", unit="batch", disable=not progress, leave=False):
-        batch = pre.batch([im if preprocessed else pre.image(im) for im in images[i:i + batch_size]])
-        p = model.predict(batch.to(device))
-        parts.append(tuple(t.cpu() for t in (p.score, p.anomaly_map, p.type_probs, p.pixel_types.to(torch.uint8), p.embedding)))
-    if not parts:
-        k, e, s = model.config.num_types, model.backbone.embed_channels, pre.size
-        return Scores(np.zeros(0), np.zeros((0, s, s), np.float32), np.zeros((0, k)), np.zeros((0, s, s), np.uint8), np.zeros((0, e)))
+    parts = [_predict(model, [im if preprocessed else pre.image(im) for im in images[i:i + batch_size]])
+             for i in tqdm(starts, desc="score", unit="batch", disable=not progress, leave=False)]
     return Scores(*[torch.cat(cols).numpy() for cols in zip(*parts)])
 
 
-def _predict_tiles(model: Discriminator, tiles: list[np.ndarray], batch_size: int) -> list[np.ndarray]:
-    """Model outputs (score, map, type probs, pixel types, embedding) of (S, S, 3) tiles, as numpy columns."""
-    pre, device = model.preprocess, model.mean.device
-    parts = []
-    for i in range(0, len(tiles), batch_size):
-        p = model.predict(pre.batch(tiles[i:i + batch_size]).to(device))
-        parts.append(tuple(t.cpu() for t in (p.score, p.anomaly_map, p.type_probs, p.pixel_types.to(torch.uint8), p.embedding)))
-    return [torch.cat(cols).numpy() for cols in zip(*parts)]
+def _predict(model: Discriminator, inputs: list[np.ndarray]) -> tuple[torch.Tensor, ...]:
+    """Model outputs (score, map, type probs, pixel types, embedding) of one batch of (S, S, 3) inputs, on the CPU."""
+    p = model.predict(model.preprocess.batch(inputs).to(model.mean.device))
+    return tuple(t.cpu() for t in (p.score, p.anomaly_map, p.type_probs, p.pixel_types.to(torch.uint8), p.embedding))
+
+
+def _empty(model: Discriminator) -> Scores:
+    k, e, s = model.config.num_types, model.backbone.embed_channels, model.preprocess.size
+    return Scores(np.zeros(0), np.zeros((0, s, s), np.float32), np.zeros((0, k)), np.zeros((0, s, s), np.uint8), np.zeros((0, e)))
 
 
 def _score_tiled(model: Discriminator, images: list[np.ndarray], batch_size: int, progress: bool, preprocessed: bool) -> Scores:
     """Score native-resolution images tile by tile (``preprocessed``: already ``model.preprocess.native``)."""
+    if not images:
+        return _empty(model)
     pre = model.preprocess
-    k, e, s = model.config.num_types, model.backbone.embed_channels, pre.size
     out: list[list] = [[], [], [], [], []]
     done = 0
     bar = tqdm(total=len(images), desc="score", unit="img", disable=not progress, leave=False)
@@ -75,7 +73,8 @@ def _score_tiled(model: Discriminator, images: list[np.ndarray], batch_size: int
             chunk.append((native.shape[:2], windows, len(tiles)))
             tiles += t
             done += 1
-        score, amap, probs, types, emb = _predict_tiles(model, tiles, batch_size)
+        parts = [_predict(model, tiles[i:i + batch_size]) for i in range(0, len(tiles), batch_size)]
+        score, amap, probs, types, emb = [torch.cat(cols).numpy() for cols in zip(*parts)]
         for shape, windows, start in chunk:
             sel = slice(start, start + len(windows))
             best = start + int(score[sel].argmax())
@@ -86,8 +85,6 @@ def _score_tiled(model: Discriminator, images: list[np.ndarray], batch_size: int
             out[4].append(emb[sel].mean(0))
         bar.update(len(chunk))
     bar.close()
-    if not images:
-        return Scores(np.zeros(0), np.zeros((0, s, s), np.float32), np.zeros((0, k)), np.zeros((0, s, s), np.uint8), np.zeros((0, e)))
     return Scores(np.array(out[0]), np.stack(out[1]), np.stack(out[2]), np.stack(out[3]), np.stack(out[4]))
 
 
