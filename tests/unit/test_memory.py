@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import torch
 from tests.conftest import TINY_TRAIN
 from uniadc_core.config import MemoryConfig, TorchvisionConfig
 from uniadc_core.model.discriminator import MEMORY_FILE, load_model, save_model
-from uniadc_core.model.fusion import FEW_NORMALS, _patches, attach_memory, resolve_augment, views
+from uniadc_core.model.fusion import FEW_NORMALS, _patches, attach_memory, class_groups, resolve_augment, views
 from uniadc_core.model.memory import NormalMemory, coverage_radius, gaussian_blur, greedy_coreset
 from uniadc_core.model.train import load_train_data, train_discriminator
 from uniadc_core.synthesis.synthesize import load_inputs
@@ -205,10 +206,6 @@ def test_memory_only_flags_a_pasted_foreign_patch(tv_model):
 
 
 def test_a_per_class_budget_keeps_a_plain_class_covered_beside_a_varied_one(tv_model):
-    import copy
-
-    from uniadc_core.model.fusion import class_groups
-
     model, data = tv_model
     s = data.normals.images.shape[-1]
     gen = torch.Generator().manual_seed(0)

@@ -101,5 +101,5 @@ def fit(model: Discriminator, manifest: pl.DataFrame, synthetic: pa.Table, cfg: 
     for cls in sorted(stats):
         sel = np.asarray(classes) == cls
         report[cls] = {"u": stats[cls].u, "gamma": stats[cls].gamma, "u_pred_mean": float(u[sel].mean()), "gamma_pred_mean": float(gamma[sel].mean()),
-                       "threshold_percentile": per_class.get(cls)}
+                       "class_threshold": per_class.get(cls)}
     return save_cada(cada, out_dir, extra={"fit_report.json": report})
