@@ -7,7 +7,9 @@ import io
 import json
 import os
 import shutil
+import struct
 import tempfile
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -147,6 +149,35 @@ def png_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
+
+
+_PNG_COLOUR = {1: 0, 3: 2, 4: 6}  # channels -> PNG colour type (gray, RGB, RGBA)
+
+
+def _png_chunk(tag: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+
+def encode_png(arr: np.ndarray) -> bytes:
+    """A uint8 (H, W) or (H, W, 1|3|4) array as PNG bytes, 3-5x faster than ``png_bytes`` at about its size: every
+    row gets the PNG "Up" filter (a vectorised difference from the row above) and zlib run-length coding, instead of
+    a filter chosen per row. Any PNG reader decodes the same pixels. The synthesis shards use it; files whose bytes
+    are their identity (the demo images: image ids are file hashes) keep ``png_bytes``."""
+    arr = np.asarray(arr)
+    if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in _PNG_COLOUR):
+        msg = f"encode_png: a uint8 (H, W) or (H, W, 1|3|4) array is needed, got {arr.dtype} {arr.shape}"
+        raise ValueError(msg)
+    h, w = arr.shape[:2]
+    channels = 1 if arr.ndim == 2 else arr.shape[2]
+    rows = np.ascontiguousarray(arr).reshape(h, w * channels)
+    raw = np.empty((h, w * channels + 1), np.uint8)
+    raw[:, 0] = 2  # filter type Up
+    raw[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=raw[1:, 1:])  # modulo 256, as the filter is defined
+    packer = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+    header = struct.pack(">IIBBBBB", w, h, 8, _PNG_COLOUR[channels], 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
+            + _png_chunk(b"IDAT", packer.compress(raw.tobytes()) + packer.flush()) + _png_chunk(b"IEND", b""))
 
 
 def save_png(path: str | Path, arr: np.ndarray) -> None:

@@ -36,7 +36,7 @@ def border_foreground(image: np.ndarray) -> np.ndarray:
     h, w = image.shape[:2]
     f = max(1, min(h, w) // FOREGROUND_SIDE)  # estimated at about FOREGROUND_SIDE px a side, then scaled back up
     if f > 1:
-        coarse = border_foreground(image[: h - h % f or h, : w - w % f or w].reshape(h // f, f, w // f, f, -1).mean((1, 3)))
+        coarse = border_foreground(_box_mean(image[: h // f * f, : w // f * f], f))
         full = np.ones((h, w), bool)
         full[: h // f * f, : w // f * f] = coarse.repeat(f, 0).repeat(f, 1)
         if h % f:
@@ -59,6 +59,15 @@ def border_foreground(image: np.ndarray) -> np.ndarray:
     if frac < 0.05 or frac > 0.95:
         return np.ones((h, w), bool)
     return fg
+
+
+def _box_mean(image: np.ndarray, f: int) -> np.ndarray:
+    """The mean of every f x f block of an (H, W[, C]) image (H, W multiples of f), float64: exactly
+    ``reshape(H/f, f, W/f, f, C).mean((1, 3))`` (integer sums are exact), 5x faster as two contiguous sums."""
+    h, w = image.shape[:2]
+    c = 1 if image.ndim == 2 else image.shape[2]
+    rows = image.reshape(h // f, f, w * c).sum(1, dtype=np.int64 if image.dtype.kind in "iub" else np.float64)
+    return rows.reshape(h // f, w // f, f, c).sum(2) / (f * f)
 
 
 FOREGROUND_SIDE = 64  # border_foreground works on an image about this small: a coarse estimate, 16x cheaper at 256 px
@@ -93,7 +102,7 @@ def estimate_foreground(image: np.ndarray, method: str = "border") -> np.ndarray
 
 def _frame(rng: np.random.Generator, h: int, w: int, centre: np.ndarray, aspect: float):
     """Rotated coordinates (u along the major axis, v across) scaled so u and v have equal weight at ``aspect``."""
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    yy, xx = np.arange(h, dtype=np.float32)[:, None], np.arange(w, dtype=np.float32)[None, :]  # broadcast, not a grid
     theta = rng.uniform(0, np.pi)
     dy, dx = yy - centre[0], xx - centre[1]
     u = dx * np.cos(theta) + dy * np.sin(theta)
@@ -102,13 +111,18 @@ def _frame(rng: np.random.Generator, h: int, w: int, centre: np.ndarray, aspect:
 
 
 def _segment_distance(yy: np.ndarray, xx: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    """Distance of every pixel to a polyline of (y, x) points."""
-    best = np.full(yy.shape, np.inf, np.float32)
+    """Distance of every pixel to a polyline of (y, x) points (``yy`` a column, ``xx`` a row: they broadcast)."""
+    best = np.full(np.broadcast_shapes(yy.shape, xx.shape), np.inf, np.float32)
     for (y0, x0), (y1, x1) in zip(pts[:-1], pts[1:], strict=True):
         dy, dx = y1 - y0, x1 - x0
         t = np.clip(((yy - y0) * dy + (xx - x0) * dx) / (dy * dy + dx * dx + 1e-9), 0, 1)
         best = np.minimum(best, np.hypot(yy - (y0 + t * dy), xx - (x0 + t * dx)))
     return best
+
+
+def _axes(y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates of a window as a float32 column (y) and row (x), which broadcast to the window's grid."""
+    return np.arange(y0, y1, dtype=np.float32)[:, None], np.arange(x0, x1, dtype=np.float32)[None, :]
 
 
 def _walk(rng: np.random.Generator, start: np.ndarray, n: int, step: float, turn: float) -> np.ndarray:
@@ -125,8 +139,8 @@ def perlin(shape: tuple[int, int], cells: int, rng: np.random.Generator) -> np.n
     h, w = shape
     angles = rng.uniform(0, 2 * np.pi, (cells + 1, cells + 1))
     grad = np.stack([np.cos(angles), np.sin(angles)], -1)
-    y = np.linspace(0, cells, h, endpoint=False)[:, None] * np.ones((1, w))
-    x = np.linspace(0, cells, w, endpoint=False)[None, :] * np.ones((h, 1))
+    y = np.linspace(0, cells, h, endpoint=False)[:, None]  # a column and a row: every per-axis term is computed once
+    x = np.linspace(0, cells, w, endpoint=False)[None, :]
     y0, x0 = y.astype(int), x.astype(int)
     fy, fx = y - y0, x - x0
 
@@ -202,8 +216,8 @@ def _distance(h: int, w: int, lines: list[tuple[np.ndarray, float]], k: float, a
     around them (+inf outside) when the window holds the ``k`` nearest allowed pixels, so the ``k`` best are
     the same as over the whole image; else over the whole image. Thin masks cost their size, not the image's."""
     def field(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:  # exact, over the whole window
-        yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
-        dist = np.full(yy.shape, np.inf, np.float32)
+        yy, xx = _axes(y0, y1, x0, x1)
+        dist = np.full((y1 - y0, x1 - x0), np.inf, np.float32)
         for p, scale in lines:
             dist = np.minimum(dist, _segment_distance(yy, xx, p) * scale)
         return dist
@@ -217,7 +231,7 @@ def _distance(h: int, w: int, lines: list[tuple[np.ndarray, float]], k: float, a
                 hi = np.clip(np.ceil(np.maximum(a, b)).astype(int) + margin + 1, lo, [y1, x1])
                 if (hi <= lo).any():
                     continue
-                yy, xx = np.mgrid[lo[0]:hi[0], lo[1]:hi[1]].astype(np.float32)
+                yy, xx = _axes(lo[0], hi[0], lo[1], hi[1])
                 box = dist[lo[0] - y0:hi[0] - y0, lo[1] - x0:hi[1] - x0]
                 np.minimum(box, _segment_distance(yy, xx, np.stack([a, b])) * scale, out=box)
         return dist
@@ -293,7 +307,7 @@ def _top_k(family: str, rng: np.random.Generator, allowed: np.ndarray, k: int, a
         inner = ndimage.binary_erosion(allowed, iterations=max(1, int(min(r, min(h, w) / 4))))
         pool = np.argwhere(inner if inner.any() else allowed)
         centre = pool[int(rng.integers(len(pool)))].astype(float)
-    score = _score(family, rng, h, w, k, aspect, centre, allowed).astype(np.float64)
+    score = _score(family, rng, h, w, k, aspect, centre, allowed)  # float32 or float64: ranked as it is, not cast
     score = np.where(allowed, score, -np.inf).ravel()
     top = np.argpartition(-score, k - 1)[:k]  # exactly k pixels: the area is the bin's by construction
     mask = np.zeros(h * w, bool)

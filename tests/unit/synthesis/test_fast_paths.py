@@ -1,0 +1,82 @@
+"""The synthesis fast paths give the same pixels as the plain computations they replace."""
+
+import io
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from uniadc_core.data.preprocess import Preprocess
+from uniadc_core.io import encode_png, png_bytes
+from uniadc_core.synthesis import plan
+from uniadc_core.synthesis.masks import _box_mean, border_foreground
+
+
+@pytest.mark.parametrize("shape", [(37, 53), (37, 53, 1), (37, 53, 3), (16, 9, 4), (1, 1), (1, 300, 3)])
+def test_encode_png_decodes_to_the_same_pixels(shape):
+    arr = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)  # random rows wrap the Up filter's differences
+    back = np.asarray(Image.open(io.BytesIO(encode_png(arr))))
+    np.testing.assert_array_equal(back, arr.reshape(shape[:2]) if len(shape) == 3 and shape[2] == 1 else arr)
+
+
+def test_encode_png_is_about_the_size_of_pils_on_an_image():
+    yy, xx = np.mgrid[0:128, 0:128]
+    rng = np.random.default_rng(1)
+    smooth = np.clip(100 + 40 * np.sin(xx / 9.0) + 30 * np.cos(yy / 13.0) + rng.normal(0, 3, (128, 128)), 0, 255).astype(np.uint8)
+    mask = np.zeros((128, 128), np.uint8)
+    mask[40:60, 20:90] = 3
+    assert len(encode_png(smooth)) < 1.3 * len(png_bytes(smooth))
+    assert len(encode_png(mask)) < 1000  # an almost empty mask is a few hundred bytes, not a raw 16 KB
+
+
+@pytest.mark.parametrize("bad", [np.zeros((4, 4), np.float32), np.zeros((4, 4, 2), np.uint8), np.zeros(4, np.uint8)])
+def test_encode_png_refuses_what_it_cannot_store(bad):
+    with pytest.raises(ValueError, match="uint8"):
+        encode_png(bad)
+
+
+@pytest.mark.parametrize("shape", [(64, 48, 3), (64, 48), (8, 12, 1)])
+def test_box_mean_is_the_reshaped_mean_exactly(shape):
+    img = np.random.default_rng(2).integers(0, 256, shape, dtype=np.uint8)
+    h, w = shape[:2]
+    expect = img.reshape(h // 4, 4, w // 4, 4, -1).mean((1, 3))
+    np.testing.assert_array_equal(_box_mean(img, 4), expect)
+
+
+def test_border_foreground_still_finds_an_object_on_a_plain_background():
+    img = np.full((256, 256, 3), 30, np.uint8)
+    img[64:192, 80:200] = 200
+    fg = border_foreground(img)
+    assert fg[100:150, 100:180].all() and not fg[:40].any() and 0.15 < fg.mean() < 0.35
+
+
+def test_input_cache_rereads_a_rewritten_file_and_hands_out_read_only_arrays(tmp_path):
+    pre = Preprocess(32)
+    path = tmp_path / "a.png"
+    path.write_bytes(png_bytes(np.full((40, 40, 3), 10, np.uint8)))
+    first = plan._image(pre, str(path))
+    assert first[0, 0, 0] == 10 and plan._image(pre, str(path)) is first  # read once
+    with pytest.raises(ValueError, match="read-only"):
+        first[0, 0, 0] = 0
+    path.write_bytes(png_bytes(np.full((40, 40, 3), 99, np.uint8)))
+    os.utime(path, ns=(1, 1))  # a rewrite within the clock's resolution is still seen: the key holds the mtime
+    assert plan._image(pre, str(path))[0, 0, 0] == 99
+
+
+def test_input_cache_is_bounded(tmp_path, monkeypatch):
+    monkeypatch.setattr(plan, "CACHE_BYTES", 3 * 32 * 32 * 3)
+    monkeypatch.setattr(plan, "_cache", type(plan._cache)())
+    monkeypatch.setattr(plan, "_cached_bytes", 0)
+    pre = Preprocess(32)
+    for i in range(5):
+        p = tmp_path / f"{i}.png"
+        p.write_bytes(png_bytes(np.full((40, 40, 3), i, np.uint8)))
+        plan._image(pre, str(p))
+    assert len(plan._cache) == 3 and plan._cached_bytes == 3 * 32 * 32 * 3
+    assert [key[2][-5:] for key in plan._cache] == ["2.png", "3.png", "4.png"]  # least recently used out first
+
+
+def test_input_cache_leaves_a_missing_file_to_the_loaders_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing.png"):
+        plan._image(Preprocess(32), str(tmp_path / "nothing.png"))
