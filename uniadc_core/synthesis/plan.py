@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from uniadc_core.data.manifest import Role
 from uniadc_core.data.preprocess import Preprocess
 from uniadc_core.data.vocabulary import Vocabulary
 from uniadc_core.io import encode_png
+from uniadc_core.synthesis.masks import estimate_foreground
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,7 @@ def plan_samples(manifest: pl.DataFrame, vocab: Vocabulary, cfg: SynthesizeConfi
 CACHE_BYTES = 256 << 20  # decoded inputs kept per process: a plan reuses each normal (MTD: 900 reads of 382 files)
 _cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
 _cached_bytes = 0
+_cache_lock = threading.Lock()
 
 
 def _cached(kind: str, pre: Preprocess, path: str, load: Callable[[], np.ndarray]) -> np.ndarray:
@@ -126,16 +129,27 @@ def _cached(kind: str, pre: Preprocess, path: str, load: Callable[[], np.ndarray
     except OSError:
         return load()  # the loader's own error names the file and the fix
     key = (kind, pre, str(path), st.st_size, st.st_mtime_ns)
-    if key in _cache:
-        _cache.move_to_end(key)
-        return _cache[key]
-    arr = load()
+    with _cache_lock:  # shards are made by threads at once (runner local)
+        if key in _cache:
+            _cache.move_to_end(key)
+            return _cache[key]
+    arr = load()  # outside the lock: two threads may both load a file once, never a wrong one
     arr.flags.writeable = False
-    _cache[key] = arr
-    _cached_bytes += arr.nbytes
-    while _cached_bytes > CACHE_BYTES and len(_cache) > 1:
-        _cached_bytes -= _cache.popitem(last=False)[1].nbytes
+    with _cache_lock:
+        if key not in _cache:
+            _cache[key] = arr
+            _cached_bytes += arr.nbytes
+        while _cached_bytes > CACHE_BYTES and len(_cache) > 1:
+            _cached_bytes -= _cache.popitem(last=False)[1].nbytes
     return arr
+
+
+def clear_cache() -> None:
+    """Forget every kept input (a benchmark's passes each start cold, as a fresh worker does)."""
+    global _cached_bytes
+    with _cache_lock:
+        _cache.clear()
+        _cached_bytes = 0
 
 
 def _image(pre: Preprocess, path: str) -> np.ndarray:
@@ -155,7 +169,18 @@ def load_sources(spec: SampleSpec, vocab: Vocabulary, size: int) -> tuple[np.nda
     if spec.shot_path is None:
         return normal, None, None
     # the shot's pixels of this spec's type (an image with several types gives each type its own region)
-    return normal, _image(pre, spec.shot_path), pre.load_labels(spec.shot_mask_path, spec.defect_index) == spec.defect_index
+    region = _cached(f"labels:{spec.defect_index}", pre, spec.shot_mask_path,
+                     lambda: pre.load_labels(spec.shot_mask_path, spec.defect_index) == spec.defect_index)
+    return normal, _image(pre, spec.shot_path), region
+
+
+def load_foreground(spec: SampleSpec, vocab: Vocabulary, size: int, normal: np.ndarray, method: str) -> np.ndarray:
+    """The foreground estimate (``method``) of the spec's normal as ``load_sources`` gave it: kept with the
+    decoded image, as a plan reuses normals (a native tile is a fresh crop each time: estimated afresh)."""
+    pre = vocab.preprocess(size)
+    if pre.tiled:
+        return estimate_foreground(normal, method)
+    return _cached(f"foreground:{method}", pre, spec.source_path, lambda: estimate_foreground(normal, method))
 
 
 def _tile_rng(spec: SampleSpec, what: int) -> np.random.Generator:

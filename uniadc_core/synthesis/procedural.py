@@ -28,7 +28,7 @@ from uniadc_core.config import SynthesizeConfig
 from uniadc_core.data.vocabulary import DONOR_APPEARANCES, DefectPrior, Vocabulary
 from uniadc_core.synthesis import masks
 from uniadc_core.synthesis.masks import estimate_foreground
-from uniadc_core.synthesis.plan import SampleSpec, is_gray, load_donors, load_sources, shard_row
+from uniadc_core.synthesis.plan import SampleSpec, is_gray, load_donors, load_foreground, load_sources, shard_row
 from uniadc_core.synthesis.priors import sample_mask
 
 
@@ -140,11 +140,17 @@ def _appearance(kind: str, img: np.ndarray, mask: np.ndarray, rng: np.random.Gen
     raise ValueError(msg)
 
 
-def synthesize_zero_shot(normal: np.ndarray, prior: DefectPrior, rng: np.random.Generator, foreground: str = "border",
+def _foreground(normal: np.ndarray, foreground: str | np.ndarray) -> np.ndarray:
+    """A foreground estimator's name, or its estimate for ``normal`` already made (bool H x W), as the estimate."""
+    return estimate_foreground(normal, foreground) if isinstance(foreground, str) else foreground
+
+
+def synthesize_zero_shot(normal: np.ndarray, prior: DefectPrior, rng: np.random.Generator, foreground: str | np.ndarray = "border",
                          donors: dict[str, np.ndarray] | None = None) -> Synthetic:
-    """Paint a defect drawn from ``prior`` into a normal image (H, W, 3) uint8 (``donors``: see ``_appearance``)."""
+    """Paint a defect drawn from ``prior`` into a normal image (H, W, 3) uint8 (``donors``: see ``_appearance``;
+    ``foreground``: see ``_foreground``)."""
     img = normal.astype(np.float32)
-    mask = sample_mask(prior, rng, img.shape[:2], estimate_foreground(normal, foreground))
+    mask = sample_mask(prior, rng, img.shape[:2], _foreground(normal, foreground))
     changed = _appearance(str(rng.choice(prior.appearances)), img, mask, rng, donors)
     win = _window(mask)  # blended only around the mask: the same pixels as over the whole image
     alpha = (_soft(mask[win], rng) * rng.uniform(0.75, 1.0))[..., None]
@@ -164,7 +170,7 @@ def _augment_patch(patch: np.ndarray, pmask: np.ndarray, rng: np.random.Generato
 
 
 def synthesize_cut_paste(
-    normal: np.ndarray, shot: np.ndarray, shot_mask: np.ndarray, rng: np.random.Generator, foreground: str = "border"
+    normal: np.ndarray, shot: np.ndarray, shot_mask: np.ndarray, rng: np.random.Generator, foreground: str | np.ndarray = "border"
 ) -> Synthetic:
     """Paste the augmented defect region of a real anomaly ``shot`` onto ``normal`` (same size)."""
     h, w = normal.shape[:2]
@@ -178,7 +184,7 @@ def synthesize_cut_paste(
     patch, pmask = _augment_patch(shot[y0:y1, x0:x1].astype(np.float32), shot_mask[y0:y1, x0:x1], rng)
     ph, pw = min(pmask.shape[0], h), min(pmask.shape[1], w)
     patch, pmask = patch[:ph, :pw], pmask[:ph, :pw]
-    fg = estimate_foreground(normal, foreground)
+    fg = _foreground(normal, foreground)
     for _ in range(20):  # place it where most of it lands on the foreground
         ty, tx = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
         if fg[ty:ty + ph, tx:tx + pw][pmask].mean() > 0.9:
@@ -186,7 +192,7 @@ def synthesize_cut_paste(
     mask = np.zeros((h, w), bool)
     mask[ty:ty + ph, tx:tx + pw] = pmask
     mask &= fg
-    layer = normal.astype(np.float32).copy()
+    layer = normal.astype(np.float32)
     layer[ty:ty + ph, tx:tx + pw] = patch
     win = _window(mask)
     alpha = _soft(mask[win], rng)[..., None]
@@ -206,12 +212,13 @@ def make_sample(spec: SampleSpec, vocab: Vocabulary, image_size: int, foreground
     rng = np.random.default_rng(spec.seed)
     normal, shot, shot_mask = load_sources(spec, vocab, image_size)
     prior = vocab.prior(spec.object_class, spec.defect_type)
+    fg = load_foreground(spec, vocab, image_size, normal, foreground)
     if shot is not None:
-        out = synthesize_cut_paste(normal, shot, shot_mask, rng, foreground)
+        out = synthesize_cut_paste(normal, shot, shot_mask, rng, fg)
         settings = {"shot": Path(spec.shot_path).name, "foreground": foreground}
     else:
         donors = load_donors(spec, vocab, image_size)
-        out = synthesize_zero_shot(normal, prior, rng, foreground, donors)
+        out = synthesize_zero_shot(normal, prior, rng, fg, donors)
         settings = {"shape": prior.shape, "size": prior.size, "foreground": foreground}
         settings.update({f"donor_{k}": Path(p).name for k, p in (("same_class", spec.donor_path), ("other_class", spec.foreign_path)) if p})
     return shard_row(spec, out.image, out.mask, out.quality, settings)

@@ -2,6 +2,7 @@
 
 import io
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -80,3 +81,21 @@ def test_input_cache_is_bounded(tmp_path, monkeypatch):
 def test_input_cache_leaves_a_missing_file_to_the_loaders_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing.png"):
         plan._image(Preprocess(32), str(tmp_path / "nothing.png"))
+
+
+def test_input_cache_is_safe_for_the_local_runners_threads(tmp_path, monkeypatch):
+    monkeypatch.setattr(plan, "CACHE_BYTES", 4 * 32 * 32 * 3)  # small: evictions race with lookups
+    monkeypatch.setattr(plan, "_cache", type(plan._cache)())
+    monkeypatch.setattr(plan, "_cached_bytes", 0)
+    pre, paths = Preprocess(32), []
+    for i in range(12):
+        paths.append(tmp_path / f"{i}.png")
+        paths[-1].write_bytes(png_bytes(np.full((40, 40, 3), i, np.uint8)))
+
+    def work(seed: int) -> bool:
+        rng = np.random.default_rng(seed)
+        return all(plan._image(pre, str(paths[i]))[0, 0, 0] == i for i in rng.integers(0, 12, 200))
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(work, range(8)))
+    assert plan._cached_bytes == sum(a.nbytes for a in plan._cache.values()) <= plan.CACHE_BYTES
