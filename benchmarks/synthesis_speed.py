@@ -2,7 +2,7 @@
 a GPU when there is one), batched vs one image at a time, and 1 vs 2 Dask workers.
 
     .venv/bin/python benchmarks/synthesis_speed.py [--repeats 3] [--images 16] [--skip-dask]
-        [--out benchmarks/results/synthesis_speed.md]
+        [--mtd ../shared/datasets/mtd] [--size 256] [--plan-only] [--out benchmarks/results/synthesis_speed.md]
 
 Weights are not needed to measure speed: the pipelines are random-initialised. Every figure is a
 median of --repeats; ratios are measured in the same run.
@@ -56,6 +56,46 @@ def procedural_rate(manifest_path: Path, vocab_path: Path, n: int, repeats: int)
             make_sample(spec, vocab, 128)
         rates.append(len(specs) / (time.perf_counter() - t0))
     return statistics.median(rates)
+
+
+def _write_shard(job: tuple[str, int]) -> int:
+    from uniadc_core.synthesis.store import write_shard
+    write_shard(job[0], job[1])
+    return job[1]
+
+
+def plan_rates(root: str, size: int, repeats: int) -> tuple[int, dict[str, float]]:
+    """(samples, {way: images/s}) of a whole procedural plan of the MTD copy at ``root`` (zero-shot and
+    cut-paste, 120 per type, ``size`` px), shards written and indexed, each way from an empty output folder and
+    fresh worker caches: one process; two threads of one process (the local runner); two processes (Dask's way)."""
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
+    from uniadc_core.synthesis.plan import clear_cache
+    from uniadc_core.synthesis.store import finalize, prepare
+
+    prepared = WORK / "data/mtd"
+    if not (prepared / "manifest.parquet").is_file():
+        ingest(IngestConfig(kind="mtd", root=root, allow_missing_masks=True, anomaly_shots=1), prepared)
+    manifest, vocab = load_inputs(prepared / "manifest.parquet", prepared / "vocabulary.json")
+    cfg = SynthesizeConfig(samples_per_type=120, image_size=size)
+    specs = plan_samples(manifest, vocab, cfg)
+    rates: dict[str, list[float]] = {"one process": [], "2 threads": [], "2 processes": []}
+    for _ in range(repeats):
+        for way in rates:
+            out = WORK / "data/mtd-shards"
+            shutil.rmtree(out, ignore_errors=True)
+            clear_cache()
+            t0 = time.perf_counter()
+            jobs = [(str(out), i) for i in prepare(out, specs, cfg, vocab)]
+            if way == "one process":
+                list(map(_write_shard, jobs))
+            else:
+                pool = ThreadPoolExecutor(2) if way == "2 threads" else ProcessPoolExecutor(2)
+                with pool:
+                    list(pool.map(_write_shard, jobs))
+            rows = finalize(out)["rows"]
+            rates[way].append(rows / (time.perf_counter() - t0))
+    return len(specs), {way: statistics.median(r) for way, r in rates.items()}
 
 
 def diffusion_rates(pipe, cfg: DiffusionConfig, n: int, repeats: int, size: int) -> tuple[float, float]:
@@ -128,6 +168,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--images", type=int, default=16)
     p.add_argument("--skip-dask", action="store_true")
+    p.add_argument("--mtd", default=str(ROOT.parent / "shared/datasets/mtd"), help="MTD copy for the whole-plan rates ('' skips)")
+    p.add_argument("--size", type=int, default=256, help="image side of the whole-plan rates")
+    p.add_argument("--plan-only", action="store_true", help="only the procedural rates (no diffusion, no Dask)")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/synthesis_speed.md"))
     a = p.parse_args()
     manifest_path, vocab_path = demo()
@@ -141,6 +184,20 @@ def main() -> None:
 
     print("\n".join(lines), flush=True)
     row("procedural", "cpu", "zero-shot, 128 px, one process", f"{procedural_rate(manifest_path, vocab_path, 60, a.repeats):.1f} images/s")
+    if a.mtd and Path(a.mtd).is_dir():
+        n, rates = plan_rates(a.mtd, a.size, a.repeats)
+        row("procedural, a whole MTD plan", "cpu", f"{n} samples at {a.size} px (zero-shot + cut-paste), shards written",
+            ", ".join(f"{way} {r:.1f} images/s" for way, r in rates.items()))
+    if not a.plan_only:
+        other_rates(a, row)
+    command = "python benchmarks/synthesis_speed.py " + " ".join(sys.argv[1:])
+    with atomic_path(Path(a.out)) as tmp:
+        tmp.write_text(f"# Synthesis speed\n\nCommand: `{command}`\n\n" + "\n".join(lines) + "\n")
+    print(f"wrote {a.out}")
+
+
+def other_rates(a: argparse.Namespace, row) -> None:
+    """Diffusion batched vs one at a time (tiny on the CPU; SD-1.5-sized on a GPU) and Dask's 1 vs 2 workers."""
     tiny = WORK / "tiny-sd"
     if not (tiny / "model_index.json").is_file():
         build_tiny_inpaint_pipeline(tiny)
@@ -164,10 +221,6 @@ def main() -> None:
         t1, t2 = dask_scaling(1, 200), dask_scaling(2, 200)
         row("procedural via the synthesize flow", "cpu", "Dask LocalCluster, 3000 samples at 128 px, cluster start included",
             f"1 worker {t1:.1f} s, 2 workers {t2:.1f} s: {t1 / t2:.2f}x")
-    command = "python benchmarks/synthesis_speed.py " + " ".join(sys.argv[1:])
-    with atomic_path(Path(a.out)) as tmp:
-        tmp.write_text(f"# Synthesis speed\n\nCommand: `{command}`\n\n" + "\n".join(lines) + "\n")
-    print(f"wrote {a.out}")
 
 
 if __name__ == "__main__":

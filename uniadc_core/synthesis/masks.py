@@ -239,16 +239,18 @@ def _distance(h: int, w: int, lines: list[tuple[np.ndarray, float]], k: float, a
     pts = np.concatenate([p for p, _ in lines])
     length = sum(float(np.hypot(*np.diff(p, axis=0).T).sum()) for p, _ in lines)
     margin = int(k / max(length, 1.0)) + 6  # twice the half-width k pixels take along the lines, and a few more
-    lo = np.clip(np.floor(pts.min(0)).astype(int) - margin, 0, [h, w])
-    hi = np.clip(np.ceil(pts.max(0)).astype(int) + margin + 1, lo, [h, w])
-    (y0, x0), (y1, x1) = lo, hi
-    dist = near_field(y0, y1, x0, x1)
-    near = dist <= margin if allowed is None else (dist <= margin) & allowed[y0:y1, x0:x1]
-    if near.sum() < k:  # the k nearest might lie beyond the window (clipped by the allowed region): the whole image
-        return field(0, h, 0, w)
-    out = np.full((h, w), np.inf, np.float32)  # every pixel nearer than the margin is in the window
-    out[y0:y1, x0:x1] = dist
-    return out
+    for _ in range(3):  # the k nearest allowed pixels may lie beyond the margin (the allowed region clips): twice as far
+        lo = np.clip(np.floor(pts.min(0)).astype(int) - margin, 0, [h, w])
+        hi = np.clip(np.ceil(pts.max(0)).astype(int) + margin + 1, lo, [h, w])
+        (y0, x0), (y1, x1) = lo, hi
+        dist = near_field(y0, y1, x0, x1)
+        near = dist <= margin if allowed is None else (dist <= margin) & allowed[y0:y1, x0:x1]
+        if near.sum() >= k:
+            out = np.full((h, w), np.inf, np.float32)  # every pixel nearer than the margin is in the window
+            out[y0:y1, x0:x1] = dist
+            return out
+        margin *= 2
+    return field(0, h, 0, w)  # still too few: the whole image
 
 
 # ---------------------------------------------------------------------------- sampling

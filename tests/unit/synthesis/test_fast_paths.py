@@ -10,7 +10,7 @@ from PIL import Image
 
 from uniadc_core.data.preprocess import Preprocess
 from uniadc_core.io import encode_png, png_bytes
-from uniadc_core.synthesis import plan
+from uniadc_core.synthesis import masks, plan
 from uniadc_core.synthesis.masks import _box_mean, border_foreground
 
 
@@ -99,3 +99,24 @@ def test_input_cache_is_safe_for_the_local_runners_threads(tmp_path, monkeypatch
     with ThreadPoolExecutor(8) as pool:
         assert all(pool.map(work, range(8)))
     assert plan._cached_bytes == sum(a.nbytes for a in plan._cache.values()) <= plan.CACHE_BYTES
+
+
+@pytest.mark.parametrize("band", [None, (0, 256), (95, 110), (150, 170), (240, 256)])
+def test_windowed_line_distance_picks_the_k_nearest_allowed_pixels(band):
+    """The thin families' distance field is computed near the lines only (the margin doubled while too few
+    allowed pixels lie within it): its k best pixels are the k nearest allowed pixels of the whole image."""
+    h = w = 256
+    allowed = None
+    if band is not None:
+        allowed = np.zeros((h, w), bool)
+        allowed[band[0]:band[1], 40:220] = True  # a band far from the line: the first margins hold too few pixels
+    rng = np.random.default_rng(5)
+    for k in (30, 400, 2500):
+        pts = np.array([[60.0, 50.0], [70.0, 120.0], [64.0, 200.0]]) + rng.normal(0, 3, (3, 2))
+        fast = masks._distance(h, w, [(pts, 1.0)], k, allowed)
+        yy, xx = np.arange(h, dtype=np.float32)[:, None], np.arange(w, dtype=np.float32)[None, :]
+        exact = masks._segment_distance(yy, xx, pts)
+        ok = np.ones((h, w), bool) if allowed is None else allowed
+        near = ok & (exact <= np.sort(exact[ok])[k - 1])
+        np.testing.assert_allclose(fast[near], exact[near], rtol=1e-6)  # exact (float32) wherever the k nearest can be
+        np.testing.assert_allclose(np.sort(fast[ok])[:k], np.sort(exact[ok])[:k], rtol=1e-6)  # and no other pixel ranks among them
