@@ -1,7 +1,7 @@
 """Quality on a fixed CPU budget: MTD after 10, 30 and 60 CPU-minutes of training on this machine.
 
     .venv/bin/python benchmarks/budget_quality.py [--budgets 10,30,60] [--seeds 0,1,2] [--settings full_0anom,2shot_0anom]
-        [--image-size 256] [--set train.reconstruction.enabled=true ...] [--label NAME]
+        [--image-size 256] [--set train.reconstruction.enabled=true ...] [--label NAME] [--resume]
 
 Each budget is its own training with a full schedule: a one-epoch run first measures the training
 stage's CPU seconds per epoch for the setting (data loading and the memory build included), and the
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from mtd_quality import SEEDED, SUMMARY, run_setting  # noqa: E402
+from mtd_quality import SEEDED, SUMMARY, code_version, run_setting  # noqa: E402
 
 from uniadc_core.io import atomic_path  # noqa: E402
 
@@ -62,6 +62,8 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--label", default="scratch")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/budget_quality"))
+    p.add_argument("--resume", action="store_true", help="skip the (label, setting, budget, seed) runs, and reuse the epoch "
+                   "probes, already logged with these overrides, this image size and this clean library tree")
     a = p.parse_args()
     root, out = Path(a.root), Path(a.out).with_suffix(".json")
     if not (root / "MT_Free").is_dir():
@@ -70,18 +72,33 @@ def main() -> None:
         sys.exit("train.loader_workers > 0: their CPU time is not counted (process time of this process only); keep 0")
     log = json.loads(out.read_text()) if out.is_file() else []
     seeds = [int(x) for x in a.seeds.split(",")]
+    code = code_version()
+    resumable = a.resume and not code["library"].endswith("+dirty")
+
+    def logged(setting: str, **match) -> list[dict]:
+        return [r for r in log if resumable and r["label"] == a.label and r["setting"] == setting
+                and [o for o in r["overrides"] if o.split("=", 1)[0] not in SEEDED] == a.set
+                and r["image_size"] == a.image_size and r.get("library") == code["library"]
+                and all(r.get(k) == v for k, v in match.items())]
+
     for setting in a.settings.split(","):
         work = ROOT / "benchmarks/work" / f"budget_{setting}"
-        probe = [run_setting(setting, root, work, e, a.image_size, [*a.set, *(f"{k}={seeds[0]}" for k in SEEDED)])[0]["seconds"]["train_cpu"]
-                 for e in (1, 2)]
-        per_epoch, fixed = max(1.0, probe[1] - probe[0]), max(0.0, 2 * probe[0] - probe[1])  # loading, memory, saving: once
+        if logged(setting):  # the probe of an earlier session, same library and overrides: not re-measured
+            per_epoch, fixed = logged(setting)[0]["cpu_seconds_per_epoch_probe"], logged(setting)[0]["cpu_seconds_fixed_probe"]
+        else:
+            probe = [run_setting(setting, root, work, e, a.image_size, [*a.set, *(f"{k}={seeds[0]}" for k in SEEDED)])[0]["seconds"]["train_cpu"]
+                     for e in (1, 2)]
+            per_epoch, fixed = max(1.0, probe[1] - probe[0]), max(0.0, 2 * probe[0] - probe[1])  # loading, memory, saving: once
         print(setting, f"training: {fixed:.0f} CPU s once + {per_epoch:.0f} CPU s per epoch", flush=True)
         for budget in [float(b) for b in a.budgets.split(",")]:
             epochs = max(1, math.floor((budget * 60 - fixed) / per_epoch))
             for seed in seeds:
+                if logged(setting, budget_minutes=budget, seed=seed):
+                    print(setting, budget, seed, f"resumed: logged with library {code['library']}", flush=True)
+                    continue
                 (r,) = run_setting(setting, root, work, epochs, a.image_size, [*a.set, *(f"{k}={seed}" for k in SEEDED)])
                 r.update({"label": a.label, "budget_minutes": budget, "epochs": epochs, "seed": seed, "image_size": a.image_size,
-                          "cpu_seconds_per_epoch_probe": per_epoch, "cpu_seconds_fixed_probe": fixed})
+                          "cpu_seconds_per_epoch_probe": per_epoch, "cpu_seconds_fixed_probe": fixed, **code})
                 log.append(r)
                 with atomic_path(out) as tmp:
                     tmp.write_text(json.dumps(log, indent=2))
