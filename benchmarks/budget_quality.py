@@ -74,6 +74,8 @@ def main() -> None:
     seeds = [int(x) for x in a.seeds.split(",")]
     code = code_version()
     resumable = a.resume and not code["library"].endswith("+dirty")
+    if a.resume and not resumable:
+        print(f"--resume ignored: uniadc_core/ has uncommitted changes (library {code['library']}); every run is made again", flush=True)
 
     def logged(setting: str, **match) -> list[dict]:
         return [r for r in log if resumable and r["label"] == a.label and r["setting"] == setting

@@ -74,8 +74,7 @@ def plan_rates(root: str, size: int, repeats: int) -> tuple[int, dict[str, float
     from uniadc_core.synthesis.store import finalize, prepare
 
     prepared = WORK / "data/mtd"
-    if not (prepared / "manifest.parquet").is_file():
-        ingest(IngestConfig(kind="mtd", root=root, allow_missing_masks=True, anomaly_shots=1), prepared)
+    ingest(IngestConfig(kind="mtd", root=root, allow_missing_masks=True, anomaly_shots=1), prepared)  # of this --mtd, every run
     manifest, vocab = load_inputs(prepared / "manifest.parquet", prepared / "vocabulary.json")
     cfg = SynthesizeConfig(samples_per_type=120, image_size=size)
     specs = plan_samples(manifest, vocab, cfg)
@@ -171,8 +170,9 @@ def main() -> None:
     p.add_argument("--mtd", default=str(ROOT.parent / "shared/datasets/mtd"), help="MTD copy for the whole-plan rates ('' skips)")
     p.add_argument("--size", type=int, default=256, help="image side of the whole-plan rates")
     p.add_argument("--plan-only", action="store_true", help="only the procedural rates (no diffusion, no Dask)")
-    p.add_argument("--out", default=str(ROOT / "benchmarks/results/synthesis_speed.md"))
+    p.add_argument("--out", default="", help="default benchmarks/results/synthesis_speed.md (_plan.md with --plan-only)")
     a = p.parse_args()
+    a.out = a.out or str(ROOT / f"benchmarks/results/synthesis_speed{'_plan' if a.plan_only else ''}.md")
     manifest_path, vocab_path = demo()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     lines = [f"machine: {platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}, GPU: {gpu}",

@@ -168,6 +168,9 @@ def encode_png(arr: np.ndarray) -> bytes:
         msg = f"encode_png: a uint8 (H, W) or (H, W, 1|3|4) array is needed, got {arr.dtype} {arr.shape}"
         raise ValueError(msg)
     h, w = arr.shape[:2]
+    if h == 0 or w == 0:
+        msg = f"encode_png: an image needs at least one pixel a side, got {arr.shape}"
+        raise ValueError(msg)
     channels = 1 if arr.ndim == 2 else arr.shape[2]
     rows = np.ascontiguousarray(arr).reshape(h, w * channels)
     raw = np.empty((h, w * channels + 1), np.uint8)

@@ -62,8 +62,8 @@ def border_foreground(image: np.ndarray) -> np.ndarray:
 
 
 def _box_mean(image: np.ndarray, f: int) -> np.ndarray:
-    """The mean of every f x f block of an (H, W[, C]) image (H, W multiples of f), float64: exactly
-    ``reshape(H/f, f, W/f, f, C).mean((1, 3))`` (integer sums are exact), 5x faster as two contiguous sums."""
+    """The mean of every f x f block of an (H, W[, C]) image (H, W multiples of f), float64: for an integer image
+    exactly ``reshape(H/f, f, W/f, f, C).mean((1, 3))`` (integer sums are exact), 5x faster as two contiguous sums."""
     h, w = image.shape[:2]
     c = 1 if image.ndim == 2 else image.shape[2]
     rows = image.reshape(h // f, f, w * c).sum(1, dtype=np.int64 if image.dtype.kind in "iub" else np.float64)
@@ -214,7 +214,9 @@ def _score(family: str, rng: np.random.Generator, h: int, w: int, area: float, a
 def _distance(h: int, w: int, lines: list[tuple[np.ndarray, float]], k: float, allowed: np.ndarray | None) -> np.ndarray:
     """(H, W) scaled distance to the nearest of ``lines`` ((points, scale) pairs), computed only in a window
     around them (+inf outside) when the window holds the ``k`` nearest allowed pixels, so the ``k`` best are
-    the same as over the whole image; else over the whole image. Thin masks cost their size, not the image's."""
+    those over the whole image (up to ties at the k-th value); the margin is doubled twice while too few allowed
+    pixels lie within it (those tries in float64, the whole-image field's values), then the whole image.
+    Thin masks cost their size, not the image's."""
     def field(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:  # exact, over the whole window
         yy, xx = _axes(y0, y1, x0, x1)
         dist = np.full((y1 - y0, x1 - x0), np.inf, np.float32)
@@ -222,9 +224,9 @@ def _distance(h: int, w: int, lines: list[tuple[np.ndarray, float]], k: float, a
             dist = np.minimum(dist, _segment_distance(yy, xx, p) * scale)
         return dist
 
-    def near_field(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    def near_field(y0: int, y1: int, x0: int, x1: int, dtype: type) -> np.ndarray:
         """Exact within ``margin`` of the lines, +inf beyond: each segment only over its own box."""
-        dist = np.full((y1 - y0, x1 - x0), np.inf, np.float32)
+        dist = np.full((y1 - y0, x1 - x0), np.inf, dtype)
         for p, scale in lines:
             for a, b in zip(p[:-1], p[1:], strict=True):
                 lo = np.clip(np.floor(np.minimum(a, b)).astype(int) - margin, [y0, x0], [y1, x1])
@@ -239,14 +241,15 @@ def _distance(h: int, w: int, lines: list[tuple[np.ndarray, float]], k: float, a
     pts = np.concatenate([p for p, _ in lines])
     length = sum(float(np.hypot(*np.diff(p, axis=0).T).sum()) for p, _ in lines)
     margin = int(k / max(length, 1.0)) + 6  # twice the half-width k pixels take along the lines, and a few more
-    for _ in range(3):  # the k nearest allowed pixels may lie beyond the margin (the allowed region clips): twice as far
+    for attempt in range(3):  # the k nearest allowed pixels may lie beyond the margin (the allowed region clips): twice as far
         lo = np.clip(np.floor(pts.min(0)).astype(int) - margin, 0, [h, w])
         hi = np.clip(np.ceil(pts.max(0)).astype(int) + margin + 1, lo, [h, w])
         (y0, x0), (y1, x1) = lo, hi
-        dist = near_field(y0, y1, x0, x1)
+        dtype = np.float32 if attempt == 0 else np.float64  # a retry stands in for the whole-image field: its dtype
+        dist = near_field(y0, y1, x0, x1, dtype)
         near = dist <= margin if allowed is None else (dist <= margin) & allowed[y0:y1, x0:x1]
         if near.sum() >= k:
-            out = np.full((h, w), np.inf, np.float32)  # every pixel nearer than the margin is in the window
+            out = np.full((h, w), np.inf, dtype)  # every pixel nearer than the margin is in the window
             out[y0:y1, x0:x1] = dist
             return out
         margin *= 2
@@ -309,7 +312,7 @@ def _top_k(family: str, rng: np.random.Generator, allowed: np.ndarray, k: int, a
         inner = ndimage.binary_erosion(allowed, iterations=max(1, int(min(r, min(h, w) / 4))))
         pool = np.argwhere(inner if inner.any() else allowed)
         centre = pool[int(rng.integers(len(pool)))].astype(float)
-    score = _score(family, rng, h, w, k, aspect, centre, allowed)  # float32 or float64: ranked as it is, not cast
+    score = _score(family, rng, h, w, k, aspect, centre, allowed).astype(np.float64)  # one selection routine for every family
     score = np.where(allowed, score, -np.inf).ravel()
     top = np.argpartition(-score, k - 1)[:k]  # exactly k pixels: the area is the bin's by construction
     mask = np.zeros(h * w, bool)

@@ -25,7 +25,7 @@ from uniadc_core.data.manifest import Role
 from uniadc_core.data.preprocess import Preprocess
 from uniadc_core.data.vocabulary import Vocabulary
 from uniadc_core.io import encode_png
-from uniadc_core.synthesis.masks import estimate_foreground
+from uniadc_core.synthesis.masks import foreground_estimator
 
 
 @dataclass(frozen=True)
@@ -119,16 +119,17 @@ _cached_bytes = 0
 _cache_lock = threading.Lock()
 
 
-def _cached(kind: str, pre: Preprocess, path: str, load: Callable[[], np.ndarray]) -> np.ndarray:
-    """``load()`` of a file, kept (least recently used out, at most ``CACHE_BYTES``) under the file's path, size
-    and modification time, so a rewritten file is read again. The array is read-only: a synthesizer that wrote
-    into a shared input would corrupt later samples, so it raises instead."""
+def _cached(kind: object, pre: Preprocess, path: str, load: Callable[[], np.ndarray]) -> np.ndarray:
+    """``load()`` of a file, kept (least recently used out, at most ``CACHE_BYTES``) under the file's absolute path,
+    device, inode, size and change times, so a rewritten file is read again (an atomic rewrite is a new inode).
+    The array is read-only: a synthesizer that wrote into a shared input would corrupt later samples, so it
+    raises instead."""
     global _cached_bytes
     try:
         st = os.stat(path)
     except OSError:
         return load()  # the loader's own error names the file and the fix
-    key = (kind, pre, str(path), st.st_size, st.st_mtime_ns)
+    key = (kind, pre, os.path.abspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     with _cache_lock:  # shards are made by threads at once (runner local)
         if key in _cache:
             _cache.move_to_end(key)
@@ -175,12 +176,16 @@ def load_sources(spec: SampleSpec, vocab: Vocabulary, size: int) -> tuple[np.nda
 
 
 def load_foreground(spec: SampleSpec, vocab: Vocabulary, size: int, normal: np.ndarray, method: str) -> np.ndarray:
-    """The foreground estimate (``method``) of the spec's normal as ``load_sources`` gave it: kept with the
-    decoded image, as a plan reuses normals (a native tile is a fresh crop each time: estimated afresh)."""
+    """The foreground estimate (``method``) of the spec's normal, ``normal`` as ``load_sources`` gave it: kept with
+    the decoded image, as a plan reuses normals (a native tile is a fresh crop each time: ``normal`` estimated
+    afresh). The key holds the estimator itself, so one registered again under the same name is not answered
+    from the cache."""
     pre = vocab.preprocess(size)
+    estimator = foreground_estimator(method)
     if pre.tiled:
-        return estimate_foreground(normal, method)
-    return _cached(f"foreground:{method}", pre, spec.source_path, lambda: estimate_foreground(normal, method))
+        return estimator(normal)
+    # estimated from the file's own decoded image (the one load_sources gave), whatever array the caller holds
+    return _cached(("foreground", estimator), pre, spec.source_path, lambda: estimator(_image(pre, spec.source_path)))
 
 
 def _tile_rng(spec: SampleSpec, what: int) -> np.random.Generator:

@@ -29,7 +29,7 @@ from uniadc_core.config import SynthesizeConfig, parse_params
 from uniadc_core.data.shards import SHARD_SCHEMA, shard_name
 from uniadc_core.data.vocabulary import Vocabulary
 from uniadc_core.io import atomic_path, read_json, sha256_file, write_json
-from uniadc_core.synthesis.plan import SampleSpec, code_version
+from uniadc_core.synthesis.plan import SampleSpec, clear_cache, code_version
 from uniadc_core.synthesis.synthesizers import get_synthesizer
 
 log = logging.getLogger(__name__)
@@ -149,6 +149,7 @@ def finalize(out_dir: str | Path) -> dict:
         index["generated"] = index["rows"] * candidates  # every kept sample is the best of its candidates
         index["kept_ratio"] = round(1 / candidates, 6)
         write_json(out_dir / "index.json", index)
+    clear_cache()  # the decoded inputs are not needed after the last shard: the later stages get the memory back
     return index
 
 

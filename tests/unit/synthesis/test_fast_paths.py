@@ -37,6 +37,12 @@ def test_encode_png_refuses_what_it_cannot_store(bad):
         encode_png(bad)
 
 
+@pytest.mark.parametrize("shape", [(0, 5), (5, 0, 3)])
+def test_encode_png_refuses_an_empty_image(shape):
+    with pytest.raises(ValueError, match="at least one pixel"):
+        encode_png(np.zeros(shape, np.uint8))
+
+
 @pytest.mark.parametrize("shape", [(64, 48, 3), (64, 48), (8, 12, 1)])
 def test_box_mean_is_the_reshaped_mean_exactly(shape):
     img = np.random.default_rng(2).integers(0, 256, shape, dtype=np.uint8)
@@ -53,16 +59,23 @@ def test_border_foreground_still_finds_an_object_on_a_plain_background():
 
 
 def test_input_cache_rereads_a_rewritten_file_and_hands_out_read_only_arrays(tmp_path):
+    def stored_png(value: int) -> bytes:  # deflate level 0: the file's size does not depend on the pixels
+        buf = io.BytesIO()
+        Image.fromarray(np.full((40, 40, 3), value, np.uint8)).save(buf, format="PNG", compress_level=0)
+        return buf.getvalue()
+
     pre = Preprocess(32)
     path = tmp_path / "a.png"
-    path.write_bytes(png_bytes(np.full((40, 40, 3), 10, np.uint8)))
+    path.write_bytes(stored_png(10))
     first = plan._image(pre, str(path))
     assert first[0, 0, 0] == 10 and plan._image(pre, str(path)) is first  # read once
     with pytest.raises(ValueError, match="read-only"):
         first[0, 0, 0] = 0
-    path.write_bytes(png_bytes(np.full((40, 40, 3), 99, np.uint8)))
-    os.utime(path, ns=(1, 1))  # a rewrite within the clock's resolution is still seen: the key holds the mtime
-    assert plan._image(pre, str(path))[0, 0, 0] == 99
+    before = os.stat(path)
+    path.write_bytes(stored_png(99))  # the same size, in place: the same inode
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # and its old mtime back, as `cp -p` would leave it
+    assert os.stat(path).st_size == before.st_size and os.stat(path).st_mtime_ns == before.st_mtime_ns
+    assert plan._image(pre, str(path))[0, 0, 0] == 99  # the change time still tells
 
 
 def test_input_cache_is_bounded(tmp_path, monkeypatch):
@@ -120,3 +133,41 @@ def test_windowed_line_distance_picks_the_k_nearest_allowed_pixels(band):
         near = ok & (exact <= np.sort(exact[ok])[k - 1])
         np.testing.assert_allclose(fast[near], exact[near], rtol=1e-6)  # exact (float32) wherever the k nearest can be
         np.testing.assert_allclose(np.sort(fast[ok])[:k], np.sort(exact[ok])[:k], rtol=1e-6)  # and no other pixel ranks among them
+
+
+def test_input_cache_keeps_preprocessing_settings_apart(tmp_path):
+    path = tmp_path / "a.png"
+    path.write_bytes(png_bytes(np.random.default_rng(3).integers(0, 256, (40, 60, 3), dtype=np.uint8)))
+    small, big, padded = (plan._image(Preprocess(16), str(path)), plan._image(Preprocess(32), str(path)),
+                          plan._image(Preprocess(32, "pad"), str(path)))
+    assert small.shape == (16, 16, 3) and big.shape == padded.shape == (32, 32, 3)
+    assert not np.array_equal(big, padded)  # the same file and size, another resize policy: its own entry
+
+
+class _Vocab:  # the one method load_foreground asks of a vocabulary
+    def __init__(self, policy: str):
+        self.policy = policy
+
+    def preprocess(self, size: int) -> Preprocess:
+        return Preprocess(size, self.policy)
+
+
+def _spec(path) -> plan.SampleSpec:
+    return plan.SampleSpec("s0", "c", "d", 1, "procedural", 0, "img0", str(path))
+
+
+def test_foreground_is_estimated_once_per_file_and_by_the_estimator_asked_for(tmp_path, monkeypatch):
+    img = np.full((64, 64, 3), 20, np.uint8)
+    img[16:48, 16:48] = 220  # an object on a plain background
+    path = tmp_path / "n.png"
+    path.write_bytes(png_bytes(img))
+    calls = []
+    monkeypatch.setitem(masks.FOREGROUND_ESTIMATORS, "counting", lambda im: calls.append(1) or masks.border_foreground(im))
+    vocab, spec = _Vocab("stretch"), _spec(path)
+    normal = plan._image(Preprocess(64), str(path))
+    first = plan.load_foreground(spec, vocab, 64, normal, "counting")
+    again = plan.load_foreground(spec, vocab, 64, normal, "counting")
+    assert again is first and len(calls) == 1 and first[32, 32] and not first[2, 2]
+    assert plan.load_foreground(spec, vocab, 64, normal, "none").all()  # another estimator: its own entry
+    tiled = plan.load_foreground(spec, _Vocab("tile"), 64, np.full((64, 64, 3), 5, np.uint8), "counting")
+    assert len(calls) == 2 and tiled.all()  # a tile is estimated afresh from the array given (a plain one: all foreground)
