@@ -66,7 +66,39 @@ def test_per_class_calibration_keeps_every_class_false_positive_rate_within_budg
     aligned, classes = np.concatenate([low, high]), ["tile"] * 900 + ["board"] * 100
     pooled, per = calibrate(aligned, classes, 99.0, "pooled")
     threshold, _ = calibrate(aligned, classes, 99.0, "per_class")
-    assert per == {"board": float(np.percentile(high, 99)), "tile": float(np.percentile(low, 99))}
+    # conformal ranks: ceil(901 * 0.99) = 892 of 900, ceil(101 * 0.99) = 100 of 100
+    assert per["tile"].threshold == np.sort(low)[891] and per["board"].threshold == high.max()
+    assert per["tile"].enough and per["board"].enough and per["board"].count == 100
     assert (high > pooled).mean() > 0.05  # one percentile of all: the high class is flagged far above 1 %
-    assert threshold == max(per.values()) and max((low > threshold).mean(), (high > threshold).mean()) <= 0.01
+    assert threshold == max(t.threshold for t in per.values()) and max((low > threshold).mean(), (high > threshold).mean()) <= 0.01
     assert calibrate(low, ["tile"] * 900, 99.0, "per_class")[0] == calibrate(low, ["tile"] * 900, 99.0, "pooled")[0]
+
+
+def test_conformal_threshold_holds_its_false_positive_rate_on_new_normals():
+    from uniadc_core.cada.fit import class_threshold, conformal_rank
+
+    assert [conformal_rank(n, 99.0) for n in (98, 99, 200, 21)] == [99, 99, 199, 22]
+    assert conformal_rank(19, 95.0) == 19 and conformal_rank(18, 95.0) == 19
+    rng = np.random.default_rng(1)
+    rates = []
+    for _ in range(300):  # many calibration sets of 200 held-out normals, each judged on fresh normals
+        t = class_threshold(rng.gamma(2.0, 1.0, 200), 99.0)
+        rates.append((rng.gamma(2.0, 1.0, 4000) > t.threshold).mean())
+    assert t.enough and t.expected_false_positive_rate == pytest.approx(2 / 201)
+    assert np.mean(rates) == pytest.approx(2 / 201, abs=0.0015)  # the rank's exact rate, at most 1 %
+
+
+def test_too_few_held_out_normals_keep_their_maximum_and_say_so(caplog):
+    from uniadc_core.cada.fit import calibrate
+
+    rng = np.random.default_rng(2)
+    aligned = np.concatenate([rng.normal(0, 1, 300), rng.normal(0, 1, 21)])
+    with caplog.at_level("WARNING", logger="uniadc_core.cada.fit"):
+        threshold, per = calibrate(aligned, ["tile"] * 300 + ["commutator"] * 21, 99.0)
+    small = per["commutator"]
+    assert not small.enough and small.threshold == aligned[300:].max() and small.expected_false_positive_rate == pytest.approx(1 / 22)
+    assert per["tile"].enough and threshold == max(small.threshold, per["tile"].threshold)
+    (msg,) = [r.getMessage() for r in caplog.records]
+    assert "class 'commutator': 21 held-out normals" in msg and "it needs 99" in msg and "ingest.holdout_fraction" in msg
+    with pytest.raises(ValueError, match="no held-out normal scores"):
+        calibrate(np.zeros(0), [], 99.0, "pooled")

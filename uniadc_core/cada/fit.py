@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,16 +41,58 @@ def normal_statistics(model: Discriminator, manifest: pl.DataFrame) -> tuple[dic
     return stats, (float(s.score.mean()), float(s.score.max())), s, normals
 
 
-def calibrate(aligned: np.ndarray, classes: list[str], percentile: float, scope: str = "per_class") -> tuple[float, dict[str, float]]:
-    """The decision threshold on aligned held-out normal scores, and each class's ``percentile`` of them.
+def conformal_rank(n: int, percentile: float) -> int:
+    """The 1-based rank k = ceil((n + 1) * percentile / 100) of the held-out score used as a threshold: a new
+    score exchangeable with the n held-out ones exceeds the k-th smallest with probability (n + 1 - k) / (n + 1)
+    <= 1 - percentile / 100. k > n means n is too few for that guarantee (n < percentile / (100 - percentile))."""
+    return max(1, math.ceil((n + 1) * percentile / 100.0 - 1e-9))
 
-    ``per_class``: the highest of the classes' percentiles, so no class's held-out false-positive rate exceeds
-    ``100 - percentile`` % (alignment brings the classes close, never exactly together); ``pooled``: the
-    percentile of all scores together, which a class whose normals sit high can exceed."""
+
+@dataclass(frozen=True)
+class ClassThreshold:
+    threshold: float
+    count: int  # held-out normals it was taken from
+    expected_false_positive_rate: float  # expected false-positive rate on new normals: (n + 1 - k) / (n + 1), k capped at n
+    enough: bool  # whether count supports the percentile (k <= n)
+
+
+def class_threshold(scores: np.ndarray, percentile: float) -> ClassThreshold:
+    """The conformal ``percentile`` threshold of one set of held-out normal scores: the k-th smallest
+    (``conformal_rank``), or their maximum where they are too few."""
+    s, n = np.sort(np.asarray(scores, np.float64)), len(scores)
+    if n == 0:
+        raise ValueError("no held-out normal scores to calibrate a threshold on")
+    k = conformal_rank(n, percentile)
+    kept = min(k, n)
+    return ClassThreshold(float(s[kept - 1]), n, (n + 1 - kept) / (n + 1), k <= n)
+
+
+def calibrate(aligned: np.ndarray, classes: list[str], percentile: float, scope: str = "per_class") -> tuple[float, dict[str, ClassThreshold]]:
+    """The decision threshold on aligned held-out normal scores, and each class's conformal ``percentile``.
+
+    ``per_class``: the highest of the classes' thresholds, so no class's false-positive rate on new normals is
+    expected above ``100 - percentile`` % (alignment brings the classes close, never exactly together);
+    ``pooled``: the threshold of all scores together, which a class whose normals sit high can exceed. A class
+    with too few held-out normals for the percentile keeps their maximum, with a warning that names the fix."""
     labels = np.asarray(classes)
-    per = {c: float(np.percentile(aligned[labels == c], percentile)) for c in sorted(set(classes))}
-    pooled = float(np.percentile(aligned, percentile))
-    return (max(per.values()) if scope == "per_class" else pooled), per
+    per = {c: class_threshold(aligned[labels == c], percentile) for c in sorted(set(classes))}
+    if scope == "per_class":
+        for cls, t in per.items():
+            _warn_if_few(t, f"class '{cls}'", percentile)
+        return max(t.threshold for t in per.values()), per
+    pooled = class_threshold(aligned, percentile)
+    _warn_if_few(pooled, "the pooled classes", percentile)
+    return pooled.threshold, per
+
+
+def _warn_if_few(t: ClassThreshold, who: str, percentile: float) -> None:
+    if t.enough:
+        return
+    need = math.ceil(percentile / (100.0 - percentile) - 1e-9) if percentile < 100 else None
+    log.warning("%s: %d held-out normals are too few for a %.4gth-percentile threshold (%s): it is their maximum, whose expected "
+                "false-positive rate on new normals is %.1f %%, not %.4g %%; add normal images, raise ingest.holdout_fraction or "
+                "lower fit_cada.threshold_percentile", who, t.count, percentile,
+                f"it needs {need}" if need else "no finite count suffices", 100 * t.expected_false_positive_rate, 100 - percentile)
 
 
 def regressor_data(model: Discriminator, manifest: pl.DataFrame, synthetic: pa.Table, per_class: int, seed: int,
@@ -94,12 +138,14 @@ def fit(model: Discriminator, manifest: pl.DataFrame, synthetic: pa.Table, cfg: 
     cada.config.threshold = cada.config.calibrated_threshold if cfg.threshold == "auto" else float(cfg.threshold)
     log.info("calibrated threshold %.4f (%s) from the %.1fth percentiles of %d aligned held-out normal scores %s; threshold in force %.4f",
              cada.config.calibrated_threshold, cfg.calibrate, cfg.threshold_percentile, len(aligned),
-             {c: round(t, 4) for c, t in per_class.items()}, cada.config.threshold)
+             {c: round(t.threshold, 4) for c, t in per_class.items()}, cada.config.threshold)
     # how well it recovers each class's statistics on its own training images
     u, gamma = cada.predict_stats(embeddings)
     report = {}
     for cls in sorted(stats):
         sel = np.asarray(classes) == cls
         report[cls] = {"u": stats[cls].u, "gamma": stats[cls].gamma, "u_pred_mean": float(u[sel].mean()), "gamma_pred_mean": float(gamma[sel].mean()),
-                       "class_threshold": per_class.get(cls)}
+                       "class_threshold": per_class[cls].threshold if cls in per_class else None,
+                       "held_out_normals": per_class[cls].count if cls in per_class else 0,
+                       "expected_false_positive_rate": per_class[cls].expected_false_positive_rate if cls in per_class else None}
     return save_cada(cada, out_dir, extra={"fit_report.json": report})

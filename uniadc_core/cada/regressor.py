@@ -47,7 +47,7 @@ class CadaConfig:
     class_stats: dict[str, list]  # class -> [u, gamma, count, in_sample]
     global_stats: list[float]  # [u, gamma] over all held-out normals pooled: the "no alignment" baseline
     min_spread: float = MIN_SPREAD
-    calibrated_threshold: float = 1.0  # fit_cada.threshold_percentile of the aligned held-out normal scores
+    calibrated_threshold: float = 1.0  # the conformal fit_cada.threshold_percentile of the aligned held-out normal scores
     threshold: float = 1.0  # the decision threshold in force (fit_cada.threshold: a number, or auto = calibrated)
 
 

@@ -234,7 +234,7 @@ class FitCadaConfig:
     weight_decay: float = 0.001
     synthetic_per_class: int = 60  # synthetic anomalous images per class added to the regressor's data
     threshold_percentile: float = 99.0  # calibrated threshold = this percentile of aligned held-out normal scores
-    # per_class: the highest of the classes' percentiles (every class's held-out FP rate <= 100 - percentile %); pooled: of all
+    # per_class: the highest of the classes' conformal percentiles (no class expected above 100 - percentile % FP); pooled: of all
     calibrate: Literal["per_class", "pooled"] = "per_class"
     # the decision threshold saved with the model, on the aligned score: 1.0 = the predicted normal max; auto = calibrated
     threshold: Union[float, Literal["auto"]] = 1.0
