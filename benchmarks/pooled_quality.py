@@ -2,7 +2,7 @@
 with no class label (CADA), against no alignment, the class-aware oracle, and each class trained alone.
 
     .venv/bin/python benchmarks/pooled_quality.py [--shared ../shared] [--seeds 0,1,2] [--image-size 256]
-        [--epochs 12] [--set train.backbone=torchvision ...] [--label NAME] [--alone]
+        [--epochs 12] [--set train.backbone=torchvision ...] [--label NAME] [--alone] [--runs pooled,alone-commutator] [--resume]
 
 Each seed runs ingest (``kind: sources``) -> synthesize -> train -> fit_cada -> evaluate with the library
 calls the flows use, in ``benchmarks/work/pooled/``; with ``--alone`` every class is also run by itself
@@ -95,6 +95,8 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a params key (repeatable)")
     p.add_argument("--label", default="pooled")
     p.add_argument("--alone", action="store_true", help="also train and evaluate every class by itself (the reference)")
+    p.add_argument("--runs", default="", help="only these runs, comma-separated: 'pooled' and/or 'alone-<class>' "
+                   "(e.g. alone-commutator; implies --alone for those); default all")
     p.add_argument("--resume", action="store_true", help="skip the (run, seed) pairs already logged with these params "
                    "and this library tree")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/pooled_quality"))
@@ -106,7 +108,15 @@ def main() -> None:
         sys.exit(f"datasets not found: {absent}; pass --shared (the folder holding datasets/mtd, kolektorsdd, deeppcb)")
     out = Path(a.out).with_suffix(".json")
     log = json.loads(out.read_text()) if out.is_file() else []
-    runs = [(a.label, srcs)] + ([(f"{a.label}-alone-{s.get('object_class', s['kind'])}", [s]) for s in srcs] if a.alone else [])
+    alone = [(f"alone-{s.get('object_class', s['kind'])}", [s]) for s in srcs]
+    runs = [("pooled", srcs)] + (alone if a.alone or a.runs else [])
+    if a.runs:
+        wanted = a.runs.split(",")
+        unknown = sorted(set(wanted) - {name for name, _ in runs})
+        if unknown:
+            sys.exit(f"--runs: unknown run(s) {unknown}; choose from {[name for name, _ in runs]}")
+        runs = [r for r in runs if r[0] in wanted]
+    runs = [(a.label if name == "pooled" else f"{a.label}-{name}", group) for name, group in runs]
     code = code_version()
     for seed in [int(x) for x in a.seeds.split(",")]:
         for run, group in runs:
