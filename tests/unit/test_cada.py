@@ -75,10 +75,14 @@ def test_per_class_calibration_keeps_every_class_false_positive_rate_within_budg
 
 
 def test_conformal_threshold_holds_its_false_positive_rate_on_new_normals():
-    from uniadc_core.cada.fit import class_threshold, conformal_rank
+    from uniadc_core.cada.fit import class_threshold, conformal_rank, min_normals
 
     assert [conformal_rank(n, 99.0) for n in (98, 99, 200, 21)] == [99, 99, 199, 22]
     assert conformal_rank(19, 95.0) == 19 and conformal_rank(18, 95.0) == 19
+    for p in (90.0, 95.0, 99.0, 99.5):  # the fewest normals whose rank is within them, and one fewer is not
+        n = min_normals(p)
+        assert conformal_rank(n, p) <= n and conformal_rank(n - 1, p) > n - 1
+    assert min_normals(99.0) == 99 and min_normals(100.0) is None
     rng = np.random.default_rng(1)
     rates = []
     for _ in range(300):  # many calibration sets of 200 held-out normals, each judged on fresh normals

@@ -44,8 +44,14 @@ def normal_statistics(model: Discriminator, manifest: pl.DataFrame) -> tuple[dic
 def conformal_rank(n: int, percentile: float) -> int:
     """The 1-based rank k = ceil((n + 1) * percentile / 100) of the held-out score used as a threshold: a new
     score exchangeable with the n held-out ones exceeds the k-th smallest with probability (n + 1 - k) / (n + 1)
-    <= 1 - percentile / 100. k > n means n is too few for that guarantee (n < percentile / (100 - percentile))."""
+    <= 1 - percentile / 100. k > n means n is too few for that guarantee (n < ``min_normals(percentile)``)."""
     return max(1, math.ceil((n + 1) * percentile / 100.0 - 1e-9))
+
+
+def min_normals(percentile: float) -> int | None:
+    """The fewest held-out normals whose conformal rank is within them (``conformal_rank(n, p) <= n``), i.e.
+    ceil(p / (100 - p)); None at the 100th percentile, which no finite count supports."""
+    return math.ceil(percentile / (100.0 - percentile) - 1e-9) if percentile < 100 else None
 
 
 @dataclass(frozen=True)
@@ -88,7 +94,7 @@ def calibrate(aligned: np.ndarray, classes: list[str], percentile: float, scope:
 def _warn_if_few(t: ClassThreshold, who: str, percentile: float) -> None:
     if t.enough:
         return
-    need = math.ceil(percentile / (100.0 - percentile) - 1e-9) if percentile < 100 else None
+    need = min_normals(percentile)
     log.warning("%s: %d held-out normals are too few for a %.4gth-percentile threshold (%s): it is their maximum, whose expected "
                 "false-positive rate on new normals is %.1f %%, not %.4g %%; add normal images, raise ingest.holdout_fraction or "
                 "lower fit_cada.threshold_percentile", who, t.count, percentile,
@@ -144,8 +150,8 @@ def fit(model: Discriminator, manifest: pl.DataFrame, synthetic: pa.Table, cfg: 
     report = {}
     for cls in sorted(stats):
         sel = np.asarray(classes) == cls
+        t = per_class.get(cls)
         report[cls] = {"u": stats[cls].u, "gamma": stats[cls].gamma, "u_pred_mean": float(u[sel].mean()), "gamma_pred_mean": float(gamma[sel].mean()),
-                       "class_threshold": per_class[cls].threshold if cls in per_class else None,
-                       "held_out_normals": per_class[cls].count if cls in per_class else 0,
-                       "expected_false_positive_rate": per_class[cls].expected_false_positive_rate if cls in per_class else None}
+                       "class_threshold": t.threshold if t else None, "held_out_normals": t.count if t else 0,
+                       "expected_false_positive_rate": t.expected_false_positive_rate if t else None}
     return save_cada(cada, out_dir, extra={"fit_report.json": report})
