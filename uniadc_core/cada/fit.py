@@ -96,8 +96,8 @@ def _warn_if_few(t: ClassThreshold, who: str, percentile: float) -> None:
         return
     need = min_normals(percentile)
     log.warning("%s: %d held-out normals are too few for a %.4gth-percentile threshold (%s): it is their maximum, whose expected "
-                "false-positive rate on new normals is %.1f %%, not %.4g %%; add normal images, raise ingest.holdout_fraction or "
-                "lower fit_cada.threshold_percentile", who, t.count, percentile,
+                "false-positive rate on new normals is %.1f %%, not %.4g %%; add normal images, raise ingest.holdout_min (or holdout_fraction) "
+                "or lower fit_cada.threshold_percentile", who, t.count, percentile,
                 f"it needs {need}" if need else "no finite count suffices", 100 * t.expected_false_positive_rate, 100 - percentile)
 
 

@@ -28,6 +28,7 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "ingest.anomaly_shots": _int_min(0),
     "ingest.normal_shots": (lambda v: v == "all" or v >= 1, "'all' or an integer >= 1"),
     "ingest.holdout_fraction": _FRACTION,
+    "ingest.holdout_min": _int_min(0),
     "ingest.mtd.test_normal_fraction": _FRACTION,
     "ingest.folder.test_normal_fraction": _FRACTION,
     "ingest.kolektorsdd.folds": _int_min(2),

@@ -85,6 +85,7 @@ class IngestConfig:
     normal_shots: Union[int, Literal["all"]] = "all"  # train normals kept per class
     anomaly_shots: int = 1  # real anomalies per defect type moved from test to training (0 = zero-shot)
     holdout_fraction: float = 0.25  # normal shots per class never trained on: checkpoint choice and CADA statistics
+    holdout_min: int = 0  # at least this many held out per class (at most half its normal shots): a class's threshold errs on 1/(n+1) of new normals
     demo: DemoConfig = field(default_factory=DemoConfig)
     mtd: MtdConfig = field(default_factory=MtdConfig)
     kolektorsdd: KolektorConfig = field(default_factory=KolektorConfig)

@@ -127,7 +127,7 @@ def ingest(cfg: IngestConfig, out_dir: str | Path = "data/prepared", raw_dir: st
     else:
         frame, problems = records_to_frame(list_records(cfg), cfg.allow_missing_masks, cfg.on_error, decode_options(cfg))
         rules = {c: decode_options(cfg) for c in frame["object_class"].unique().to_list()}
-    frame = apply_few_shot(frame, cfg.normal_shots, cfg.anomaly_shots, cfg.seed, cfg.holdout_fraction)
+    frame = apply_few_shot(frame, cfg.normal_shots, cfg.anomaly_shots, cfg.seed, cfg.holdout_fraction, cfg.holdout_min)
     # pooled sources and typed boxes: every mask rewritten as a label map, read by one rule after ingest
     canonical = cfg.kind == "sources" or frame["boxes"].is_not_null().any()
     options = DecodeOptions(cfg.bit_depth, cfg.max_pixels, "labels") if canonical else decode_options(cfg)

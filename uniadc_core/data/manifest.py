@@ -77,7 +77,8 @@ def frame_from_checked(good: list[Checked]) -> pl.DataFrame:
 
 
 def apply_few_shot(
-    frame: pl.DataFrame, normal_shots: int | str, anomaly_shots: int, seed: int, holdout_fraction: float = 0.0
+    frame: pl.DataFrame, normal_shots: int | str, anomaly_shots: int, seed: int, holdout_fraction: float = 0.0,
+    holdout_min: int = 0,
 ) -> pl.DataFrame:
     """Assign roles: k normal shots per class, k anomaly shots per (class, defect type) moved to train.
 
@@ -85,7 +86,9 @@ def apply_few_shot(
     layout puts anomalies on the training side of its split (KolektorSDD's training items), the shots
     of that type are drawn from those, the test set stays as it is, and the rest are ``unused_anomaly``. A
     ``holdout_fraction`` of each class's normal shots (at least one when there are two or more)
-    becomes ``normal_holdout``: never trained on, used for checkpoint choice and CADA statistics.
+    becomes ``normal_holdout``: never trained on, used for checkpoint choice and CADA statistics. ``holdout_min``
+    raises that count to at least this many for a small class, never past half its normal shots: the threshold
+    of a class with n held-out normals can promise no false-positive rate below 1 / (n + 1).
     """
     rng = np.random.default_rng(seed)
     frame = frame.sort("path")
@@ -96,7 +99,7 @@ def apply_few_shot(
         role[idx] = Role.UNUSED_NORMAL
         k = len(idx) if normal_shots == "all" else min(int(normal_shots), len(idx))
         shots = rng.permutation(idx)[:k]
-        n_hold = 0 if (holdout_fraction == 0 or k < 2) else max(1, int(round(holdout_fraction * k)))
+        n_hold = 0 if (holdout_fraction == 0 or k < 2) else max(1, int(round(holdout_fraction * k)), min(holdout_min, k // 2))
         role[shots[n_hold:]] = Role.NORMAL_SHOT
         role[shots[:n_hold]] = Role.NORMAL_HOLDOUT
         train_side = (frame["object_class"] == cls) & (frame["split"] == "train") & frame["is_anomaly"]

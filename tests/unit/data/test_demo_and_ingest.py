@@ -61,6 +61,10 @@ def test_normal_shots_k_and_too_many_anomaly_shots(tmp_path):
     assert counts == {"normal_shot": 1, "normal_holdout": 1, "unused_normal": 4, "test": 8}
     again = apply_few_shot(frame, normal_shots=2, anomaly_shots=0, seed=0, holdout_fraction=0.5)
     assert roles.equals(again)
+    # holdout_min raises a small class's held-out count, never past half its normal shots
+    held = [dict(apply_few_shot(frame, normal_shots="all", anomaly_shots=0, seed=0, holdout_fraction=0.25, holdout_min=m)
+                 .group_by("role").len().iter_rows()) for m in (0, 2, 5)]
+    assert [(h["normal_holdout"], h["normal_shot"]) for h in held] == [(2, 4), (2, 4), (3, 3)]
     with pytest.raises(ValueError, match="anomaly_shots=2; shots need masks and at least one image must stay"):
         apply_few_shot(frame, normal_shots="all", anomaly_shots=2, seed=0)
 
