@@ -45,11 +45,13 @@ def render(path: Path) -> None:
             cells.append(f"{statistics.mean(vals):.1f} ± {sd:.1f}" if vals else "-")
         cpu = statistics.mean(g["seconds"]["train_cpu"] for g in group) / 60
         lines.append(f"| {label} | {setting} | {budget:g} | {group[0]['epochs']} | {cpu:.1f} | {len(group)} | " + " | ".join(cells) + " |")
+    notes = path.with_name(path.stem + "_notes.md")  # what the rows mean, written by hand; kept under the table
     with atomic_path(path.with_suffix(".md")) as tmp:
         tmp.write_text("# MTD on a fixed CPU budget\n\n`benchmarks/budget_quality.py`: each budget is one training whose epochs "
                        "fit it (CPU seconds per epoch measured by a one-epoch run), CADA variant, mean ± std over seeds, %; "
                        "false-positive and miss rates at the threshold calibrated on held-out normals. 2 cores, nothing else "
-                       "running. Overrides of each run are in the JSON beside this file.\n\n" + "\n".join(lines) + "\n")
+                       "running. Overrides of each run are in the JSON beside this file.\n\n" + "\n".join(lines) + "\n"
+                       + (f"\n{notes.read_text()}" if notes.is_file() else ""))
 
 
 def main() -> None:
