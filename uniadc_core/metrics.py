@@ -48,19 +48,25 @@ def f1_max(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(f1.max())
 
 
-def aupro(maps: np.ndarray, masks: np.ndarray, max_fpr: float = 0.3, num_thresholds: int = 400) -> float:
+def aupro(maps: np.ndarray, masks: np.ndarray, max_fpr: float = 0.3, num_thresholds: int = 400,
+          valid: np.ndarray | None = None) -> float:
     """Area under the per-region-overlap curve up to ``max_fpr``, normalised to [0, 1].
 
     maps (N, H, W) float, masks (N, H, W) bool. Regions are 8-connected components of each mask;
     PRO at a threshold is the mean over regions of the fraction of the region above it; FPR is
-    over all normal pixels.
+    over all normal pixels. ``valid`` (N, H, W) bool: the pixels that show the image (a padded view's
+    padding is neither normal nor defect); None: all.
     """
     maps = np.asarray(maps, np.float64)
     masks = np.asarray(masks).astype(bool)
+    normal = ~masks
+    if valid is not None:
+        valid = np.asarray(valid).astype(bool)
+        masks, normal = masks & valid, normal & valid
     if not masks.any():
         msg = "AUPRO: no defect region in the masks"
         raise ValueError(msg)
-    if masks.all():
+    if not normal.any():
         msg = "AUPRO: no normal pixel in the masks"
         raise ValueError(msg)
     labels = np.zeros(masks.shape, np.int64)
@@ -70,14 +76,14 @@ def aupro(maps: np.ndarray, masks: np.ndarray, max_fpr: float = 0.3, num_thresho
         labels[i] = np.where(lab > 0, lab + offset, 0)
         offset += n
     # thresholds spanning the normal-pixel score range where FPR <= max_fpr, plus region scores
-    normal_scores = maps[~masks]
+    normal_scores = maps[normal]
     lo = np.quantile(normal_scores, 1 - max_fpr)
-    hi = maps.max()
+    hi = maps[masks | normal].max()  # over the pixels that count
     thresholds = np.linspace(hi, lo, num_thresholds)  # decreasing
     # bin = number of thresholds strictly above the pixel: the pixel clears threshold j iff bin <= j
     bins = np.searchsorted(-thresholds, -maps.ravel(), side="left")  # 0..T
     t = num_thresholds
-    normal_hist = np.bincount(bins[~masks.ravel()], minlength=t + 1)
+    normal_hist = np.bincount(bins[normal.ravel()], minlength=t + 1)
     fpr = np.cumsum(normal_hist)[:t] / normal_scores.size  # (T,) fraction of normal pixels >= threshold
     region = labels.ravel()
     in_region = region > 0

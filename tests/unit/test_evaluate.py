@@ -61,3 +61,22 @@ def test_decision_rates_and_where_the_threshold_is_set():
     assert parse_params({"fit_cada": {"threshold": "auto"}}).fit_cada.threshold == "auto"
     with pytest.raises(ConfigError, match="'evaluate.threshold' has moved to 'fit_cada.threshold'"):
         parse_params({"evaluate": {"threshold": 1.0}})
+
+
+def test_pixel_metrics_leave_out_the_padding_of_a_padded_view():
+    """The padding of a ``pad`` view (or a tile model's whole-image view) is no image: the pixel metrics and the
+    pixel confusion are those of the image area alone, whatever the map says on the padding."""
+    scores, test = _case([0, 1, 0, 1])
+    n, size = len(test.labels), test.masks.shape[-1]
+    shown = np.zeros((n, size, size), bool)
+    shown[:, :, :6] = True  # the last two columns are padding (the defect lies at columns 2..4)
+    amap = scores.anomaly_map.copy()
+    amap[:, :, 6:] = np.random.default_rng(1).normal(0, 20, (n, size, 2))  # any values on the padding
+    with_padding = Scores(scores.score, amap, *scores[2:])
+    cropped = Scores(scores.score, np.ascontiguousarray(amap[:, :, :6]), scores.type_probs, scores.pixel_types[:, :, :6], scores.embedding)
+    valid = test._replace(valid=shown)
+    alone = test._replace(masks=np.ascontiguousarray(test.masks[:, :, :6]))
+    m_valid, m_alone, m_all = _metrics(with_padding, valid), _metrics(cropped, alone), _metrics(with_padding, test)
+    for k in ("pixel_auroc", "aupro", "miou"):
+        assert m_valid[k] == pytest.approx(m_alone[k], abs=1e-12), k
+    assert m_all["aupro"] != pytest.approx(m_alone["aupro"])  # counted, the padding's values would move the figure

@@ -71,3 +71,17 @@ def test_degenerate_inputs_raise_clear_errors():
         auroc(np.array([0.1, 0.2]), np.array([0, 0]))
     with pytest.raises(ValueError, match="no samples"):
         accuracy(np.array([]), np.array([]))
+
+
+def test_aupro_over_valid_pixels_equals_aupro_of_the_cropped_maps():
+    rng = np.random.default_rng(3)
+    masks = np.zeros((3, 10, 14), bool)
+    masks[0, 2:5, 3:7] = masks[1, 6:9, 1:4] = masks[2, 1:3, 8:10] = True
+    maps = rng.normal(0, 1, masks.shape) + 2.5 * masks
+    maps[:, :, 10:] += 10  # the padding scores higher than any defect
+    valid = np.zeros(masks.shape, bool)
+    valid[:, :, :10] = True
+    assert aupro(maps, masks, 0.3, 400, valid) == pytest.approx(aupro(maps[:, :, :10], masks[:, :, :10]), abs=1e-12)
+    assert aupro(maps, masks) < aupro(maps, masks, 0.3, 400, valid)
+    with pytest.raises(ValueError, match="no normal pixel"):
+        aupro(maps, masks, 0.3, 400, masks)

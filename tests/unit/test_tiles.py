@@ -185,3 +185,14 @@ def test_synthetic_tiles_are_not_normalised_again(tiny_shards):
     padded = read_row_group(unit, Preprocess(64, "pad", intensity="per_image")) + read_row_group(
         unit, Preprocess(64, "pad", intensity="per_image"), validation=True)
     assert not all(any(np.array_equal(r[2], im) for im in stored) for r in padded)  # the other policies: once more when read
+
+
+def test_shown_marks_the_image_area_of_the_view():
+    """``shown``: the view pixels that show the image (pixel metrics leave the padding out)."""
+    wide = Preprocess(size=64, policy="pad").shown((50, 100))  # pad: the long side fills the view
+    assert wide.shape == (64, 64) and wide[:, 0].tolist() == wide[:, 63].tolist()
+    assert wide[32].all() and not wide[0].any() and not wide[63].any()
+    assert abs(wide.mean() - 0.5) < 0.05
+    assert Preprocess(size=64, policy="tile").shown((50, 100)).tolist() == wide.tolist()  # tile: its view is pad's
+    assert Preprocess(size=64, policy="stretch").shown((50, 100)).all()
+    assert Preprocess(size=64, policy="pad").shown((80, 80)).all()

@@ -125,6 +125,13 @@ class Preprocess:
         out = resize(image, self.size, policy=self._view_policy)
         return normalise_intensity(out) if self.intensity == "per_image" else out
 
+    def shown(self, shape: tuple[int, int]) -> np.ndarray:
+        """(size, size) bool: the pixels of the view that show an image of this (H, W) shape; the padding of ``pad``
+        (and of ``tile``'s whole-image view) shows nothing, so pixel metrics leave it out (stretch: every pixel)."""
+        if self._view_policy == "stretch":
+            return np.ones((self.size, self.size), bool)
+        return self.mask(np.ones(shape, bool))
+
     def mask(self, mask: np.ndarray) -> np.ndarray:
         """(H, W) bool or uint8 defect indices -> (size, size), nearest neighbour (pad, tile: zeros)."""
         return resize(mask, self.size, nearest=True, policy=self._view_policy)

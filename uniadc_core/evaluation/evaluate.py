@@ -43,6 +43,7 @@ class EvalSet(NamedTuple):
     paths: list[str]
     present: np.ndarray | None = None  # (N, K+1) bool: the types in each image (column 0: normal); None = labels' alone
     views: list[np.ndarray] | None = None  # (S, S, 3) the images as the maps lie on them (overlays); None = ``images``
+    valid: np.ndarray | None = None  # (N, S, S) bool: view pixels that show the image (pad, tile: not the padding); None = all
 
 
 def load_test_set(manifest: pl.DataFrame, defect_types: list[str], pre: Preprocess) -> EvalSet:
@@ -54,11 +55,13 @@ def load_test_set(manifest: pl.DataFrame, defect_types: list[str], pre: Preproce
     if unknown:
         msg = f"test defect types {unknown} are not in the model's vocabulary {defect_types}; retrain on this dataset"
         raise ValueError(msg)
-    images, masks, labels, has_mask = [], [], [], []
+    images, masks, labels, has_mask, valid = [], [], [], [], []
     present = np.zeros((test.height, len(defect_types) + 1), bool)
     listed = test["defect_types"] if "defect_types" in test.columns else test["defect_type"]
     for i, (row, types) in enumerate(zip(test.iter_rows(named=True), listed.to_list(), strict=True)):
-        images.append(pre.native(pre.decode_image(row["path"])) if pre.tiled else pre.load_image(row["path"]))
+        decoded = pre.decode_image(row["path"])
+        images.append(pre.native(decoded) if pre.tiled else pre.image(decoded))
+        valid.append(pre.shown(decoded.shape[:2]))
         label = defect_types.index(row["defect_type"]) + 1 if row["is_anomaly"] else 0
         known = not row["is_anomaly"] or row["mask_path"] is not None
         if row["is_anomaly"] and known:
@@ -77,7 +80,7 @@ def load_test_set(manifest: pl.DataFrame, defect_types: list[str], pre: Preproce
             if t in defect_types:
                 present[i, defect_types.index(t) + 1] = True
     return EvalSet(images, np.stack(masks), np.array(has_mask), np.array(labels), test["object_class"].to_list(), test["path"].to_list(),
-                   present, [pre.view(im) for im in images] if pre.tiled else None)
+                   present, [pre.view(im) for im in images] if pre.tiled else None, np.stack(valid))
 
 
 def variant_stats(cada: Cada, scores: Scores, classes: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -93,14 +96,15 @@ def variant_stats(cada: Cada, scores: Scores, classes: list[str]) -> dict[str, t
 
 def compute_metrics(d: Decision, test: EvalSet, max_fpr: float, num_types: int) -> dict:
     """Metrics of one variant's decision."""
-    px = test.has_mask  # pixel metrics only where the truth is known
+    px = test.has_mask  # pixel metrics only where the truth is known, over the pixels that show the image
     maps, is_anom, gt_pix = d.anomaly_map[px], test.labels > 0, test.masks[px] > 0
-    pix_conf = confusion_matrix(test.masks[px], d.pixel_labels[px], num_types + 1)
+    shown = np.ones(maps.shape, bool) if test.valid is None else test.valid[px]
+    pix_conf = confusion_matrix(test.masks[px][shown], d.pixel_labels[px][shown], num_types + 1)
     present = np.flatnonzero(pix_conf.sum(1) > 0)
     return {
         "image_auroc": _safe(auroc, d.score, is_anom),
-        "pixel_auroc": _safe(auroc, maps, gt_pix),
-        "aupro": _safe(aupro, maps, gt_pix, max_fpr),
+        "pixel_auroc": _safe(auroc, maps[shown], gt_pix[shown]),
+        "aupro": _safe(aupro, maps, gt_pix, max_fpr, 400, shown),
         "f1_max": _safe(f1_max, d.score, is_anom),
         "type_accuracy": _safe(type_accuracy, test, d.label),
         "miou": _safe(mean_iou, pix_conf, present),
@@ -134,7 +138,8 @@ def _safe(metric, *args) -> float | None:
 def _subset(test: EvalSet, d: Decision, sel: np.ndarray) -> tuple[EvalSet, Decision]:
     idx = np.flatnonzero(sel)
     part = EvalSet([test.images[i] for i in idx], test.masks[idx], test.has_mask[idx], test.labels[idx],
-                   [test.classes[i] for i in idx], [test.paths[i] for i in idx], None if test.present is None else test.present[idx])
+                   [test.classes[i] for i in idx], [test.paths[i] for i in idx], None if test.present is None else test.present[idx],
+                   None if test.views is None else [test.views[i] for i in idx], None if test.valid is None else test.valid[idx])
     return part, Decision(*(v[idx] if isinstance(v, np.ndarray) else [v[i] for i in idx] for v in d))
 
 
