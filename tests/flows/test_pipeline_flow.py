@@ -136,7 +136,9 @@ def test_predict_command_scores_a_folder_with_a_corrupt_file(pipeline_run, tmp_p
     good = rows.filter(pl.col("error").is_null())
     local = Detector.load(work / "data/models")
     expected = local.detect([load_image(p) for p in good["path"].to_list()])
-    np.testing.assert_allclose(good["score"].to_numpy(), expected.score, rtol=1e-5, atol=1e-6)
+    # batches of 2 here and of all 4 there: float32 convolutions differ by ~1e-6 with the batch, and the aligned score
+    # divides the raw one by (gamma - u), so a few 1e-6 apart is the same score
+    np.testing.assert_allclose(good["score"].to_numpy(), expected.score, rtol=1e-5, atol=2e-5)
     assert good["defect_type"].to_list() == expected.defect_type
     assert len(list((tmp_path / "overlays").glob("*.png"))) == 4
     # a local models directory works too, and JSON output
