@@ -60,28 +60,14 @@ def _read_index(out_dir: Path) -> dict:
         return {"fingerprint": None, "shards": {}, "complete": False}
 
 
-def shard_bounds(n: int, shard_size: int, workers: int = 1) -> list[tuple[int, int]]:
-    """(start, stop) of each shard of ``n`` planned samples: at most ``shard_size`` rows each, sizes differing by at
-    most one row, and as many shards as a whole number of rounds of ``workers`` (when there are samples enough), so
-    the workers finish together: 600 samples at 128 rows and 2 workers make 6 shards of 100, not 4 of 128 and one
-    of 88, which keep one worker busy for a third shard while the other waits. The samples do not depend on the
-    layout (each is drawn from its own seed), but the plan's fingerprint does: a run resumed with another
-    ``workers`` may make its shards again."""
-    if n <= 0:
-        return []
-    count = -(-n // shard_size)
-    count = min(n, -(-count // max(1, workers)) * max(1, workers))
-    return [(i * n // count, (i + 1) * n // count) for i in range(count)]
-
-
 def prepare(out_dir: str | Path, specs: list[SampleSpec], cfg: SynthesizeConfig, vocab: Vocabulary) -> list[int]:
     """Write the plan (with the resolved priors), keep complete shards of the same plan, remove anything
     else; return pending shard ids."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    shards = [specs[a:b] for a, b in shard_bounds(len(specs), cfg.shard_size, cfg.workers)]
+    shards = [specs[i:i + cfg.shard_size] for i in range(0, len(specs), cfg.shard_size)]
     config = asdict(cfg)
-    for key in ("workers", "runner", "dask_address"):  # the samples do not depend on them (the layout, in "shards", may)
+    for key in ("workers", "runner", "dask_address"):  # how shards are scheduled does not change what they hold
         config.pop(key)
     if cfg.backend != "diffusion":  # diffusion knobs do not change procedural shards
         config.pop("diffusion")

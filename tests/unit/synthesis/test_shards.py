@@ -16,7 +16,6 @@ import pytest
 from tests.conftest import TINY_SYNTH
 from uniadc_core.data.shards import SHARD_SCHEMA, complete_shards, decode_row, read_samples
 from uniadc_core.io import sha256_file
-from uniadc_core.synthesis.store import shard_bounds
 from uniadc_core.synthesis.synthesize import synthesize
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -150,18 +149,3 @@ def test_priors_file_reaches_the_shards_and_the_plan(tiny_dataset, tmp_path):
     assert min(areas(tmp_path / "b")) >= 0.06 - 1e-3 > max(areas(tmp_path / "a"))  # large bin vs the name's small bin
     for r in read_samples(tmp_path / "b").to_pylist():
         assert json.loads(r["settings"])["foreground"] == "border"
-
-
-@pytest.mark.parametrize(("n", "size", "workers"), [(600, 128, 2), (600, 128, 3), (5, 128, 2), (1, 8, 4), (257, 128, 1), (24, 8, 2)])
-def test_shard_bounds_are_equal_and_fill_whole_rounds_of_workers(n, size, workers):
-    bounds = shard_bounds(n, size, workers)
-    sizes = [b - a for a, b in bounds]
-    assert [a for a, _ in bounds] == [0, *[b for _, b in bounds[:-1]]] and bounds[-1][1] == n  # every sample once, in order
-    assert max(sizes) <= size and max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
-    assert len(bounds) % workers == 0 or len(bounds) == n  # whole rounds, unless there are fewer samples than that
-    assert len(bounds) < -(-n // size) + workers  # no more shards than the rounding needs
-
-
-def test_shard_bounds_of_the_mtd_plan_keep_two_workers_equally_busy():
-    assert shard_bounds(600, 128, 2) == [(0, 100), (100, 200), (200, 300), (300, 400), (400, 500), (500, 600)]
-    assert shard_bounds(0, 128, 2) == []
