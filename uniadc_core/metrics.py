@@ -78,7 +78,7 @@ def aupro(maps: np.ndarray, masks: np.ndarray, max_fpr: float = 0.3, num_thresho
     # thresholds spanning the normal-pixel score range where FPR <= max_fpr, plus region scores
     normal_scores = maps[normal]
     lo = np.quantile(normal_scores, 1 - max_fpr)
-    hi = maps[masks | normal].max()  # over the pixels that count
+    hi = maps.max() if valid is None else maps[masks | normal].max()  # over the pixels that count
     thresholds = np.linspace(hi, lo, num_thresholds)  # decreasing
     # bin = number of thresholds strictly above the pixel: the pixel clears threshold j iff bin <= j
     bins = np.searchsorted(-thresholds, -maps.ravel(), side="left")  # 0..T

@@ -80,7 +80,13 @@ def load_test_set(manifest: pl.DataFrame, defect_types: list[str], pre: Preproce
             if t in defect_types:
                 present[i, defect_types.index(t) + 1] = True
     return EvalSet(images, np.stack(masks), np.array(has_mask), np.array(labels), test["object_class"].to_list(), test["path"].to_list(),
-                   present, [pre.view(im) for im in images] if pre.tiled else None, np.stack(valid))
+                   present, [pre.view(im) for im in images] if pre.tiled else None, _padding_left_out(np.stack(valid)))
+
+
+def _padding_left_out(valid: np.ndarray) -> np.ndarray | None:
+    """``EvalSet.valid``: None where every view pixel shows its image (stretch, square images), so the metrics
+    need not mask anything."""
+    return None if valid.all() else valid
 
 
 def variant_stats(cada: Cada, scores: Scores, classes: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -98,12 +104,16 @@ def compute_metrics(d: Decision, test: EvalSet, max_fpr: float, num_types: int) 
     """Metrics of one variant's decision."""
     px = test.has_mask  # pixel metrics only where the truth is known, over the pixels that show the image
     maps, is_anom, gt_pix = d.anomaly_map[px], test.labels > 0, test.masks[px] > 0
-    shown = np.ones(maps.shape, bool) if test.valid is None else test.valid[px]
-    pix_conf = confusion_matrix(test.masks[px][shown], d.pixel_labels[px][shown], num_types + 1)
+    shown = None if test.valid is None else test.valid[px]
+
+    def counted(arr: np.ndarray) -> np.ndarray:  # the pixels of ``arr`` that show an image
+        return arr if shown is None else arr[shown]
+
+    pix_conf = confusion_matrix(counted(test.masks[px]), counted(d.pixel_labels[px]), num_types + 1)
     present = np.flatnonzero(pix_conf.sum(1) > 0)
     return {
         "image_auroc": _safe(auroc, d.score, is_anom),
-        "pixel_auroc": _safe(auroc, maps[shown], gt_pix[shown]),
+        "pixel_auroc": _safe(auroc, counted(maps), counted(gt_pix)),
         "aupro": _safe(aupro, maps, gt_pix, max_fpr, 400, shown),
         "f1_max": _safe(f1_max, d.score, is_anom),
         "type_accuracy": _safe(type_accuracy, test, d.label),
