@@ -66,6 +66,9 @@ def main() -> None:
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/budget_quality"))
     p.add_argument("--resume", action="store_true", help="skip the (label, setting, budget, seed) runs, and reuse the epoch "
                    "probes, already logged with these overrides, this image size and this clean library tree")
+    p.add_argument("--probe-library", default=None, metavar="TREE",
+                   help="with --resume, also reuse an epoch probe logged with this earlier library tree (git rev-parse "
+                   "--short <commit>:uniadc_core); only for trees whose training code is the same (check git diff)")
     a = p.parse_args()
     root, out = Path(a.root), Path(a.out).with_suffix(".json")
     if not (root / "MT_Free").is_dir():
@@ -79,16 +82,18 @@ def main() -> None:
     if a.resume and not resumable:
         print(f"--resume ignored: uniadc_core/ has uncommitted changes (library {code['library']}); every run is made again", flush=True)
 
-    def logged(setting: str, **match) -> list[dict]:
+    def logged(setting: str, libraries: tuple[str, ...] = (code["library"],), **match) -> list[dict]:
         return [r for r in log if resumable and r["label"] == a.label and r["setting"] == setting
                 and [o for o in r["overrides"] if o.split("=", 1)[0] not in SEEDED] == a.set
-                and r["image_size"] == a.image_size and r.get("library") == code["library"]
+                and r["image_size"] == a.image_size and r.get("library") in libraries
                 and all(r.get(k) == v for k, v in match.items())]
 
     for setting in a.settings.split(","):
         work = ROOT / "benchmarks/work" / f"budget_{setting}"
-        if logged(setting):  # the probe of an earlier session, same library and overrides: not re-measured
-            per_epoch, fixed = logged(setting)[0]["cpu_seconds_per_epoch_probe"], logged(setting)[0]["cpu_seconds_fixed_probe"]
+        probes = logged(setting, (code["library"], *([a.probe_library] if a.probe_library else [])))
+        if probes:  # the probe of an earlier session, same overrides and training code: not re-measured
+            per_epoch, fixed = probes[0]["cpu_seconds_per_epoch_probe"], probes[0]["cpu_seconds_fixed_probe"]
+            print(setting, f"epoch probe reused from library {probes[0]['library']}", flush=True)
         else:
             probe = [run_setting(setting, root, work, e, a.image_size, [*a.set, *(f"{k}={seeds[0]}" for k in SEEDED)])[0]["seconds"]["train_cpu"]
                      for e in (1, 2)]
