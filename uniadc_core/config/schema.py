@@ -169,6 +169,10 @@ class MemoryConfig:
     # whose patch features it keeps: the backbone's, or the reconstruction autoencoder's encoder (learned from the
     # normals alone: it is trained to repaint them; needs train.reconstruction.enabled)
     features: Literal["backbone", "autoencoder"] = "backbone"
+    # none: every patch is compared with the whole bank; nearest_class (budget per_class, several classes): each image
+    # (or tile) is compared with the one class bank its patches sit closest to (lowest median distance), with no class
+    # label, so a defect of one class cannot find a near neighbour among another class's normals
+    route: Literal["none", "nearest_class"] = "none"
 
 
 @dataclass(frozen=True)

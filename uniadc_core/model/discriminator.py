@@ -190,7 +190,8 @@ class Discriminator(nn.Module):
         if self.config.memory.get("features") == "autoencoder":
             patches = self.reconstructor.patches(x)
         logits, embedding = self.head(feats, embedding, size)
-        distance = distance_map(self.memory, patches, size, self.config.memory.get("k", 1), self.config.memory.get("smooth", 0.0))
+        distance = distance_map(self.memory, patches, size, self.config.memory.get("k", 1), self.config.memory.get("smooth", 0.0),
+                                self.config.memory.get("route", "none"))
         return logits, embedding, anomaly_log_odds(logits), distance
 
     @torch.no_grad()
@@ -311,5 +312,5 @@ def load_model(directory: str | Path, device: str = "auto") -> Discriminator:
             raise FileNotFoundError(msg)
         from safetensors.torch import load_file
 
-        model.memory = NormalMemory(load_file(str(bank))["bank"])
+        model.memory = NormalMemory(load_file(str(bank))["bank"], model.config.memory.get("segments"))
     return model.to(device, memory_format=model.memory_format).eval()

@@ -77,11 +77,17 @@ def coverage_radius(features: torch.Tensor, subset: torch.Tensor, chunk: int = 4
 class NormalMemory:
     """A bank (K, C) of normal patch features and the nearest-neighbour distance to it."""
 
-    def __init__(self, bank: torch.Tensor):
+    def __init__(self, bank: torch.Tensor, segments: list[int] | None = None):
+        """``segments``: the row counts of consecutive per-class banks in ``bank`` (None: one bank)."""
         if bank.ndim != 2 or len(bank) == 0:
             msg = f"normal memory: expected a non-empty (K, C) bank of patch features, got shape {tuple(bank.shape)}"
             raise ValueError(msg)
+        segments = [len(bank)] if not segments else [int(n) for n in segments]
+        if sum(segments) != len(bank) or min(segments) < 1:
+            msg = f"normal memory: segments {segments} must be positive row counts summing to the bank's {len(bank)} rows"
+            raise ValueError(msg)
         self.bank = bank.float().contiguous()
+        self.segments = segments
         self._augmented = _augmented_bank(self.bank)
 
     @classmethod
@@ -102,22 +108,29 @@ class NormalMemory:
         return len(self.bank)
 
     @torch.no_grad()
-    def distances(self, query: torch.Tensor, k: int = 1, block: int = 1 << 21) -> torch.Tensor:
-        """(M,) mean distance of each query row (M, C) to its ``k`` nearest memory rows.
+    def distances(self, query: torch.Tensor, k: int = 1, block: int = 1 << 21, per_segment: bool = False) -> torch.Tensor:
+        """(M,) mean distance of each query row (M, C) to its ``k`` nearest memory rows; with ``per_segment``,
+        (M, S): to its ``k`` nearest rows of each segment (each class's bank) apart.
 
         On a CPU, queries go in chunks whose (chunk, K) block of distances holds about ``block`` floats
         (8 MiB; at least 128 rows): small enough to stay in the cache between the product that writes it
         and the reduction that reads it (benchmarks/memory_speed.py)."""
         augmented = self._augmented.to(query.device)
-        k = min(k, len(self.bank))
+        bounds = torch.tensor([0, *self.segments]).cumsum(0).tolist() if per_segment else [0, len(self.bank)]
         chunk = 2048 if query.is_cuda else max(128, block // len(self.bank))  # a GPU wants large products
         out = []
         for start in range(0, len(query), chunk):
             q = query[start:start + chunk].float()
             part = _partial_sq(q, augmented)
-            nearest = part.topk(k, dim=1, largest=False).values if k > 1 else part.min(1, keepdim=True).values  # (m, k)
-            out.append((nearest + (q * q).sum(1, keepdim=True)).clamp_(min=0).sqrt().mean(1))
-        return torch.cat(out) if out else torch.zeros(0, device=query.device)
+            cols = []
+            for lo, hi in zip(bounds[:-1], bounds[1:]):
+                seg, kk = part[:, lo:hi], min(k, hi - lo)
+                nearest = seg.topk(kk, dim=1, largest=False).values if kk > 1 else seg.min(1, keepdim=True).values  # (m, k)
+                cols.append((nearest + (q * q).sum(1, keepdim=True)).clamp_(min=0).sqrt().mean(1))
+            out.append(torch.stack(cols, 1) if per_segment else cols[0])
+        if not out:
+            return torch.zeros((0, len(self.segments)) if per_segment else 0, device=query.device)
+        return torch.cat(out)
 
 
 def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -134,9 +147,18 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     return x[:, 0]
 
 
-def distance_map(memory: NormalMemory, patches: torch.Tensor, size: tuple[int, int], k: int = 1, smooth: float = 0.0) -> torch.Tensor:
-    """(B, H, W): each patch's distance to the memory (patches (B, C, h, w)), upsampled to ``size`` and smoothed."""
+def distance_map(memory: NormalMemory, patches: torch.Tensor, size: tuple[int, int], k: int = 1, smooth: float = 0.0,
+                 route: str = "none") -> torch.Tensor:
+    """(B, H, W): each patch's distance to the memory (patches (B, C, h, w)), upsampled to ``size`` and smoothed.
+    ``route="nearest_class"``: each image's patches are compared with the one segment (class bank) whose
+    distances have the lowest median over the image, chosen with no class label."""
     b, c, h, w = patches.shape
-    d = memory.distances(patches.permute(0, 2, 3, 1).reshape(-1, c), k).view(b, 1, h, w)
+    query = patches.permute(0, 2, 3, 1).reshape(-1, c)
+    if route == "nearest_class" and len(memory.segments) > 1:
+        per = memory.distances(query, k, per_segment=True).view(b, h * w, -1)  # (B, hw, S)
+        chosen = per.median(dim=1).values.argmin(dim=1)  # (B,): the class bank each image sits closest to
+        d = per.gather(2, chosen.view(b, 1, 1).expand(b, h * w, 1)).view(b, 1, h, w)
+    else:
+        d = memory.distances(query, k).view(b, 1, h, w)
     d = F.interpolate(d, size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
     return gaussian_blur(d, smooth)
