@@ -13,6 +13,7 @@ whatever the number of queries.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -116,17 +117,17 @@ class NormalMemory:
         (8 MiB; at least 128 rows): small enough to stay in the cache between the product that writes it
         and the reduction that reads it (benchmarks/memory_speed.py)."""
         augmented = self._augmented.to(query.device)
-        bounds = torch.tensor([0, *self.segments]).cumsum(0).tolist() if per_segment else [0, len(self.bank)]
+        bounds = [0, *itertools.accumulate(self.segments)] if per_segment else [0, len(self.bank)]
         chunk = 2048 if query.is_cuda else max(128, block // len(self.bank))  # a GPU wants large products
         out = []
         for start in range(0, len(query), chunk):
             q = query[start:start + chunk].float()
-            part = _partial_sq(q, augmented)
+            part, q_sq = _partial_sq(q, augmented), (q * q).sum(1, keepdim=True)
             cols = []
             for lo, hi in zip(bounds[:-1], bounds[1:]):
                 seg, kk = part[:, lo:hi], min(k, hi - lo)
                 nearest = seg.topk(kk, dim=1, largest=False).values if kk > 1 else seg.min(1, keepdim=True).values  # (m, k)
-                cols.append((nearest + (q * q).sum(1, keepdim=True)).clamp_(min=0).sqrt().mean(1))
+                cols.append((nearest + q_sq).clamp_(min=0).sqrt().mean(1))
             out.append(torch.stack(cols, 1) if per_segment else cols[0])
         if not out:
             return torch.zeros((0, len(self.segments)) if per_segment else 0, device=query.device)
