@@ -12,7 +12,7 @@ The split is by item, never by image: the items are dealt at random (``split_see
 cross-validation. Byte-identical images are kept once (the first in path order), and items that
 share an image are one unit of the split, so a copy of a test image is never trained on. A
 defective image of a training item is a training anomaly: a candidate anomaly shot, never a test
-image.
+image. Each record names its item (``group``), so the normals held out for calibration are whole items too.
 """
 
 from __future__ import annotations
@@ -97,6 +97,7 @@ def make_kolektorsdd_records(root: str | Path, object_class: str = "commutator",
         raise ValueError(msg)
     order = np.random.default_rng(split_seed).permutation(len(groups))
     test_items = {name for rank, g in enumerate(order) if rank % folds == test_fold for name in groups[g]}
+    group_of = {name: "+".join(g) for g in groups for name in g}  # kos01 and kos26 (shared images) are one item
     options = options or DecodeOptions(mask_values="nonzero")
     records = []
     for name, images in items.items():
@@ -111,5 +112,6 @@ def make_kolektorsdd_records(root: str | Path, object_class: str = "commutator",
                     defective = bool(defect_pixels(load(mask, "mask", options), options.mask_values).any())
                 except ValueError:  # an unreadable mask: kept as an anomaly so validation names the file
                     defective = True
-            records.append(ImageRecord(img, split, object_class, DEFECT if defective else None, mask if defective else None))
+            records.append(ImageRecord(img, split, object_class, DEFECT if defective else None, mask if defective else None,
+                                       group=group_of[name]))
     return records

@@ -39,8 +39,9 @@ SCHEMA = {
     "defect_types": pl.Utf8,  # every defect type in the image, comma-separated (several where a layout has typed boxes)
     "boxes": pl.Utf8,  # JSON [[x1, y1, x2, y2, type], ...] for layouts with boxes (the mask is drawn from them), else null
     "mask_rule": pl.Utf8,  # how the mask's values are read (threshold | nonzero | auto | labels: ingest's label maps)
+    "group": pl.Utf8,  # the physical item where a layout has several images of one (KolektorSDD), else null
 }
-ADDED = ("defect_types", "boxes", "mask_rule")  # columns newer than the first manifests: read as null there
+ADDED = ("defect_types", "boxes", "mask_rule", "group")  # columns newer than the first manifests: read as null there
 
 
 def records_to_frame(records: list[ImageRecord], allow_missing_masks: bool = False,
@@ -72,8 +73,28 @@ def frame_from_checked(good: list[Checked]) -> pl.DataFrame:
         "defect_types": ",".join(sorted({b[4] for b in c.record.boxes} or {c.record.defect_type})) if c.record.defect_type else None,
         "boxes": json.dumps([list(b) for b in c.record.boxes]) if c.record.boxes else None,
         "mask_rule": None,  # set by ingest once it knows how the masks are stored
+        "group": c.record.group or None,
     } for c in good]
     return pl.DataFrame(rows, schema=SCHEMA)
+
+
+def holdout_items(shots: np.ndarray, groups: list[str | None], n_hold: int) -> np.ndarray:
+    """The held-out rows among ``shots`` (in their drawn order): the first ``n_hold`` where no image names an item;
+    else whole items, in the order their first image was drawn, until ``n_hold`` are held, keeping at least one item
+    to train on (an image with no item is an item of its own)."""
+    keys = [g if g is not None else f"\0{i}" for i, g in zip(shots, groups, strict=True)]
+    order = list(dict.fromkeys(keys))
+    if n_hold == 0 or len(order) < 2:
+        return shots[:n_hold]
+    members: dict[str, list[int]] = {}
+    for i, key in zip(shots, keys, strict=True):
+        members.setdefault(key, []).append(int(i))
+    held: list[int] = []
+    for key in order[:-1]:
+        if len(held) >= n_hold:
+            break
+        held += members[key]
+    return np.asarray(held, dtype=shots.dtype)
 
 
 def apply_few_shot(
@@ -89,19 +110,27 @@ def apply_few_shot(
     becomes ``normal_holdout``: never trained on, used for checkpoint choice and CADA statistics. ``holdout_min``
     raises that count to at least this many for a small class, never past half its normal shots: the threshold
     of a class with n held-out normals can promise no false-positive rate below 1 / (n + 1).
+
+    Each class draws from its own generator seeded with ``seed``, so adding a class to a line (or pooling
+    another dataset) leaves the other classes' shots, holdout and test images as they were. Where the manifest
+    names items (``group``), the holdout is whole items, taken in the order of the shuffled shots until it
+    reaches its count: a held-out normal never shares an item with a training shot, so its scores are those of
+    a new item, as the test images' are, and the threshold calibrated on them keeps its promise.
     """
-    rng = np.random.default_rng(seed)
     frame = frame.sort("path")
+    groups = frame["group"].to_list() if "group" in frame.columns else [None] * frame.height
     role = np.full(frame.height, Role.TEST, dtype=object)
     split = frame["split"].to_numpy().astype(object)
     for cls in sorted(frame["object_class"].unique().to_list()):
+        rng = np.random.default_rng(seed)
         idx = np.flatnonzero(((frame["object_class"] == cls) & (frame["split"] == "train") & ~frame["is_anomaly"]).to_numpy())
         role[idx] = Role.UNUSED_NORMAL
         k = len(idx) if normal_shots == "all" else min(int(normal_shots), len(idx))
         shots = rng.permutation(idx)[:k]
         n_hold = 0 if (holdout_fraction == 0 or k < 2) else max(1, int(round(holdout_fraction * k)), min(holdout_min, k // 2))
-        role[shots[n_hold:]] = Role.NORMAL_SHOT
-        role[shots[:n_hold]] = Role.NORMAL_HOLDOUT
+        held = holdout_items(shots, [groups[i] for i in shots], n_hold)
+        role[shots] = Role.NORMAL_SHOT
+        role[held] = Role.NORMAL_HOLDOUT
         train_side = (frame["object_class"] == cls) & (frame["split"] == "train") & frame["is_anomaly"]
         role[np.flatnonzero(train_side.to_numpy())] = Role.UNUSED_ANOMALY
         if anomaly_shots == 0:

@@ -5,7 +5,7 @@ import polars as pl
 import pytest
 
 from uniadc_core.data.demo import DEFECTS, generate_demo
-from uniadc_core.data.manifest import apply_few_shot, records_to_frame
+from uniadc_core.data.manifest import apply_few_shot, holdout_items, records_to_frame
 from uniadc_core.data.mvtec import make_mvtec_records
 from uniadc_core.io import load_image, load_mask, sha256_file
 
@@ -67,6 +67,41 @@ def test_normal_shots_k_and_too_many_anomaly_shots(tmp_path):
     assert [(h["normal_holdout"], h["normal_shot"]) for h in held] == [(2, 4), (2, 4), (3, 3)]
     with pytest.raises(ValueError, match="anomaly_shots=2; shots need masks and at least one image must stay"):
         apply_few_shot(frame, normal_shots="all", anomaly_shots=2, seed=0)
+
+
+def test_adding_a_class_leaves_the_other_classes_split_as_it_was(tmp_path):
+    root = generate_demo(tmp_path / "d", classes=["tile", "fabric"], train_normals=9, test_normals=2, test_per_defect=3)
+    frame, _ = records_to_frame(make_mvtec_records(root))
+    for seed in range(3):
+        pooled = apply_few_shot(frame, normal_shots="all", anomaly_shots=1, seed=seed, holdout_fraction=0.25)
+        alone = apply_few_shot(frame.filter(pl.col("object_class") == "tile"), normal_shots="all", anomaly_shots=1, seed=seed,
+                               holdout_fraction=0.25)
+        assert pooled.filter(pl.col("object_class") == "tile").select("path", "role", "split").equals(alone.select("path", "role", "split"))
+    other = apply_few_shot(frame, normal_shots="all", anomaly_shots=1, seed=1, holdout_fraction=0.25)
+    assert not other.select("role").equals(pooled.select("role"))  # the seed still draws
+
+
+def test_holdout_takes_whole_items_where_the_manifest_names_them(tmp_path):
+    root = generate_demo(tmp_path / "d", classes=["tile"], train_normals=24, test_normals=2, test_per_defect=2)
+    frame, _ = records_to_frame(make_mvtec_records(root))
+    plain = apply_few_shot(frame, normal_shots="all", anomaly_shots=0, seed=0, holdout_fraction=0.25)
+    # without items: the first quarter of the shuffled shots, images one by one
+    assert plain.filter(pl.col("role") == "normal_holdout").height == 6
+    normals = frame.filter(~pl.col("is_anomaly") & (pl.col("split") == "train"))["path"].sort().to_list()
+    item = {p: f"item{i // 4}" for i, p in enumerate(normals)}  # 6 items of 4 images
+    grouped = frame.with_columns(pl.col("path").replace_strict(item, default=None).alias("group"))
+    for seed in range(5):
+        roles = apply_few_shot(grouped, normal_shots="all", anomaly_shots=0, seed=seed, holdout_fraction=0.3)
+        held = roles.filter(pl.col("role") == "normal_holdout")
+        trained = roles.filter(pl.col("role") == "normal_shot")
+        assert set(held["group"]).isdisjoint(set(trained["group"]))  # no held-out image shares an item with a shot
+        assert held.height == 8 and trained.height == 16  # 30 % of 24 is 7: whole items, so two of four
+    # one item only: held out image by image, so something is still trained on
+    single = grouped.with_columns(pl.when(pl.col("group").is_not_null()).then(pl.lit("one")).alias("group"))
+    roles = apply_few_shot(single, normal_shots="all", anomaly_shots=0, seed=0, holdout_fraction=0.25)
+    assert dict(roles.group_by("role").len().iter_rows())["normal_holdout"] == 6
+    assert holdout_items(np.array([5, 3, 9]), [None, None, None], 2).tolist() == [5, 3]
+    assert holdout_items(np.array([5, 3, 9, 1]), ["a", "b", "a", "b"], 1).tolist() == [5, 9]
 
 
 def test_missing_mask_and_corrupt_image_are_named(tmp_path):

@@ -77,6 +77,8 @@ def test_records_split_by_item_with_copies_on_one_side(tmp_path):
             side = {r.path.parent.name: r.split for r in make_kolektorsdd_records(root, folds=3, test_fold=f, split_seed=seed)}
             assert side["kos08"] == side["kos02"]
     assert make_kolektorsdd_records(root, folds=3, test_fold=0, split_seed=1) != records  # another split_seed, another deal
+    item = {r.path.parent.name: r.group for r in records}
+    assert item["kos00"] == "kos00+kos07" and item["kos02"] == item["kos08"] == "kos02+kos08" and item["kos01"] == "kos01"
 
 
 def test_ingest_kolektorsdd_draws_shots_from_training_items_and_tests_on_the_rest(tmp_path):
@@ -93,6 +95,8 @@ def test_ingest_kolektorsdd_draws_shots_from_training_items_and_tests_on_the_res
     assert test["is_anomaly"].sum() >= 1 and (~test["is_anomaly"]).sum() >= 1
     assert all(Path(p).parent.name in test_items for p in test["path"])
     assert m.filter(pl.col("role") == Role.NORMAL_SHOT).height >= 1
+    held = m.filter(pl.col("role") == Role.NORMAL_HOLDOUT)["group"].to_list()
+    assert held and set(held).isdisjoint(m.filter(pl.col("role") == Role.NORMAL_SHOT)["group"].to_list())  # whole items
     assert '"mask_values": "nonzero"' in result.vocabulary_path.read_text()  # auto means nonzero for this layout
     zero = ingest(parse_params({"ingest": {**spec, "anomaly_shots": 0}}).ingest, tmp_path / "zero").manifest
     assert zero.filter(pl.col("role") == Role.ANOMALY_SHOT).height == 0
