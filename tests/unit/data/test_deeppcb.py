@@ -59,6 +59,29 @@ def test_records_keep_each_pair_on_its_lists_side(tmp_path):
     assert {b[4] for b in tested[2].boxes} == {"open", "mousebite", "short", "pin_hole"}
 
 
+def test_held_out_templates_are_whole_board_designs(tmp_path):
+    root = make_deeppcb_tree(tmp_path / "pcb")
+    images, notes = root / "group00002/00002", root / "group00002/00002_not"
+    images.mkdir(parents=True)
+    notes.mkdir(parents=True)
+    for k in range(6):  # a second design, all on the trainval side
+        stem = f"00002{k:03d}"
+        _board(images / f"{stem}_temp.jpg", 100 + 2 * k)
+        _board(images / f"{stem}_test.jpg", 101 + 2 * k)
+        (notes / f"{stem}.txt").write_text("4 4 30 20 1\n")
+        with (root / "trainval.txt").open("a") as f:
+            f.write(f"group00002/00002/{stem}.jpg group00002/00002_not/{stem}.txt\n")
+    records = make_deeppcb_records(root)
+    assert {r.group for r in records} == {"group00001", "group00002"}
+    assert all(r.group == r.path.parent.parent.name for r in records)
+    for seed in range(4):
+        spec = {"kind": "deeppcb", "root": str(root), "anomaly_shots": 0, "holdout_fraction": 0.25, "seed": seed}
+        m = ingest(parse_params({"ingest": spec}).ingest, tmp_path / f"prepared{seed}").manifest
+        held = m.filter(pl.col("role") == Role.NORMAL_HOLDOUT)
+        assert held["group"].n_unique() == 1 and held.height == 6  # 3 of 12 asked: the whole of one design
+        assert set(held["group"]).isdisjoint(m.filter(pl.col("role") == Role.NORMAL_SHOT)["group"])
+
+
 def test_ingest_draws_label_maps_and_lists_every_type(tmp_path):
     root = make_deeppcb_tree(tmp_path / "pcb")
     result = ingest(parse_params({"ingest": {"kind": "deeppcb", "root": str(root), "anomaly_shots": 1}}).ingest, tmp_path / "prepared")
