@@ -73,7 +73,7 @@ def frame_from_checked(good: list[Checked]) -> pl.DataFrame:
         "defect_types": ",".join(sorted({b[4] for b in c.record.boxes} or {c.record.defect_type})) if c.record.defect_type else None,
         "boxes": json.dumps([list(b) for b in c.record.boxes]) if c.record.boxes else None,
         "mask_rule": None,  # set by ingest once it knows how the masks are stored
-        "group": c.record.group or None,
+        "group": c.record.group,
     } for c in good]
     return pl.DataFrame(rows, schema=SCHEMA)
 
@@ -82,18 +82,16 @@ def holdout_items(shots: np.ndarray, groups: list[str | None], n_hold: int) -> n
     """The held-out rows among ``shots`` (in their drawn order): the first ``n_hold`` where no image names an item;
     else whole items, in the order their first image was drawn, until ``n_hold`` are held, keeping at least one item
     to train on (an image with no item is an item of its own)."""
-    keys = [g if g is not None else f"\0{i}" for i, g in zip(shots, groups, strict=True)]
-    order = list(dict.fromkeys(keys))
-    if n_hold == 0 or len(order) < 2:
+    members: dict[str, list[int]] = {}  # item -> its shots, items in the order their first shot was drawn
+    for i, g in zip(shots, groups, strict=True):
+        members.setdefault(g if g is not None else f"\0{i}", []).append(int(i))
+    if len(members) < 2:  # one item: held out image by image, so something is still trained on
         return shots[:n_hold]
-    members: dict[str, list[int]] = {}
-    for i, key in zip(shots, keys, strict=True):
-        members.setdefault(key, []).append(int(i))
     held: list[int] = []
-    for key in order[:-1]:
+    for rows in list(members.values())[:-1]:
         if len(held) >= n_hold:
             break
-        held += members[key]
+        held += rows
     return np.asarray(held, dtype=shots.dtype)
 
 
@@ -118,7 +116,7 @@ def apply_few_shot(
     a new item, as the test images' are, and the threshold calibrated on them keeps its promise.
     """
     frame = frame.sort("path")
-    groups = frame["group"].to_list() if "group" in frame.columns else [None] * frame.height
+    groups = frame["group"].to_list()
     role = np.full(frame.height, Role.TEST, dtype=object)
     split = frame["split"].to_numpy().astype(object)
     for cls in sorted(frame["object_class"].unique().to_list()):

@@ -15,9 +15,9 @@ class ImageRecord(NamedTuple):
     # typed boxes (x1, y1, x2, y2, defect type) in pixels, corners included, where a layout has boxes, not masks:
     # ingest draws them into a label map (one defect index per pixel); defect_type is then the type of most area
     boxes: tuple[tuple[int, int, int, int, str], ...] = ()
-    # the physical item the image shows where a layout has several images of one ("" = an item of its own):
+    # the physical item the image shows where a layout has several images of one (None: an item of its own):
     # the normals held out for calibration are drawn by whole items, so none shares an item with a training shot
-    group: str = ""
+    group: str | None = None
 
 
 def list_files(folder: Path) -> list[Path]:
