@@ -103,6 +103,7 @@ def test_too_few_held_out_normals_keep_their_maximum_and_say_so(caplog):
     assert not small.enough and small.threshold == aligned[300:].max() and small.expected_false_positive_rate == pytest.approx(1 / 22)
     assert per["tile"].enough and threshold == max(small.threshold, per["tile"].threshold)
     (msg,) = [r.getMessage() for r in caplog.records]
-    assert "class 'commutator': 21 held-out normals" in msg and "it needs 99" in msg and "ingest.holdout_min" in msg
+    assert "class 'commutator': 21 out-of-sample normals" in msg and "it needs 99" in msg and "ingest.holdout_min" in msg
+    assert "fit_cada.leave_item_out: true" in msg
     with pytest.raises(ValueError, match="no held-out normal scores"):
         calibrate(np.zeros(0), [], 99.0, "pooled")

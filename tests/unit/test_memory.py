@@ -182,9 +182,9 @@ def test_memory_patches_are_drawn_batch_by_batch_up_to_the_limit(tv_model):
     model, data = tv_model
     normals = data.normals.images[:5]
     h = w = normals.shape[-1] // 8  # the patch grid (stride 8)
-    kept, total = _patches(model, normals, "flip", limit=100, seed=0, batch_size=2)
+    kept, total, origin = _patches(model, normals, "flip", limit=100, seed=0, batch_size=2)
     assert total == 5 * 3 * h * w and kept.shape == (100, model.patch_features(normals[:1]).shape[1])
-    everything, total = _patches(model, normals, "none", limit=10**9, seed=0, batch_size=2)
+    everything, total, origin = _patches(model, normals, "none", limit=10**9, seed=0, batch_size=2)
     direct = model.patch_features(normals).permute(0, 2, 3, 1).reshape(-1, kept.shape[1])
     assert total == len(everything) == 5 * h * w
     torch.testing.assert_close(everything, direct)
@@ -215,7 +215,7 @@ def test_a_per_class_budget_keeps_a_plain_class_covered_beside_a_varied_one(tv_m
     per_class = attach_memory(copy.deepcopy(model), normals, data.holdout.images, MemoryConfig(weight=1.0, size=40), classes=classes)
     total = attach_memory(copy.deepcopy(model), normals, data.holdout.images, MemoryConfig(weight=1.0, size=80, budget="total"), classes=classes)
     assert len(per_class.memory) == len(total.memory) == 80  # 40 per class, or 80 for the two together
-    tile_patches, _ = _patches(model, plain, "none", 10**6, seed=0)
+    tile_patches, _, _ = _patches(model, plain, "none", 10**6, seed=0)
     # one coreset over both spends its centres on the busy class: the flat one is covered worse by the same bank size
     assert per_class.memory.distances(tile_patches).max() < 0.5 * total.memory.distances(tile_patches).max()
     unlabelled = attach_memory(copy.deepcopy(model), normals, data.holdout.images, MemoryConfig(weight=1.0, size=80))

@@ -244,6 +244,9 @@ class FitCadaConfig:
     # the decision threshold saved with the model, on the aligned score: 1.0 = the predicted normal max; auto = calibrated
     threshold: Union[float, Literal["auto"]] = 1.0
     min_spread: float = 0.1  # floor on gamma - u (log-odds units): a class whose normals all score alike must not turn noise into alarms
+    # also score each training normal against the memory less its own item's rows and add those scores to the held-out
+    # normals' for the class statistics and the threshold (out-of-sample with train.memory.weight 1): many more normals of more parts
+    leave_item_out: bool = False
 
 
 @dataclass(frozen=True)

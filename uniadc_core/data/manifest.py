@@ -78,6 +78,11 @@ def frame_from_checked(good: list[Checked]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=SCHEMA)
 
 
+def item_names(frame: pl.DataFrame) -> list[str]:
+    """The physical item each row shows: its ``group`` where the layout names one, else the image itself."""
+    return [g if g is not None else i for g, i in zip(frame["group"].to_list(), frame["image_id"].to_list(), strict=True)]
+
+
 def holdout_items(shots: np.ndarray, groups: list[str | None], n_hold: int) -> np.ndarray:
     """The held-out rows among ``shots`` (in their drawn order): the first ``n_hold`` where no image names an item;
     else whole items, in the order their first image was drawn, until ``n_hold`` are held, keeping at least one item

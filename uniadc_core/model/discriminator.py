@@ -279,7 +279,8 @@ def discriminator_loss(logits: torch.Tensor, target: torch.Tensor, focal_gamma: 
 
 def save_model(model: Discriminator, directory: str | Path, extra: dict | None = None) -> Path:
     """Write ``model.safetensors`` + ``config.json`` atomically (the directory appears whole or not at all)."""
-    tensors = {MEMORY_FILE: {"bank": model.memory.bank}} if model.memory is not None else None
+    memory = model.memory
+    tensors = None if memory is None else {MEMORY_FILE: {"bank": memory.bank, **({"sources": memory.sources} if memory.sources is not None else {})}}
     return save_weights_dir(directory, model.state_dict(), dataclasses.asdict(model.config), extra, tensors)
 
 
@@ -312,5 +313,6 @@ def load_model(directory: str | Path, device: str = "auto") -> Discriminator:
             raise FileNotFoundError(msg)
         from safetensors.torch import load_file
 
-        model.memory = NormalMemory(load_file(str(bank))["bank"], model.config.memory.get("segments"))
+        saved = load_file(str(bank))
+        model.memory = NormalMemory(saved["bank"], model.config.memory.get("segments"), saved.get("sources"))
     return model.to(device, memory_format=model.memory_format).eval()

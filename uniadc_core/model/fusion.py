@@ -49,24 +49,28 @@ def views(images: torch.Tensor, augment: str) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _patches(model: Discriminator, normals: torch.Tensor, augment: str, limit: int, seed: int, batch_size: int = 16) -> tuple[torch.Tensor, int]:
-    """At most ``limit`` patch features (rows of C) of the views of ``normals``, drawn uniformly at random,
-    and how many there were: each batch keeps only its drawn rows, so RAM holds ``limit`` rows, not all."""
+def _patches(model: Discriminator, normals: torch.Tensor, augment: str, limit: int, seed: int,
+             batch_size: int = 16) -> tuple[torch.Tensor, int, torch.Tensor]:
+    """At most ``limit`` patch features (rows of C) of the views of ``normals``, drawn uniformly at random, how
+    many there were, and the index of the image in ``normals`` each row (or view of it) came from: each batch
+    keeps only its drawn rows, so RAM holds ``limit`` rows, not all."""
     device = model.mean.device
     n_views = len(views(normals[:1], augment))
-    rows, keep, offset = [], None, 0
+    rows, origins, keep, offset = [], [], None, 0
     for i in range(0, len(normals), batch_size):
         batch = views(normals[i:i + batch_size], augment)
+        image_of = i + torch.arange(len(batch)) % (len(batch) // n_views)  # views() stacks the whole batch view by view
         for j in range(0, len(batch), batch_size):
             p = model.patch_features(batch[j:j + batch_size].to(device)).float().cpu()  # (b, C, h, w)
             if keep is None:  # every image has the same h x w patches: draw the kept ones once
                 total = p.shape[2] * p.shape[3] * n_views * len(normals)
                 keep = torch.zeros(total, dtype=torch.bool)
                 keep[torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:limit]] = True
-            p = p.permute(0, 2, 3, 1).reshape(-1, p.shape[1])
-            rows.append(p[keep[offset:offset + len(p)]])
-            offset += len(p)
-    return torch.cat(rows), offset
+            drawn = keep[offset:offset + p.shape[0] * p.shape[2] * p.shape[3]]
+            rows.append(p.permute(0, 2, 3, 1).reshape(-1, p.shape[1])[drawn])
+            origins.append(image_of[j:j + batch_size].repeat_interleave(p.shape[2] * p.shape[3])[drawn])
+            offset += len(drawn)
+    return torch.cat(rows), offset, torch.cat(origins)
 
 
 @torch.no_grad()
@@ -102,9 +106,11 @@ def class_groups(classes: list[str] | None, n: int, budget: str) -> dict[str, to
 
 
 def attach_memory(model: Discriminator, normals: torch.Tensor, holdout: torch.Tensor, cfg: MemoryConfig, seed: int = 0,
-                  classes: list[str] | None = None) -> Discriminator:
+                  classes: list[str] | None = None, items: list[str] | None = None) -> Discriminator:
     """Build the memory from ``normals`` (N, 3, S, S) uint8 of the object ``classes`` (one name per image;
-    None: one class) and the fusion statistics from ``holdout``."""
+    None: one class) and the fusion statistics from ``holdout``. ``items`` (one name per image: the physical part
+    it shows) are recorded with the bank, row by row, as indices into ``config.memory["items"]``, so a part's own
+    rows can be left out when its images are scored (``NormalMemory.without``, fit_cada.leave_item_out)."""
     if cfg.weight <= 0:
         return model
     if cfg.features == "autoencoder" and model.reconstructor is None:
@@ -112,17 +118,26 @@ def attach_memory(model: Discriminator, normals: torch.Tensor, holdout: torch.Te
         raise ValueError(msg)
     model.eval()
     model.config.memory = {"features": cfg.features}  # which patches patch_features gives, from here on
-    banks, drawn, total, channels = [], 0, 0, 0
+    if items is not None and len(items) != len(normals):
+        msg = f"normal memory: {len(items)} item names for {len(normals)} normal images"
+        raise ValueError(msg)
+    names = sorted(set(items)) if items is not None else []
+    index = {x: i for i, x in enumerate(names)}
+    item_of = torch.tensor([index[x] for x in items] if items is not None else [], dtype=torch.long)
+    banks, sources, drawn, total, channels = [], [], 0, 0, 0
     for name, rows in class_groups(classes, len(normals), cfg.budget).items():
         augment = resolve_augment(cfg.augment, len(rows))
-        patches, n = _patches(model, normals[rows], augment, cfg.max_patches, seed)
-        banks.append(NormalMemory.build(patches, cfg.size, cfg.selection, seed).bank)
+        patches, n, origin = _patches(model, normals[rows], augment, cfg.max_patches, seed)
+        memory = NormalMemory.build(patches, cfg.size, cfg.selection, seed, item_of[rows[origin]] if items is not None else None)
+        banks.append(memory.bank)
+        sources.append(memory.sources)
         drawn, total, channels = drawn + len(patches), total + n, patches.shape[1]
         if name:
             log.info("train: memory of class %s: %d patches (%s of %d drawn from %d, views: %s)", name, len(banks[-1]), cfg.selection, len(patches), n, augment)
     segments = [len(b) for b in banks]
-    model.memory = NormalMemory(torch.cat(banks), segments)
+    model.memory = NormalMemory(torch.cat(banks), segments, torch.cat(sources) if items is not None else None)
     model.config.memory = {"weight": cfg.weight, "k": cfg.k, "smooth": cfg.smooth, "stats": [0.0, 1.0, 0.0, 1.0],
+                           **({"items": names} if items is not None else {}),
                            **({"features": cfg.features} if cfg.features != "backbone" else {}),
                            **({"route": cfg.route, "segments": segments} if cfg.route != "none" else {})}
     if cfg.route != "none" and len(banks) < 2:

@@ -78,8 +78,9 @@ def coverage_radius(features: torch.Tensor, subset: torch.Tensor, chunk: int = 4
 class NormalMemory:
     """A bank (K, C) of normal patch features and the nearest-neighbour distance to it."""
 
-    def __init__(self, bank: torch.Tensor, segments: list[int] | None = None):
-        """``segments``: the row counts of consecutive per-class banks in ``bank`` (None: one bank)."""
+    def __init__(self, bank: torch.Tensor, segments: list[int] | None = None, sources: torch.Tensor | None = None):
+        """``segments``: the row counts of consecutive per-class banks in ``bank`` (None: one bank); ``sources``:
+        (K,) the index of the item (a normal image, or the physical part it shows) each row was drawn from."""
         if bank.ndim != 2 or len(bank) == 0:
             msg = f"normal memory: expected a non-empty (K, C) bank of patch features, got shape {tuple(bank.shape)}"
             raise ValueError(msg)
@@ -87,23 +88,44 @@ class NormalMemory:
         if sum(segments) != len(bank) or min(segments) < 1:
             msg = f"normal memory: segments {segments} must be positive row counts summing to the bank's {len(bank)} rows"
             raise ValueError(msg)
+        if sources is not None and sources.shape != (len(bank),):
+            msg = f"normal memory: sources of shape {tuple(sources.shape)} for a bank of {len(bank)} rows; expected ({len(bank)},)"
+            raise ValueError(msg)
         self.bank = bank.float().contiguous()
         self.segments = segments
+        self.sources = None if sources is None else sources.long()
         self._augmented = _augmented_bank(self.bank)
 
     @classmethod
-    def build(cls, features: torch.Tensor, size: int, method: str = "greedy", seed: int = 0) -> NormalMemory:
-        """A memory of at most ``size`` rows of ``features`` (N, C), chosen by ``method``."""
+    def build(cls, features: torch.Tensor, size: int, method: str = "greedy", seed: int = 0,
+              sources: torch.Tensor | None = None) -> NormalMemory:
+        """A memory of at most ``size`` rows of ``features`` (N, C), chosen by ``method``; ``sources`` (N,):
+        each row's item, kept for the rows chosen."""
         if method not in SELECTIONS:
             msg = f"unknown memory selection '{method}'; valid: {', '.join(SELECTIONS)}"
             raise ValueError(msg)
         if size >= len(features):
-            return cls(features)
+            return cls(features, sources=sources)
         if method == "greedy":
             picks = greedy_coreset(features, size, seed)
         else:
             picks = torch.randperm(len(features), generator=torch.Generator().manual_seed(seed))[:size]
-        return cls(features[picks])
+        return cls(features[picks], sources=None if sources is None else sources[picks])
+
+    def without(self, item: int) -> NormalMemory:
+        """This memory less the rows drawn from ``item``: what the memory would hold had that item never been a
+        normal shot (its coreset centres stay where they are, so the rest of the bank covers a little less, not
+        more). Scores of the item's own images against it are out-of-sample, as a new part's are."""
+        if self.sources is None:
+            msg = "normal memory: no record of which item each row came from (a model trained before uniadc kept one); retrain the model"
+            raise ValueError(msg)
+        keep = self.sources != item
+        if not bool(keep.any()):
+            msg = f"normal memory: every row comes from item {item}; leaving it out leaves nothing to compare with"
+            raise ValueError(msg)
+        bounds = [0, *itertools.accumulate(self.segments)]
+        segments = [int(keep[lo:hi].sum()) for lo, hi in zip(bounds[:-1], bounds[1:])]
+        return NormalMemory(self.bank[keep], [n for n in segments if n] or None, self.sources[keep])
 
     def __len__(self) -> int:
         return len(self.bank)

@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from uniadc_core.config import TrainConfig
+from uniadc_core.data.manifest import Role, item_names
 from uniadc_core.data.vocabulary import Vocabulary
 from uniadc_core.device import resolve_device
 from uniadc_core.io import atomic_dir, timings_path, write_json
@@ -33,7 +34,7 @@ from uniadc_core.model.discriminator import Discriminator, ModelConfig, discrimi
 from uniadc_core.model.fusion import attach_memory
 from uniadc_core.model.loader import Batch, MixedStream, make_loader
 from uniadc_core.model.reconstruction import reconstruction_loss
-from uniadc_core.model.train_data import TrainData, load_train_data  # noqa: F401  (load_train_data: part of this module's API)
+from uniadc_core.model.train_data import TILE_MARK, TrainData, load_train_data  # noqa: F401  (load_train_data: part of this module's API)
 from uniadc_core.weights import create_clip
 
 log = logging.getLogger(__name__)
@@ -337,7 +338,10 @@ def train(manifest: pl.DataFrame, vocab: Vocabulary, synthetic_dir: str | Path |
              len(data.normals.classes), len(data.shots.classes), sum(u.rows for u in data.units), len(data.units), len(data.val.classes))
     ckpt = checkpoint_path(out_dir)
     model, history = train_discriminator(data, vocab, cfg, checkpoint=ckpt)
-    attach_memory(model, data.normals.images, data.holdout.images, cfg.memory, cfg.seed, data.normals.classes)
+    shots = manifest.filter(pl.col("role") == Role.NORMAL_SHOT)
+    item_of = dict(zip(shots["image_id"].to_list(), item_names(shots), strict=True))
+    items = [item_of[i] if i in item_of else item_of[i.rsplit(TILE_MARK, 1)[0]] for i in data.normals.ids]  # tiles: id + mark + corner
+    attach_memory(model, data.normals.images, data.holdout.images, cfg.memory, cfg.seed, data.normals.classes, items)
     kept = [{k: v for k, v in rec.items() if k not in MACHINE_DEPENDENT} for rec in history]
     path = save_model(model, out_dir, extra={"history.json": kept})
     write_json(timings_path(out_dir), [{"epoch": rec["epoch"], "seconds": rec["seconds"]} for rec in history if "seconds" in rec])

@@ -25,6 +25,8 @@ from uniadc_core.model.loader import Batch
 
 log = logging.getLogger(__name__)
 
+TILE_MARK = "#"  # a tile's id: its image's id, this mark, then the tile's corner "y,x"
+
 
 @dataclass
 class TrainData:
@@ -52,7 +54,7 @@ def real_batch(frame: pl.DataFrame, vocab: Vocabulary, pre: Preprocess) -> Batch
 
 def _real_tiles(frame: pl.DataFrame, vocab: Vocabulary, pre: Preprocess) -> Batch:
     """``resize: tile``: every native-resolution tile of a normal; of an anomaly, the tiles holding defect pixels.
-    A tile's id is its image's with ``#y,x`` (its corner) appended."""
+    A tile's id is its image's with ``TILE_MARK`` and its corner ``y,x`` appended."""
     images, masks, classes, ids = [], [], [], []
     for row in frame.iter_rows(named=True):
         native = pre.native(pre.decode_image(row["path"]))
@@ -72,7 +74,7 @@ def _real_tiles(frame: pl.DataFrame, vocab: Vocabulary, pre: Preprocess) -> Batc
             images.append(tile)
             masks.append(lab)
             classes.append(row["object_class"])
-            ids.append(f"{row['image_id']}#{y},{x}")
+            ids.append(f"{row['image_id']}{TILE_MARK}{y},{x}")
     log.info("resize tile: %d tiles of %d px from %d images (%.0f MiB in memory)", len(images), pre.size, frame.height,
              len(images) * pre.size * pre.size * 4 / 2**20)
     return _batch(images, masks, classes, tuple(ids))
