@@ -271,3 +271,92 @@ def test_a_routed_memory_keeps_its_class_banks_through_save_and_load(tv_model, t
     assert again.memory.segments == [40, 40]
     images = torch.cat([plain[:2], varied[:2]])
     torch.testing.assert_close(again.predict(images).anomaly_map, routed.predict(images).anomaly_map)
+
+
+def test_leaving_an_item_out_drops_its_rows_and_keeps_the_class_banks():
+    bank = torch.arange(12, dtype=torch.float32).view(6, 2)
+    memory = NormalMemory(bank, [4, 2], torch.tensor([0, 1, 0, 2, 1, 1]))
+    less = memory.without(1)
+    torch.testing.assert_close(less.bank, bank[[0, 2, 3]])
+    assert less.segments == [3] and less.sources.tolist() == [0, 0, 2]  # the second class's bank was all item 1
+    assert memory.without(2).segments == [3, 2]
+    with pytest.raises(ValueError, match="every row comes from item 0"):
+        NormalMemory(bank[:2], sources=torch.tensor([0, 0])).without(0)
+    with pytest.raises(ValueError, match="which item each row came from.*retrain"):
+        NormalMemory(bank).without(0)
+    with pytest.raises(ValueError, match=r"sources of shape \(5,\) for a bank of 6 rows"):
+        NormalMemory(bank, sources=torch.zeros(5))
+
+
+def test_memory_patches_name_the_image_they_came_from(tv_model):
+    model, data = tv_model
+    normals = data.normals.images[:5]
+    kept, total, origin = _patches(model, normals, "flip", limit=10**9, seed=0, batch_size=2)
+    assert len(kept) == len(origin) == total
+    for i in range(5):  # the rows said to come from image i are exactly the patches of its three views
+        own = model.patch_features(views(normals[i:i + 1], "flip"))
+        own = own.permute(0, 2, 3, 1).reshape(-1, own.shape[1])
+        mine = kept[origin == i]
+        assert len(mine) == len(own) and float(torch.cdist(mine, own).min(1).values.max()) < 1e-4
+    some, _, drawn_from = _patches(model, normals, "flip", limit=50, seed=1, batch_size=2)
+    everything = dict(zip(map(tuple, kept.tolist()), origin.tolist()))
+    assert [everything[tuple(r)] for r in some.tolist()] == drawn_from.tolist()
+
+
+def _grouped_shots(manifest):
+    """The tiny demo's normal shots, two images to an item (``group``), and the manifest with those groups."""
+    import polars as pl
+
+    from uniadc_core.data.manifest import Role
+
+    shots = manifest.filter(pl.col("role") == Role.NORMAL_SHOT)
+    groups = [f"{c}-{i // 2}" for i, c in enumerate(shots["object_class"].to_list())]
+    named = dict(zip(shots["image_id"].to_list(), groups))
+    grouped = manifest.with_columns(pl.col("image_id").replace_strict(named, default=None).alias("group"))
+    return grouped.filter(pl.col("role") == Role.NORMAL_SHOT), grouped
+
+
+def test_leave_item_out_scores_are_those_of_a_memory_that_never_saw_the_item(tv_model, tiny_dataset, tmp_path):
+    from uniadc_core.cada.fit import leave_item_out_scores, normal_statistics
+    from uniadc_core.model.scoring import score_paths
+
+    model, data = tv_model
+    shots, grouped = _grouped_shots(tiny_dataset[0])
+    assert shots["image_id"].to_list() == list(data.normals.ids)  # the order training reads the normal shots in
+    items, everything = shots["group"].to_list(), MemoryConfig(weight=1.0, size=10**6, max_patches=10**7)  # no subsampling
+    lio = attach_memory(copy.deepcopy(model), data.normals.images, data.holdout.images, everything, items=items)
+    save_model(lio, tmp_path / "m")
+    lio = load_model(tmp_path / "m", device="cpu")  # the items survive the model folder
+    assert lio.config.memory["items"] == sorted(set(items)) and lio.memory.sources is not None
+    rows, s = leave_item_out_scores(lio, shots)
+    assert sorted(rows["image_id"].to_list()) == sorted(shots["image_id"].to_list())
+    item = items[0]
+    mine = [i for i, x in enumerate(items) if x == item]
+    others = [i for i, x in enumerate(items) if x != item]
+    ref = attach_memory(copy.deepcopy(model), data.normals.images[others], data.holdout.images, everything, items=[items[i] for i in others])
+    ref.config.memory["stats"] = lio.config.memory["stats"]  # the same fusion scale, so the two scores compare
+    paths = shots["path"].to_list()
+    expected = score_paths(ref, [paths[i] for i in mine]).score
+    got = s.score[[rows["image_id"].to_list().index(shots["image_id"][i]) for i in mine]]
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    in_sample = score_paths(lio, [paths[i] for i in mine]).score  # its own patches are in the full memory
+    assert (in_sample < got).all()
+    stats, _, _, normals = normal_statistics(lio, grouped, leave_item_out=True)
+    held, _, _, _ = normal_statistics(lio, grouped)
+    for cls, st in stats.items():  # every class's statistics now count its training normals too
+        assert st.count == held[cls].count + shots.filter(shots["object_class"] == cls).height
+    assert normals.height == sum(st.count for st in stats.values())
+
+
+def test_leave_item_out_needs_a_memory_that_knows_its_items(tv_model, tiny_dataset):
+    from uniadc_core.cada.fit import leave_item_out_scores
+
+    model, data = tv_model
+    shots, _ = _grouped_shots(tiny_dataset[0])
+    unnamed = attach_memory(copy.deepcopy(model), data.normals.images, data.holdout.images, MemoryConfig(weight=1.0, size=100))
+    with pytest.raises(ValueError, match="does not record which item each row came from.*retrain it"):
+        leave_item_out_scores(unnamed, shots)
+    without = copy.deepcopy(model)
+    without.memory, without.config.memory = None, {}
+    with pytest.raises(ValueError, match=r"needs a normal-feature memory.*train.memory.weight above 0"):
+        leave_item_out_scores(without, shots)
