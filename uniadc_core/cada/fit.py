@@ -197,7 +197,7 @@ def fit(model: Discriminator, manifest: pl.DataFrame, synthetic: pa.Table, cfg: 
     cada.config.calibrated_threshold, per_class = calibrate(aligned, held_rows["object_class"].to_list(), cfg.threshold_percentile,
                                                             cfg.calibrate)
     cada.config.threshold = cada.config.calibrated_threshold if cfg.threshold == "auto" else float(cfg.threshold)
-    log.info("calibrated threshold %.4f (%s) from the %.1fth percentiles of %d aligned held-out normal scores %s; threshold in force %.4f",
+    log.info("calibrated threshold %.4f (%s) from the %.1fth percentiles of %d aligned out-of-sample normal scores %s; threshold in force %.4f",
              cada.config.calibrated_threshold, cfg.calibrate, cfg.threshold_percentile, len(aligned),
              {c: round(t.threshold, 4) for c, t in per_class.items()}, cada.config.threshold)
     # how well it recovers each class's statistics on its own training images
