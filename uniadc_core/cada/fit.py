@@ -17,7 +17,7 @@ from uniadc_core.config import FitCadaConfig
 from uniadc_core.data.manifest import Role, item_names
 from uniadc_core.data.shards import decode_row
 from uniadc_core.model.discriminator import Discriminator
-from uniadc_core.model.scoring import Scores, score_images, score_paths
+from uniadc_core.model.scoring import Scores, concat_scores, score_images, score_paths
 
 log = logging.getLogger(__name__)
 
@@ -29,25 +29,20 @@ def normal_statistics(model: Discriminator, manifest: pl.DataFrame, leave_item_o
     memory less its own item's rows (``leave_item_out_scores``). A class with neither falls back on its training
     normals as they are (in-sample: biased low)."""
     shots = manifest.filter(pl.col("role") == Role.NORMAL_SHOT)
-    rows, scores = [], []
-    if leave_item_out:
-        loo_rows, loo = leave_item_out_scores(model, shots)
-        rows.append(loo_rows)
-        scores.append(loo)
-    covered = set(rows[0]["object_class"].to_list()) if rows else set()
+    loo_rows, loo = leave_item_out_scores(model, shots) if leave_item_out else (shots.head(0), None)
     held = manifest.filter(pl.col("role") == Role.NORMAL_HOLDOUT)
     frames, in_sample = [], {}
     for cls in sorted(manifest["object_class"].unique().to_list()):
         part = held.filter(pl.col("object_class") == cls)
-        if part.height == 0 and cls not in covered:
+        if part.height == 0 and cls not in loo_rows["object_class"]:
             log.warning("class '%s' has no held-out normals; its CADA statistics use training normals (biased low)", cls)
             part = shots.filter(pl.col("object_class") == cls)
             in_sample[cls] = True
         frames.append(part)
     normals = pl.concat(frames)
-    rows.insert(0, normals)
-    scores.insert(0, score_paths(model, normals["path"].to_list(), progress=True))
-    s, normals = Scores(*[np.concatenate(cols) for cols in zip(*scores)]), pl.concat(rows)
+    s = score_paths(model, normals["path"].to_list(), progress=True)
+    if loo is not None:
+        s, normals = concat_scores([s, loo]), pl.concat([normals, loo_rows])
     stats = class_statistics(s.score, normals["object_class"].to_list(), in_sample)
     for cls, st in stats.items():
         log.info("class %-12s u=%.4f gamma=%.4f from %d normals%s", cls, st.u, st.gamma, st.count, " (in-sample)" if st.in_sample else "")
@@ -62,7 +57,7 @@ def leave_item_out_scores(model: Discriminator, shots: pl.DataFrame) -> tuple[pl
     the other parts: out-of-sample as a held-out normal's, and there are many more of them, from many more
     items, so the class statistics and the threshold see how far a new part can sit from the known ones. Below
     weight 1 the discriminator's share is in-sample (it trained on these images), so these scores run low."""
-    weight = model.config.memory.get("weight", 0.0) if model.config.memory else 0.0
+    weight = model.config.memory.get("weight", 0.0)
     if model.memory is None or weight <= 0:
         msg = ("fit_cada.leave_item_out: true needs a normal-feature memory, but the model has none (train.memory.weight: 0); "
                "set train.memory.weight above 0, or fit_cada.leave_item_out: false")
@@ -93,7 +88,7 @@ def leave_item_out_scores(model: Discriminator, shots: pl.DataFrame) -> tuple[pl
         model.memory = full
     if not parts:
         return frame.drop("item").head(0), score_paths(model, [])
-    return pl.concat(ordered), Scores(*[np.concatenate(cols) for cols in zip(*parts)])
+    return pl.concat(ordered), concat_scores(parts)
 
 
 def conformal_rank(n: int, percentile: float) -> int:

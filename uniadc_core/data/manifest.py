@@ -83,13 +83,13 @@ def item_names(frame: pl.DataFrame) -> list[str]:
     return [g if g is not None else i for g, i in zip(frame["group"].to_list(), frame["image_id"].to_list(), strict=True)]
 
 
-def holdout_items(shots: np.ndarray, groups: list[str | None], n_hold: int) -> np.ndarray:
-    """The held-out rows among ``shots`` (in their drawn order): the first ``n_hold`` where no image names an item;
-    else whole items, in the order their first image was drawn, until ``n_hold`` are held, keeping at least one item
-    to train on (an image with no item is an item of its own)."""
+def holdout_items(shots: np.ndarray, items: list[str], n_hold: int) -> np.ndarray:
+    """The held-out rows among ``shots`` (in their drawn order), ``items`` naming the item of each
+    (``item_names``: an image that names none is an item of its own): whole items, in the order their first image
+    was drawn, until ``n_hold`` are held, keeping at least one item to train on."""
     members: dict[str, list[int]] = {}  # item -> its shots, items in the order their first shot was drawn
-    for i, g in zip(shots, groups, strict=True):
-        members.setdefault(g if g is not None else f"\0{i}", []).append(int(i))
+    for i, item in zip(shots, items, strict=True):
+        members.setdefault(item, []).append(int(i))
     if len(members) < 2:  # one item: held out image by image, so something is still trained on
         return shots[:n_hold]
     held: list[int] = []
@@ -121,7 +121,7 @@ def apply_few_shot(
     a new item, as the test images' are, and the threshold calibrated on them keeps its promise.
     """
     frame = frame.sort("path")
-    groups = frame["group"].to_list()
+    items = item_names(frame)
     role = np.full(frame.height, Role.TEST, dtype=object)
     split = frame["split"].to_numpy().astype(object)
     for cls in sorted(frame["object_class"].unique().to_list()):
@@ -131,7 +131,7 @@ def apply_few_shot(
         k = len(idx) if normal_shots == "all" else min(int(normal_shots), len(idx))
         shots = rng.permutation(idx)[:k]
         n_hold = 0 if (holdout_fraction == 0 or k < 2) else max(1, int(round(holdout_fraction * k)), min(holdout_min, k // 2))
-        held = holdout_items(shots, [groups[i] for i in shots], n_hold)
+        held = holdout_items(shots, [items[i] for i in shots], n_hold)
         role[shots] = Role.NORMAL_SHOT
         role[held] = Role.NORMAL_HOLDOUT
         train_side = (frame["object_class"] == cls) & (frame["split"] == "train") & frame["is_anomaly"]

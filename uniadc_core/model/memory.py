@@ -115,7 +115,7 @@ class NormalMemory:
     def without(self, item: int) -> NormalMemory:
         """This memory less the rows drawn from ``item``: close to a memory built as if that item had never been a
         normal shot (the other rows stay the centres the coreset chose with it; on the 9 training commutators of
-        one KolektorSDD run, each item's highest score moved by at most 5 % between the two). Scores of the
+        one KolektorSDD run, each item's highest score moved by at most 6 % between the two). Scores of the
         item's own images against it are out-of-sample, as a new part's are."""
         if self.sources is None:
             msg = "normal memory: no record of which item each row came from (a model trained before uniadc kept one); retrain the model"
@@ -126,7 +126,7 @@ class NormalMemory:
             raise ValueError(msg)
         bounds = [0, *itertools.accumulate(self.segments)]
         segments = [int(keep[lo:hi].sum()) for lo, hi in zip(bounds[:-1], bounds[1:])]
-        return NormalMemory(self.bank[keep], [n for n in segments if n] or None, self.sources[keep])
+        return NormalMemory(self.bank[keep], [n for n in segments if n], self.sources[keep])
 
     def __len__(self) -> int:
         return len(self.bank)

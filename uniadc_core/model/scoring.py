@@ -88,5 +88,10 @@ def _score_tiled(model: Discriminator, images: list[np.ndarray], batch_size: int
     return Scores(np.array(out[0]), np.stack(out[1]), np.stack(out[2]), np.stack(out[3]), np.stack(out[4]))
 
 
+def concat_scores(parts: list[Scores]) -> Scores:
+    """One ``Scores`` of several, image after image (at least one part)."""
+    return Scores(*[np.concatenate(cols) for cols in zip(*parts)])
+
+
 def score_paths(model: Discriminator, paths: list[str | Path], batch_size: int = 32, progress: bool = False) -> Scores:
     return score_images(model, [model.preprocess.decode_image(p) for p in paths], batch_size, progress)

@@ -100,7 +100,7 @@ def test_holdout_takes_whole_items_where_the_manifest_names_them(tmp_path):
     single = grouped.with_columns(pl.when(pl.col("group").is_not_null()).then(pl.lit("one")).alias("group"))
     roles = apply_few_shot(single, normal_shots="all", anomaly_shots=0, seed=0, holdout_fraction=0.25)
     assert dict(roles.group_by("role").len().iter_rows())["normal_holdout"] == 6
-    assert holdout_items(np.array([5, 3, 9]), [None, None, None], 2).tolist() == [5, 3]
+    assert holdout_items(np.array([5, 3, 9]), ["img5", "img3", "img9"], 2).tolist() == [5, 3]  # an item to each image
     assert holdout_items(np.array([5, 3, 9, 1]), ["a", "b", "a", "b"], 1).tolist() == [5, 9]
 
 
