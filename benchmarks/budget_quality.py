@@ -1,7 +1,8 @@
 """Quality on a fixed CPU budget: MTD after 10, 30 and 60 CPU-minutes of training on this machine.
 
     .venv/bin/python benchmarks/budget_quality.py [--budgets 10,30,60] [--seeds 0,1,2] [--settings full_0anom,2shot_0anom]
-        [--image-size 256] [--set train.reconstruction.enabled=true ...] [--label NAME] [--resume [--probe-label NAME]]
+        [--image-size 256] [--set train.reconstruction.enabled=true ...] [--label NAME]
+        [--resume [--probe-label NAME] [--probe-library TREE] [--probe-ignore KEY ...]]
 
 Each budget is its own training with a full schedule: a one-epoch run first measures the training
 stage's CPU seconds per epoch for the setting (data loading and the memory build included), and the
@@ -69,6 +70,9 @@ def main() -> None:
     p.add_argument("--probe-library", default=None, metavar="TREE",
                    help="with --resume, also reuse an epoch probe logged with this earlier library tree (git rev-parse "
                    "--short <commit>:uniadc_core); only for trees whose training code is the same (check git diff)")
+    p.add_argument("--probe-ignore", action="append", default=[], metavar="KEY",
+                   help="with --resume, reuse an epoch probe whose overrides differ from these only in KEY (a setting that "
+                        "does not change the training stage's cost, such as synthesize.priors); repeatable")
     p.add_argument("--probe-label", default=None, metavar="LABEL",
                    help="with --resume, reuse the epoch probe logged under this label (same overrides and image size): a "
                    "row that repeats another's training with a newer evaluation keeps its epochs")
@@ -85,15 +89,19 @@ def main() -> None:
     if a.resume and not resumable:
         print(f"--resume ignored: uniadc_core/ has uncommitted changes (library {code['library']}); every run is made again", flush=True)
 
-    def logged(setting: str, libraries: tuple[str, ...] = (code["library"],), label: str = a.label, **match) -> list[dict]:
-        return [r for r in log if resumable and r["label"] == label and r["setting"] == setting
-                and [o for o in r["overrides"] if o.split("=", 1)[0] not in SEEDED] == a.set
+    def logged(setting: str, libraries: tuple[str, ...] = (code["library"],), label: str = a.label, ignore: tuple[str, ...] = (),
+               **match) -> list[dict]:
+        def kept(overrides: list[str]) -> list[str]:
+            return [o for o in overrides if o.split("=", 1)[0] not in (*SEEDED, *ignore)]
+
+        return [r for r in log if resumable and r["label"] == label and r["setting"] == setting and kept(r["overrides"]) == kept(a.set)
                 and r["image_size"] == a.image_size and r.get("library") in libraries
                 and all(r.get(k) == v for k, v in match.items())]
 
     for setting in a.settings.split(","):
         work = ROOT / "benchmarks/work" / f"budget_{setting}"
-        probes = logged(setting, (code["library"], *([a.probe_library] if a.probe_library else [])), a.probe_label or a.label)
+        probes = logged(setting, (code["library"], *([a.probe_library] if a.probe_library else [])), a.probe_label or a.label,
+                        tuple(a.probe_ignore))
         if probes:  # the probe of an earlier session, same overrides and training code: not re-measured
             per_epoch, fixed = probes[0]["cpu_seconds_per_epoch_probe"], probes[0]["cpu_seconds_fixed_probe"]
             print(setting, f"epoch probe reused from {probes[0]['label']}, library {probes[0]['library']}", flush=True)

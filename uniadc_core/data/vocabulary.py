@@ -31,11 +31,13 @@ SIZE_BINS: dict[str, SizeBin] = {
     "small": SizeBin((0.004, 0.015), (1.0, 3.0)),
     "medium": SizeBin((0.015, 0.06), (1.0, 3.0)),
     "large": SizeBin((0.06, 0.2), (1.0, 2.5)),
+    "huge": SizeBin((0.2, 0.5), (1.0, 2.5)),  # a region of the part: a surface finish gone wrong over a side of it
 }
 COMPACT_FAMILIES = ("rectangle", "ellipse", "hollow_ellipse", "polygon", "perlin", "hole")
 THIN_FAMILIES = ("line", "scratch", "crack", "brush")
 SCATTER_FAMILIES = ("perlin_field",)  # DRAEM's masks: thresholded fractal Perlin noise, several irregular regions
-SHAPE_FAMILIES = (*COMPACT_FAMILIES, *THIN_FAMILIES, *SCATTER_FAMILIES, "foreground")
+EDGE_FAMILIES = ("band",)  # a region reaching in from one side of the image, up to a wavy, slightly tilted boundary
+SHAPE_FAMILIES = (*COMPACT_FAMILIES, *THIN_FAMILIES, *SCATTER_FAMILIES, *EDGE_FAMILIES, "foreground")
 ALIASES = {"blob": "perlin", "region": "polygon", "stroke": "brush", "rect": "rectangle", "whole": "foreground"}
 
 
