@@ -80,7 +80,7 @@ classes:
     ("classes: {fabric: {crack: {size: small}}}", "unknown defect type 'crack' for class 'fabric'; known: hole"),
     ("classes: {tile: {crack: {shape: star}}}", "classes.tile.crack: unknown shape family 'star'"),
     ("classes: {tile: {crack: {sise: small}}}", "unknown key 'sise'. Did you mean 'size'?"),
-    ("classes: {tile: {crack: {size: huge}}}", "unknown size bin 'huge'"),
+    ("classes: {tile: {crack: {size: giant}}}", "unknown size bin 'giant'"),
     ("classes: {tile: {crack: {appearances: [glow]}}}", "unknown appearance"),
     ("klasses: {}", "expected top-level keys 'defaults' and/or 'classes'"),
     ("classes: [", "not valid YAML"),
