@@ -31,6 +31,7 @@ import sys
 import time
 from pathlib import Path
 
+import polars as pl
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,8 +124,10 @@ def run_pipeline(raw: dict, work: Path, overrides: list[str] = (), weights: list
         timed("fit_cada", fit, model, manifest, samples, params.fit_cada, models / "cada")
         metrics = timed("evaluate", evaluate, Detector.load(models), manifest, params.evaluate, work / f"reports_{models.name}")
         extra = [] if w is None else [f"train.memory.weight={w} (at evaluation)"]
-        results.append({"overrides": [*overrides, *extra], "metrics": metrics, "seconds": dict(times), "memory_weight": w,
-                        "reports": str(work / f"reports_{models.name}")})
+        reports = work / f"reports_{models.name}"
+        per_type = pl.read_csv(reports / "per_type.csv").to_dicts()  # each type's image AUROC, pixel share and pixel AUROC
+        results.append({"overrides": [*overrides, *extra], "metrics": metrics, "per_type": per_type, "seconds": dict(times),
+                        "memory_weight": w, "reports": str(reports)})
     return results
 
 

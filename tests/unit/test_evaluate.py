@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from uniadc_core.config import ConfigError, parse_params
-from uniadc_core.evaluation.evaluate import EvalSet, compute_metrics
+from uniadc_core.evaluation.evaluate import EvalSet, compute_metrics, per_type_detection
 from uniadc_core.model.scoring import Scores
 from uniadc_core.serving.detector import decide
 
@@ -80,3 +80,23 @@ def test_pixel_metrics_leave_out_the_padding_of_a_padded_view():
     for k in ("pixel_auroc", "aupro", "miou"):
         assert m_valid[k] == pytest.approx(m_alone[k], abs=1e-12), k
     assert m_all["aupro"] != pytest.approx(m_alone["aupro"])  # counted, the padding's values would move the figure
+
+
+def test_per_type_table_says_which_type_holds_the_pooled_pixel_auroc_down():
+    """Each type's pixels against every normal pixel: a type the map misses shows as such, with its share of the
+    defect pixels; padding, and images whose masks are unknown, are left out."""
+    scores, test = _case([0, 1, 2, 2, 0])
+    amap = scores.anomaly_map.copy()
+    amap[test.masks == 2] = -20.0  # the map misses every stain pixel: below all normal pixels
+    shown = np.ones(amap.shape, bool)
+    shown[:, :, 7] = False
+    amap[:, :, 7] = 50.0  # padding, higher than anything: counted, it would lower both types' figures
+    amap[4] = 50.0  # a normal whose mask is "unknown" (has_mask False): left out as well
+    test = test._replace(valid=shown, has_mask=np.array([True, True, True, True, False]))
+    scores = Scores(scores.score, amap, *scores[2:])
+    n = len(test.labels)
+    d = decide(scores, np.full(n, -5.0), np.full(n, -2.0), 1.0, TYPES)
+    table = {r["defect_type"]: r for r in per_type_detection(test, scores, d, TYPES).iter_rows(named=True)}
+    assert table["crack"]["pixel_auroc"] == 1.0 and table["stain"]["pixel_auroc"] == 0.0
+    assert table["crack"]["pixel_share"] == pytest.approx(1 / 3) and table["stain"]["pixel_share"] == pytest.approx(2 / 3)
+    assert table["crack"]["images"] == 1 and table["stain"]["images"] == 2

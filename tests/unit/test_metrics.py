@@ -3,7 +3,7 @@ import pytest
 from scipy import ndimage
 from sklearn.metrics import precision_recall_curve, roc_auc_score
 
-from uniadc_core.metrics import accuracy, aupro, auroc, confusion_matrix, f1_max, mean_iou
+from uniadc_core.metrics import accuracy, aupro, auroc, auroc_by_group, confusion_matrix, f1_max, mean_iou
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -12,6 +12,21 @@ def test_auroc_matches_sklearn_with_ties(seed):
     y = rng.random(300) < 0.3
     s = np.round(rng.random(300) + 0.4 * y, 1)  # many ties
     assert auroc(s, y) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+
+
+def test_auroc_by_group_is_each_groups_auroc_against_the_negatives():
+    rng = np.random.default_rng(2)
+    groups = rng.integers(0, 4, 2000)
+    groups[groups == 2] = 0  # group 2 absent: left out
+    s = np.round(rng.random(2000) + 0.3 * groups, 2)  # ties across groups
+    got = auroc_by_group(s, groups)
+    assert sorted(got) == [1, 3]
+    for g, value in got.items():
+        sel = (groups == 0) | (groups == g)
+        assert value == pytest.approx(roc_auc_score(groups[sel] == g, s[sel]), abs=1e-12)
+    assert auroc_by_group(s.reshape(40, 50), groups.reshape(40, 50)) == got  # any shape, flattened
+    with pytest.raises(ValueError, match="no sample of the negative group 0"):
+        auroc_by_group(s[groups > 0], groups[groups > 0])
 
 
 def test_f1_max_matches_precision_recall_curve():

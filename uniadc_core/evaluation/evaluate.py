@@ -27,7 +27,7 @@ from uniadc_core.data.preprocess import Preprocess
 from uniadc_core.evaluation.plots import plot_confusion, plot_overlays, plot_roc, plot_score_histograms
 from uniadc_core.evaluation.report import METRICS, VARIANTS
 from uniadc_core.io import atomic_path, write_json
-from uniadc_core.metrics import accuracy, aupro, auroc, confusion_matrix, f1_max, mean_iou
+from uniadc_core.metrics import accuracy, aupro, auroc, auroc_by_group, confusion_matrix, f1_max, mean_iou
 from uniadc_core.model.scoring import Scores, score_images
 from uniadc_core.serving.detector import Decision, Detector, decide
 
@@ -205,15 +205,27 @@ def evaluate(detector: Detector, manifest: pl.DataFrame, cfg: EvaluateConfig, ou
 
 def per_type_detection(test: EvalSet, scores: Scores, d: Decision, types: list[str]) -> pl.DataFrame:
     """For each defect type, how well the model tells images holding it from all others: the AUROC of
-    ``aligned score + log p(type)`` (anomalous, and of this type) against "this type is present"."""
+    ``aligned score + log p(type)`` (anomalous, and of this type) against "this type is present"; and how
+    well its map finds that type's pixels: their share of all defect pixels and their pixel AUROC against
+    every normal pixel (of the images whose masks are known, over the pixels that show the image). The
+    pooled pixel AUROC weighs the types by their share, so this table says which type holds it down."""
     present = test.present if test.present is not None else np.eye(len(types) + 1, dtype=bool)[test.labels]
+    pixel_types, maps = test.masks[test.has_mask], d.anomaly_map[test.has_mask]
+    if test.valid is not None:
+        shown = test.valid[test.has_mask]
+        pixel_types, maps = pixel_types[shown], maps[shown]
+    counts = np.bincount(pixel_types.ravel(), minlength=len(types) + 1)
+    by_pixel = auroc_by_group(maps, pixel_types) if counts[0] else {}
+    defect_pixels = max(int(counts[1:].sum()), 1)
     rows = []
     for k, name in enumerate(types):
         truth = present[:, k + 1]
         score = d.score + np.log(np.clip(scores.type_probs[:, k], 1e-6, 1.0))
         rows.append({"defect_type": name, "images": int(truth.sum()),
-                     "auroc": auroc(score, truth) if 0 < truth.sum() < len(truth) else None})
-    return pl.DataFrame(rows, schema={"defect_type": pl.Utf8, "images": pl.Int64, "auroc": pl.Float64})
+                     "auroc": auroc(score, truth) if 0 < truth.sum() < len(truth) else None,
+                     "pixel_share": float(counts[k + 1] / defect_pixels), "pixel_auroc": by_pixel.get(k + 1)})
+    return pl.DataFrame(rows, schema={"defect_type": pl.Utf8, "images": pl.Int64, "auroc": pl.Float64,
+                                      "pixel_share": pl.Float64, "pixel_auroc": pl.Float64})
 
 
 def write_report(out_dir: Path, test: EvalSet, scores: Scores, decisions: dict[str, Decision], types: list[str],
