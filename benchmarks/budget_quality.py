@@ -46,6 +46,7 @@ def render(path: Path) -> None:
             cells.append(f"{statistics.mean(vals):.1f} ± {sd:.1f}" if vals else "-")
         cpu = statistics.mean(g["seconds"]["train_cpu"] for g in group) / 60
         lines.append(f"| {label} | {setting} | {budget:g} | {group[0]['epochs']} | {cpu:.1f} | {len(group)} | " + " | ".join(cells) + " |")
+    lines += _per_type_lines(groups)
     notes = path.with_name(path.stem + "_notes.md")  # what the rows mean, written by hand; kept under the table
     with atomic_path(path.with_suffix(".md")) as tmp:
         tmp.write_text("# MTD on a fixed CPU budget\n\n`benchmarks/budget_quality.py`: each budget is one training whose epochs "
@@ -53,6 +54,28 @@ def render(path: Path) -> None:
                        "false-positive and miss rates at the threshold calibrated on held-out normals. 2 cores, nothing else "
                        "running. Overrides of each run are in the JSON beside this file.\n\n" + "\n".join(lines) + "\n"
                        + (f"\n{notes.read_text()}" if notes.is_file() else ""))
+
+
+def _per_type_lines(groups: dict[tuple, list[dict]]) -> list[str]:
+    """Pixel AUROC by defect type (each type's pixels against every normal pixel, CADA-aligned maps), mean ± std
+    over the seeds, for the rows that logged it; the pooled pixel AUROC weighs the types by their pixel share."""
+    logged = {k: g for k, g in groups.items() if all("per_type" in r for r in g)}
+    if not logged:
+        return []
+    types = sorted({t["defect_type"] for g in logged.values() for r in g for t in r["per_type"]})
+    lines = ["", "Pixel AUROC by defect type (its pixels against every normal pixel; the share of the defect pixels "
+             "in brackets), mean ± std over the seeds, %:", "",
+             "| run | setting | CPU budget (min) | seeds | " + " | ".join(types) + " |", "|" + "---|" * (len(types) + 4)]
+    for (label, setting, budget, _, _), group in sorted(logged.items()):
+        cells = []
+        for t in types:
+            rows = [x for r in group for x in r["per_type"] if x["defect_type"] == t and x["pixel_auroc"] is not None]
+            vals = [100 * x["pixel_auroc"] for x in rows]
+            share = statistics.mean(100 * x["pixel_share"] for x in rows) if rows else 0.0
+            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            cells.append(f"{statistics.mean(vals):.1f} ± {sd:.1f} ({share:.0f} %)" if vals else "-")
+        lines.append(f"| {label} | {setting} | {budget:g} | {len(group)} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def main() -> None:
