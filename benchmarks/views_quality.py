@@ -66,8 +66,8 @@ def render(rows: list[dict], path: Path) -> None:
                      + f" | {statistics.median(g['evaluate_seconds'] for g in group):.0f} | " + " | ".join(by_type) + " |")
     with atomic_path(path.with_suffix(".md")) as tmp:
         tmp.write_text("# Test-time views\n\n`benchmarks/views_quality.py`: the same models scored with and without flipped views, "
-                       "CADA variant, mean ± std over the models, %; evaluate s: median seconds of the evaluation stage (270 MTD "
-                       "test images, 2 cores, nothing else running).\n\n" + "\n".join(lines) + "\n")
+                       "CADA variant, mean ± std over the models, %; evaluate s: median seconds of the evaluation stage (2 cores; "
+                       "a figure only when nothing else ran: see budget_quality_notes.md).\n\n" + "\n".join(lines) + "\n")
 
 
 def main() -> None:
