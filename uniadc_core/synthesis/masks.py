@@ -217,7 +217,7 @@ def _score(family: str, rng: np.random.Generator, h: int, w: int, area: float, a
 def _band(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """A field highest at one side of the image (drawn), falling with the distance from it; its level lines
     are that side's direction bent by a smooth wave (four sinusoids of up to 3 % of the side each) and tilted
-    by up to about 8 degrees, so the best pixels form a band along that side with a wavy far edge."""
+    by up to about 4 degrees, so the best pixels form a band along that side with a wavy far edge."""
     side = int(rng.integers(4))
     depth_len, along_len = (h, w) if side < 2 else (w, h)
     depth = np.arange(depth_len, dtype=np.float64)[:, None]
