@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from mtd_quality import SEEDED, SUMMARY, code_version, run_setting  # noqa: E402
+from mtd_quality import SEEDED, SUMMARY, code_version, mean_sd, run_setting  # noqa: E402
 
 from uniadc_core.io import atomic_path  # noqa: E402
 
@@ -41,9 +41,7 @@ def render(path: Path) -> None:
     for (label, setting, budget, _, _), group in sorted(groups.items()):
         cells = []
         for c in SUMMARY:
-            vals = [100 * g["metrics"][f"{c}_cada"] for g in group if g["metrics"].get(f"{c}_cada") is not None]
-            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-            cells.append(f"{statistics.mean(vals):.1f} ± {sd:.1f}" if vals else "-")
+            cells.append(mean_sd([100 * g["metrics"][f"{c}_cada"] for g in group if g["metrics"].get(f"{c}_cada") is not None]))
         cpu = statistics.mean(g["seconds"]["train_cpu"] for g in group) / 60
         lines.append(f"| {label} | {setting} | {budget:g} | {group[0]['epochs']} | {cpu:.1f} | {len(group)} | " + " | ".join(cells) + " |")
     lines += _per_type_lines(groups)
@@ -70,10 +68,8 @@ def _per_type_lines(groups: dict[tuple, list[dict]]) -> list[str]:
         cells = []
         for t in types:
             rows = [x for r in group for x in r["per_type"] if x["defect_type"] == t and x["pixel_auroc"] is not None]
-            vals = [100 * x["pixel_auroc"] for x in rows]
             share = statistics.mean(100 * x["pixel_share"] for x in rows) if rows else 0.0
-            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-            cells.append(f"{statistics.mean(vals):.1f} ± {sd:.1f} ({share:.0f} %)" if vals else "-")
+            cells.append(mean_sd([100 * x["pixel_auroc"] for x in rows], f" ({share:.0f} %)"))
         lines.append(f"| {label} | {setting} | {budget:g} | {len(group)} | " + " | ".join(cells) + " |")
     return lines
 

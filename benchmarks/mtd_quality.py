@@ -143,6 +143,13 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def mean_sd(vals: list[float], suffix: str = "") -> str:
+    """A table cell: the mean ± sample std of ``vals`` (± 0.0 for one value), ``suffix`` after it; "-" for none."""
+    if not vals:
+        return "-"
+    return f"{statistics.mean(vals):.1f} ± {statistics.stdev(vals) if len(vals) > 1 else 0.0:.1f}{suffix}"
+
+
 SEEDED = ("ingest.seed", "synthesize.seed", "train.seed", "fit_cada.seed")  # a seed draws the shots, the samples, the weights
 
 
@@ -200,9 +207,7 @@ def render_seeds(path: Path) -> None:
     for r in rows:
         cells = []
         for c in SUMMARY:
-            vals = [100 * m[f"{c}_cada"] for m in r["metrics"] if m.get(f"{c}_cada") is not None]
-            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-            cells.append(f"{statistics.mean(vals):.1f} ± {sd:.1f}" if vals else "-")
+            cells.append(mean_sd([100 * m[f"{c}_cada"] for m in r["metrics"] if m.get(f"{c}_cada") is not None]))
         stages = ("ingest", "synthesize", "train", "fit_cada", "evaluate")
         mins = " / ".join(f"{statistics.mean(t[st] for t in r['seconds']) / 60:.1f}" for st in stages)
         lines.append(f"| {r['label']} | {r['setting']} | {len(r['seeds'])} | " + " | ".join(cells) + f" | {mins} |")

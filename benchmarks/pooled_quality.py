@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import sys
 from pathlib import Path
 
@@ -27,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import polars as pl  # noqa: E402
-from mtd_quality import SEEDED, code_version, run_pipeline  # noqa: E402
+from mtd_quality import SEEDED, code_version, mean_sd, run_pipeline  # noqa: E402
 
 from uniadc_core.evaluation.report import METRICS, VARIANTS  # noqa: E402
 from uniadc_core.io import atomic_path  # noqa: E402
@@ -73,9 +72,7 @@ def render(path: Path) -> None:
     for (run, cls, variant), group in sorted(frame.group_by(["run", "object_class", "variant"]), key=lambda g: g[0]):
         cells = []
         for k in METRICS:
-            vals = [100 * x for x in group[k].to_list() if x is not None]
-            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-            cells.append(f"{statistics.mean(vals):.1f} ± {sd:.1f}" if vals else "-")
+            cells.append(mean_sd([100 * x for x in group[k].to_list() if x is not None]))
         lines.append(f"| {run} | {cls} | {variant} | {group['seed'].n_unique()} | " + " | ".join(cells) + " |")
     with atomic_path(path.with_suffix(".md")) as tmp:
         tmp.write_text("# Pooled classes: MTD + KolektorSDD + DeepPCB, one model, no class label\n\n"

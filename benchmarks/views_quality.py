@@ -23,10 +23,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import polars as pl  # noqa: E402
 
-from uniadc_core.config import load_params  # noqa: E402
+from mtd_quality import mean_sd  # noqa: E402
+
+from uniadc_core.config import EvaluateConfig, load_params  # noqa: E402
 from uniadc_core.evaluation.evaluate import evaluate  # noqa: E402
 from uniadc_core.io import atomic_path  # noqa: E402
 from uniadc_core.serving.detector import Detector  # noqa: E402
@@ -34,14 +37,12 @@ from uniadc_core.serving.detector import Detector  # noqa: E402
 METRICS = ("image_auroc", "pixel_auroc", "aupro", "false_positive_rate", "miss_rate")
 
 
-def run(run_dir: Path, views: list[str]) -> dict:
-    params = load_params(ROOT / "params.yaml")
-    manifest = pl.read_parquet(run_dir / "manifest.parquet")
+def run(run_dir: Path, manifest: pl.DataFrame, views: list[str], cfg: EvaluateConfig) -> dict:
     detector = Detector.load(run_dir / "models")
     detector.model.config.views = list(views)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        flat = evaluate(detector, manifest, params.evaluate, tmp)
+        flat = evaluate(detector, manifest, cfg, tmp)
         seconds = time.perf_counter() - t0
         per_type = pl.read_csv(Path(tmp) / "per_type.csv").to_dicts()
     return {"run": str(run_dir), "views": list(views), "evaluate_seconds": round(seconds, 1),
@@ -53,15 +54,12 @@ def render(rows: list[dict], path: Path) -> None:
     for r in rows:
         groups.setdefault(tuple(r["views"]), []).append(r)
 
-    def cell(vals: list[float]) -> str:
-        return f"{statistics.mean(vals):.1f} ± {statistics.stdev(vals) if len(vals) > 1 else 0.0:.1f}"
-
     types = [t["defect_type"] for t in rows[0]["per_type"]]
     head = "| views | models | " + " | ".join(METRICS) + " | evaluate s | " + " | ".join(f"{t} pixel AUROC" for t in types) + " |"
     lines = [head, "|" + "---|" * (len(METRICS) + len(types) + 3)]
     for views, group in groups.items():
-        metrics = [cell([100 * g["metrics"][k] for g in group]) for k in METRICS]
-        by_type = [cell([100 * x["pixel_auroc"] for g in group for x in g["per_type"] if x["defect_type"] == t]) for t in types]
+        metrics = [mean_sd([100 * g["metrics"][k] for g in group]) for k in METRICS]
+        by_type = [mean_sd([100 * x["pixel_auroc"] for g in group for x in g["per_type"] if x["defect_type"] == t]) for t in types]
         lines.append(f"| {', '.join(views) or 'none'} | {len(group)} | " + " | ".join(metrics)
                      + f" | {statistics.median(g['evaluate_seconds'] for g in group):.0f} | " + " | ".join(by_type) + " |")
     with atomic_path(path.with_suffix(".md")) as tmp:
@@ -79,10 +77,11 @@ def main() -> None:
     for d in a.runs:
         if not (d / "models").is_dir() or not (d / "manifest.parquet").is_file():
             sys.exit(f"{d}: expected models/ and manifest.parquet inside (a pipeline's work folder, copied per seed)")
-    rows = []
+    cfg, rows = load_params(ROOT / "params.yaml").evaluate, []
     for d in a.runs:
+        manifest = pl.read_parquet(d / "manifest.parquet")
         for views in ([], a.views.split(",")):
-            rows.append(run(d, views))
+            rows.append(run(d, manifest, views, cfg))
             m = rows[-1]["metrics"]
             print(d, views or "none", {k: round(100 * v, 1) for k, v in m.items()}, rows[-1]["evaluate_seconds"], "s", flush=True)
     with atomic_path(a.out.with_suffix(".json")) as tmp:
