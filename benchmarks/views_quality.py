@@ -1,14 +1,21 @@
-"""Test-time views on trained models: the same models evaluated with ``views`` [] and [hflip] (``train.test_views``).
+"""Scoring options on trained models: the same models evaluated with ``views`` [] and [hflip] (``train.test_views``),
+or, with ``--context W``, a tile model's whole-image context at weight 0 and W (``train.tile_context``).
 
     .venv/bin/python benchmarks/views_quality.py RUN_DIR [RUN_DIR ...] [--views hflip] [--out benchmarks/results/views_quality]
+    .venv/bin/python benchmarks/views_quality.py RUN_DIR [RUN_DIR ...] --context 0.5 --out benchmarks/results/context_quality
 
 Each RUN_DIR holds a pipeline's ``models/`` (discriminator + cada) and the ``manifest.parquet`` it was trained on
 (``benchmarks/budget_quality.py`` leaves them in ``benchmarks/work/budget_<setting>/``: copy them out per seed).
 The views are set on the loaded model, so every score goes through the library's one path
 (``Discriminator.component_maps``); the CADA regressor and the threshold stay those fitted without views (on one
-object class CADA's statistics are the same for every image, so the image AUROC does not depend on them). Writes
-``<out>.json`` (one row per model and views: the CADA variant's metrics, evaluation seconds, and the per-type table)
-and ``<out>.md`` (mean ± std over the models). Run it with nothing else on the machine: it reports seconds.
+object class CADA's statistics are the same for every image, so the image AUROC does not depend on them). The
+context changes the score's units, so with ``--context`` both rows get the context statistics measured on the
+manifest's held-out normals as training measures them (``attach_context``; weight 0 attaches none) and a CADA
+refitted by the library's ``fit`` with ``params.yaml``'s ``fit_cada`` (a tile model's regressor reads real images
+only, so no shards are needed): the false-positive and miss rates at the calibrated threshold then hold for each
+row. Writes ``<out>.json`` (one row per model and option: the CADA variant's metrics, evaluation seconds, and the
+per-type table) and ``<out>.md`` (mean ± std over the models). Run it with nothing else on the machine: it reports
+seconds.
 """
 
 from __future__ import annotations
@@ -26,45 +33,55 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import polars as pl  # noqa: E402
+import pyarrow as pa  # noqa: E402
 
 from mtd_quality import mean_sd  # noqa: E402
 
-from uniadc_core.config import EvaluateConfig, load_params  # noqa: E402
+from uniadc_core.cada.fit import fit  # noqa: E402
+from uniadc_core.cada.regressor import load_cada  # noqa: E402
+from uniadc_core.config import EvaluateConfig, FitCadaConfig, load_params  # noqa: E402
 from uniadc_core.evaluation.evaluate import evaluate  # noqa: E402
 from uniadc_core.io import atomic_path  # noqa: E402
+from uniadc_core.model.scoring import attach_context  # noqa: E402
+from uniadc_core.model.train import context_images  # noqa: E402
 from uniadc_core.serving.detector import Detector  # noqa: E402
 
 METRICS = ("image_auroc", "pixel_auroc", "aupro", "false_positive_rate", "miss_rate")
 
 
-def run(run_dir: Path, manifest: pl.DataFrame, views: list[str], cfg: EvaluateConfig) -> dict:
+def run(run_dir: Path, manifest: pl.DataFrame, views: list[str], cfg: EvaluateConfig, context: float | None = None,
+        fit_cfg: FitCadaConfig | None = None) -> dict:
     detector = Detector.load(run_dir / "models")
     detector.model.config.views = list(views)
     with tempfile.TemporaryDirectory() as tmp:
+        if context is not None:  # the score's units change: context statistics and CADA as the pipeline would make them
+            attach_context(detector.model, context_images(manifest, detector.model), context)
+            fit(detector.model, manifest, pa.table({}), fit_cfg, Path(tmp) / "cada")
+            detector = Detector(detector.model, load_cada(Path(tmp) / "cada"))
         t0 = time.perf_counter()
         flat = evaluate(detector, manifest, cfg, tmp)
         seconds = time.perf_counter() - t0
         per_type = pl.read_csv(Path(tmp) / "per_type.csv").to_dicts()
-    return {"run": str(run_dir), "views": list(views), "evaluate_seconds": round(seconds, 1),
+    return {"run": str(run_dir), "views": list(views), "context": context, "evaluate_seconds": round(seconds, 1),
             "metrics": {k: flat[f"{k}_cada"] for k in METRICS}, "per_type": per_type}
 
 
 def render(rows: list[dict], path: Path) -> None:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault(tuple(r["views"]), []).append(r)
+        groups.setdefault((tuple(r["views"]), r.get("context")), []).append(r)
 
     types = [t["defect_type"] for t in rows[0]["per_type"]]
-    head = "| views | models | " + " | ".join(METRICS) + " | evaluate s | " + " | ".join(f"{t} pixel AUROC" for t in types) + " |"
-    lines = [head, "|" + "---|" * (len(METRICS) + len(types) + 3)]
-    for views, group in groups.items():
+    head = "| views | tile context | models | " + " | ".join(METRICS) + " | evaluate s | " + " | ".join(f"{t} pixel AUROC" for t in types) + " |"
+    lines = [head, "|" + "---|" * (len(METRICS) + len(types) + 4)]
+    for (views, context), group in groups.items():
         metrics = [mean_sd([100 * g["metrics"][k] for g in group]) for k in METRICS]
         by_type = [mean_sd([100 * x["pixel_auroc"] for g in group for x in g["per_type"] if x["defect_type"] == t]) for t in types]
-        lines.append(f"| {', '.join(views) or 'none'} | {len(group)} | " + " | ".join(metrics)
+        lines.append(f"| {', '.join(views) or 'none'} | {'as trained' if context is None else context} | {len(group)} | " + " | ".join(metrics)
                      + f" | {statistics.median(g['evaluate_seconds'] for g in group):.0f} | " + " | ".join(by_type) + " |")
     with atomic_path(path.with_suffix(".md")) as tmp:
-        tmp.write_text("# Test-time views\n\n`benchmarks/views_quality.py`: the same models scored with and without flipped views, "
-                       "CADA variant, mean ± std over the models, %; evaluate s: median seconds of the evaluation stage (2 cores; "
+        tmp.write_text("# Scoring options on trained models\n\n`benchmarks/views_quality.py`: the same models scored with and "
+                       "without flipped views or a tile model's whole-image context (CADA refitted where the context is set), CADA variant, mean ± std over the models, %; evaluate s: median seconds of the evaluation stage (2 cores; "
                        "a figure only when nothing else ran: see budget_quality_notes.md).\n\n" + "\n".join(lines) + "\n")
 
 
@@ -72,18 +89,21 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", type=Path, help="folders holding models/ and manifest.parquet")
     p.add_argument("--views", default="hflip", help="the views to compare with none, comma-separated (hflip, vflip)")
+    p.add_argument("--context", type=float, default=None,
+                   help="compare a tile model's whole-image context at 0 and this weight instead of views (refits CADA)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/views_quality")
     a = p.parse_args()
     for d in a.runs:
         if not (d / "models").is_dir() or not (d / "manifest.parquet").is_file():
             sys.exit(f"{d}: expected models/ and manifest.parquet inside (a pipeline's work folder, copied per seed)")
-    cfg, rows = load_params(ROOT / "params.yaml").evaluate, []
+    params, rows = load_params(ROOT / "params.yaml"), []
+    options = [([], 0.0), ([], a.context)] if a.context is not None else [([], None), (a.views.split(","), None)]
     for d in a.runs:
         manifest = pl.read_parquet(d / "manifest.parquet")
-        for views in ([], a.views.split(",")):
-            rows.append(run(d, manifest, views, cfg))
+        for views, context in options:
+            rows.append(run(d, manifest, views, params.evaluate, context, params.fit_cada))
             m = rows[-1]["metrics"]
-            print(d, views or "none", {k: round(100 * v, 1) for k, v in m.items()}, rows[-1]["evaluate_seconds"], "s", flush=True)
+            print(d, views or "none", context, {k: round(100 * v, 1) for k, v in m.items()}, rows[-1]["evaluate_seconds"], "s", flush=True)
     with atomic_path(a.out.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps(rows, indent=2))
     render(rows, a.out)

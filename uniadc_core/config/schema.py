@@ -219,6 +219,9 @@ class TrainConfig:
     # scoring path: CADA, evaluation, serving); costs (1 + views) x the scoring time. [hflip] on MTD's tile models, 3
     # seeds: image AUROC 88.5 +- 0.5 against 87.9 +- 0.2, every seed up (benchmarks/results/budget_quality_notes.md)
     test_views: list[Literal["hflip", "vflip"]] = field(default_factory=list)
+    # tile models (ingest.resize: tile): the share of the whole-image view's map in the anomaly map, mixed with the merged
+    # tiles at native resolution, both standardised on held-out normal pixels (0: tiles alone; recorded in the model)
+    tile_context: float = 0.0
 
     def __post_init__(self):
         if self.reconstruction.enabled and self.backbone != "scratch":

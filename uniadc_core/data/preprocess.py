@@ -171,18 +171,27 @@ class Preprocess:
             return 0, 0
         return (int(ys.min() + ys.max()) // 2 - self.size // 2, int(xs.min() + xs.max()) // 2 - self.size // 2)
 
-    def merged_view(self, maps: np.ndarray, windows: list[tuple[int, int]], shape: tuple[int, int]) -> np.ndarray:
-        """Per-tile (T, S, S) maps of one image -> its (size, size) float32 map in the whole-image view; the view's
-        padding (outside the image) gets the map's lowest value, the least anomalous."""
-        merged = merge_tiles(maps, windows, shape)
-        h, w = shape
+    def to_view(self, native_map: np.ndarray) -> np.ndarray:
+        """An (H, W) map at native resolution -> the (size, size) float32 whole-image view; the view's padding (outside
+        the image) gets the map's lowest value, the least anomalous."""
+        h, w = native_map.shape
         side = max(h, w)
         top, left = (side - h) // 2, (side - w) // 2  # where ``resize(policy="pad")`` puts the image
-        square = np.full((side, side), merged.min(), np.float32)
-        square[top:top + h, left:left + w] = merged
+        square = np.full((side, side), native_map.min(), np.float32)
+        square[top:top + h, left:left + w] = native_map
         t = torch.from_numpy(square)[None, None]  # antialiased: a thin line of a large image is averaged in, not skipped
         return torch.nn.functional.interpolate(t, size=(self.size, self.size), mode="bilinear", align_corners=False,
                                                antialias=side > self.size)[0, 0].numpy()
+
+    def from_view(self, view_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        """A (size, size) map of the whole-image view -> (H, W) float32 at the image's native resolution (bilinear; the
+        view's padding cut away): the inverse geometry of ``to_view``."""
+        h, w = shape
+        side = max(h, w)
+        top, left = (side - h) // 2, (side - w) // 2
+        t = torch.from_numpy(np.ascontiguousarray(view_map, np.float32))[None, None]
+        up = torch.nn.functional.interpolate(t, size=(side, side), mode="bilinear", align_corners=False)[0, 0].numpy()
+        return up[top:top + h, left:left + w]
 
     def labels_view(self, labels: np.ndarray, windows: list[tuple[int, int]], shape: tuple[int, int], peak: np.ndarray) -> np.ndarray:
         """Per-tile (T, S, S) uint8 labels -> the (size, size) view, each pixel labelled by the tile whose ``peak``

@@ -58,6 +58,8 @@ class ModelConfig:
     memory: dict = field(default_factory=dict)
     reconstruction: dict = field(default_factory=dict)  # {} = none; {"width": w}: DRAEM's autoencoder, its output beside the image
     views: list[str] = field(default_factory=list)  # flipped copies scored beside each input, averaged back (from train.test_views)
+    # tile models' whole-image context: {} = none; else weight (the view's share) and stats [mu_t, sd_t, mu_v, sd_v] (held-out normal pixels)
+    context: dict = field(default_factory=dict)
     package_version: str = uniadc_core.__version__
     format_version: int = FORMAT_VERSION
 

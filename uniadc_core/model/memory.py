@@ -7,8 +7,9 @@ The memory holds a subset of the normal training patches: ``greedy`` picks it by
 (farthest-point) selection on a random projection, so every normal patch has a memory patch
 near it; ``random`` draws it uniformly, for comparison. A patch far from every memory patch looks
 like nothing normal the model has seen. Distances are computed in chunks with one matrix product
-per chunk (``[q, 1] @ [-2 m; |m|^2]``, then ``|q|^2`` added to the nearest), so memory stays bounded
-whatever the number of queries.
+per chunk (``[q, 1] @ [-2 m; |m|^2]``) to find the nearest rows, whose distances are then taken
+directly (``|q - m|``, exact to float32 whatever the batch), so memory stays bounded whatever the
+number of queries.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def _augmented_bank(bank: torch.Tensor) -> torch.Tensor:
 
 def _partial_sq(query: torch.Tensor, augmented: torch.Tensor) -> torch.Tensor:
     """(M, N) ``|m|^2 - 2 q.m``: the squared distance less ``|q|^2``, written once by one matrix product with no
-    broadcast copy (the nearest rows are the same; ``|q|^2`` is added to the few that are kept)."""
+    broadcast copy (the nearest rows are the same; their distances are then taken directly)."""
     return torch.cat([query, query.new_ones(len(query), 1)], 1) @ augmented
 
 
@@ -139,18 +140,20 @@ class NormalMemory:
         On a CPU, queries go in chunks whose (chunk, K) block of distances holds about ``block`` floats
         (8 MiB; at least 128 rows): small enough to stay in the cache between the product that writes it
         and the reduction that reads it (benchmarks/memory_speed.py)."""
-        augmented = self._augmented.to(query.device)
+        augmented, bank = self._augmented.to(query.device), self.bank.to(query.device)
         bounds = [0, *itertools.accumulate(self.segments)] if per_segment else [0, len(self.bank)]
         chunk = 2048 if query.is_cuda else max(128, block // len(self.bank))  # a GPU wants large products
         out = []
         for start in range(0, len(query), chunk):
             q = query[start:start + chunk].float()
-            part, q_sq = _partial_sq(q, augmented), (q * q).sum(1, keepdim=True)
+            part = _partial_sq(q, augmented)
             cols = []
             for lo, hi in zip(bounds[:-1], bounds[1:]):
                 seg, kk = part[:, lo:hi], min(k, hi - lo)
-                nearest = seg.topk(kk, dim=1, largest=False).values if kk > 1 else seg.min(1, keepdim=True).values  # (m, k)
-                cols.append((nearest + q_sq).clamp_(min=0).sqrt().mean(1))
+                nearest = seg.topk(kk, dim=1, largest=False).indices if kk > 1 else seg.min(1, keepdim=True).indices  # (m, k)
+                # the product finds the nearest rows; their distances are taken again directly, free of the product's
+                # cancellation (|q|^2 + |m|^2 - 2 q.m of two near vectors), so a score does not depend on the batch
+                cols.append((q[:, None] - bank[lo + nearest]).square().sum(2).sqrt().mean(1))
             out.append(torch.stack(cols, 1) if per_segment else cols[0])
         if not out:
             return torch.zeros((0, len(self.segments)) if per_segment else 0, device=query.device)
