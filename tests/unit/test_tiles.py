@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -222,46 +221,6 @@ def test_synthesis_paints_on_a_seeded_native_tile_and_crops_the_shot_around_its_
     assert region.sum() == (mask > 0).sum()  # the whole defect lies in its tile
     found = [(y, x) for y in range(9) for x in range(49) if np.array_equal(normal[y:y + 32, x:x + 32], base)]
     assert found  # a tile of the normal at its own pixel scale, not a resized image
-
-
-def test_with_views_each_image_also_gives_its_whole_view(tmp_path):
-    normal, anomaly, mask = _tree(tmp_path)
-    vocab = Vocabulary(classes={"tile": {"crack": default_prior("crack", "tile")}}, resize="tile")
-    frame = pl.DataFrame({
-        "image_id": ["n", "a"], "path": [str(tmp_path / "normal.png"), str(tmp_path / "anomaly.png")],
-        "is_anomaly": [False, True], "mask_path": [None, str(tmp_path / "anomaly_mask.png")],
-        "defect_type": [None, "crack"], "object_class": ["tile", "tile"], "mask_rule": [None, None],
-    })
-    pre = vocab.preprocess(32)
-    plain, viewed = real_batch(frame, vocab, pre), real_batch(frame, vocab, pre, views=True)
-    assert [i for i in viewed.ids if not i.endswith("#view")] == list(plain.ids) and len(viewed.ids) == len(plain.ids) + 2
-    n, a = viewed.ids.index("n#view"), viewed.ids.index("a#view")
-    np.testing.assert_array_equal(viewed.images[n].permute(1, 2, 0).numpy(), pre.view(normal))
-    assert not viewed.masks[n].any()  # a normal's view is normal
-    np.testing.assert_array_equal(viewed.masks[a].numpy(), pre.mask((mask > 0).astype(np.uint8)))
-    assert viewed.masks[a].any()  # the shot's defect, squeezed with its image
-
-
-def test_a_plan_with_tile_views_paints_some_samples_on_the_whole_view(tmp_path):
-    from uniadc_core.config import SynthesizeConfig
-    from uniadc_core.synthesis.plan import load_donors, plan_samples
-
-    normal, _, _ = _tree(tmp_path)
-    vocab = Vocabulary(classes={"tile": {"crack": default_prior("crack", "tile")}}, resize="tile")
-    manifest = pl.DataFrame({"image_id": ["n"], "path": [str(tmp_path / "normal.png")], "role": ["normal_shot"],
-                             "object_class": ["tile"], "is_anomaly": [False], "defect_type": [None], "mask_path": [None]})
-    plain = plan_samples(manifest, vocab, SynthesizeConfig(samples_per_type=40))
-    mixed = plan_samples(manifest, vocab, SynthesizeConfig(samples_per_type=40, tile_views=0.5))
-    assert not any(s.whole_view for s in plain)
-    assert [replace(s, whole_view=False) for s in mixed] == plain  # the same samples otherwise
-    assert 8 <= sum(s.whole_view for s in mixed) <= 32
-    view_spec = next(s for s in mixed if s.whole_view)
-    base, shot, region = load_sources(view_spec, vocab, 32)
-    np.testing.assert_array_equal(base, vocab.preprocess(32).view(normal))
-    assert shot is None and region is None
-    assert load_donors(replace(view_spec, donor_path=str(tmp_path / "normal.png")), vocab, 32)["other_normal"].shape == (32, 32, 3)
-    stretched = Vocabulary(classes=vocab.classes, resize="stretch")  # only tile models have a whole view to paint on
-    assert not any(s.whole_view for s in plan_samples(manifest, stretched, SynthesizeConfig(samples_per_type=40, tile_views=0.5)))
 
 
 def test_a_small_shot_is_padded_as_its_labels_are(tmp_path):

@@ -40,7 +40,6 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "synthesize.image_size": (lambda v: 32 <= v <= 1024, "an integer in [32, 1024]"),
     "synthesize.samples_per_type": _int_min(1),
     "synthesize.repaint_fraction": _UNIT,
-    "synthesize.tile_views": _UNIT,
     "synthesize.shard_size": _int_min(1),
     "synthesize.row_group_size": _int_min(1),
     "synthesize.workers": _int_min(1),

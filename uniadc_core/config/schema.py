@@ -122,7 +122,6 @@ class SynthesizeConfig:
     image_size: int = 128  # synthetic samples are stored at this square size
     samples_per_type: int = 80  # per object class and defect type
     repaint_fraction: float = 0.5  # share of samples made from real anomaly shots, where a type has one
-    tile_views: float = 0.0  # ingest.resize tile: share of the zero-shot samples painted on the whole-image view, not a tile
     shard_size: int = 128  # rows per Parquet shard
     row_group_size: int = 64
     workers: int = 2  # shards made at once: threads (runner local) or Dask workers of a LocalCluster (runner dask)

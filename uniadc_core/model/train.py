@@ -344,7 +344,7 @@ def context_images(manifest: pl.DataFrame, model: Discriminator) -> list[np.ndar
 
 def train(manifest: pl.DataFrame, vocab: Vocabulary, synthetic_dir: str | Path | None, cfg: TrainConfig, out_dir: str | Path) -> Path:
     """Train (resuming an interrupted run of the same data and params) and save the model directory."""
-    data = load_train_data(manifest, vocab, synthetic_dir, cfg.image_size, views=cfg.tile_context > 0)
+    data = load_train_data(manifest, vocab, synthetic_dir, cfg.image_size)
     log.info("train: %d normals, %d anomaly shots, %d synthetic (streamed from %d row groups), %d validation samples",
              len(data.normals.classes), len(data.shots.classes), sum(u.rows for u in data.units), len(data.units), len(data.val.classes))
     ckpt = checkpoint_path(out_dir)

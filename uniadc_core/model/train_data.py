@@ -39,10 +39,9 @@ class TrainData:
     synthetic_fingerprint: str = ""
 
 
-def real_batch(frame: pl.DataFrame, vocab: Vocabulary, pre: Preprocess, views: bool = False) -> Batch:
-    """Real images as training samples (``resize: tile``: their tiles, and with ``views`` each whole-image view too)."""
+def real_batch(frame: pl.DataFrame, vocab: Vocabulary, pre: Preprocess) -> Batch:
     if pre.tiled:
-        return _real_tiles(frame, vocab, pre, views)
+        return _real_tiles(frame, vocab, pre)
     images, masks = [], []
     for row in frame.iter_rows(named=True):
         images.append(pre.load_image(row["path"]))
@@ -53,10 +52,9 @@ def real_batch(frame: pl.DataFrame, vocab: Vocabulary, pre: Preprocess, views: b
     return _batch(images, masks, frame["object_class"].to_list(), tuple(frame["image_id"].to_list()))
 
 
-def _real_tiles(frame: pl.DataFrame, vocab: Vocabulary, pre: Preprocess, views: bool = False) -> Batch:
-    """``resize: tile``: every native-resolution tile of a normal; of an anomaly, the tiles holding defect pixels;
-    with ``views``, each image's whole-image view as well (what a tile model's context scores: ``train.tile_context``).
-    A tile's id is its image's with ``TILE_MARK`` and its corner ``y,x`` appended (``view`` for the whole view)."""
+def _real_tiles(frame: pl.DataFrame, vocab: Vocabulary, pre: Preprocess) -> Batch:
+    """``resize: tile``: every native-resolution tile of a normal; of an anomaly, the tiles holding defect pixels.
+    A tile's id is its image's with ``TILE_MARK`` and its corner ``y,x`` appended."""
     images, masks, classes, ids = [], [], [], []
     for row in frame.iter_rows(named=True):
         native = pre.native(pre.decode_image(row["path"]))
@@ -77,12 +75,6 @@ def _real_tiles(frame: pl.DataFrame, vocab: Vocabulary, pre: Preprocess, views: 
             masks.append(lab)
             classes.append(row["object_class"])
             ids.append(f"{row['image_id']}{TILE_MARK}{y},{x}")
-        view_labels = pre.mask(labels) if views else None
-        if views and (view_labels.any() or not row["is_anomaly"]):  # a defect lost in the squeeze is no anomaly sample
-            images.append(pre.view(native))
-            masks.append(view_labels)
-            classes.append(row["object_class"])
-            ids.append(f"{row['image_id']}{TILE_MARK}view")
     log.info("resize tile: %d tiles of %d px from %d images (%.0f MiB in memory)", len(images), pre.size, frame.height,
              len(images) * pre.size * pre.size * 4 / 2**20)
     return _batch(images, masks, classes, tuple(ids))
@@ -103,17 +95,15 @@ def _cat(a: Batch, b: Batch) -> Batch:
     return Batch(torch.cat([a.images, b.images]), torch.cat([a.masks, b.masks]), a.classes + b.classes, a.ids + b.ids if known else ())
 
 
-def load_train_data(manifest: pl.DataFrame, vocab: Vocabulary, synthetic_dir: str | Path | None, size: int,
-                    views: bool = False) -> TrainData:
-    """Real images into memory; the synthetic shards' row groups listed for streaming (their validation tenth read now).
-    ``views`` (tile models with whole-image context): each real image's whole view joins its tiles."""
+def load_train_data(manifest: pl.DataFrame, vocab: Vocabulary, synthetic_dir: str | Path | None, size: int) -> TrainData:
+    """Real images into memory; the synthetic shards' row groups listed for streaming (their validation tenth read now)."""
     pre = vocab.preprocess(size)
-    normals = real_batch(manifest.filter(pl.col("role") == Role.NORMAL_SHOT), vocab, pre, views)
+    normals = real_batch(manifest.filter(pl.col("role") == Role.NORMAL_SHOT), vocab, pre)
     if len(normals.classes) == 0:
         msg = "the manifest has no normal_shot images; training needs normal images (check ingest.normal_shots)"
         raise ValueError(msg)
-    shots = real_batch(manifest.filter(pl.col("role") == Role.ANOMALY_SHOT), vocab, pre, views)
-    holdout = real_batch(manifest.filter(pl.col("role") == Role.NORMAL_HOLDOUT), vocab, pre, views)
+    shots = real_batch(manifest.filter(pl.col("role") == Role.ANOMALY_SHOT), vocab, pre)
+    holdout = real_batch(manifest.filter(pl.col("role") == Role.NORMAL_HOLDOUT), vocab, pre)
     units = row_groups(synthetic_dir) if synthetic_dir is not None else []
     val_rows = [r for unit in units for r in read_row_group(unit, pre, validation=True)]
     syn_val = _batch([r[2] for r in val_rows], [r[3] for r in val_rows], [r[1] for r in val_rows])

@@ -42,7 +42,6 @@ class SampleSpec:
     shot_mask_path: str | None = None
     donor_path: str | None = None  # another normal of the class (appearance other_normal), where the prior uses it
     foreign_path: str | None = None  # a normal of another class (appearance other_class), where the prior uses it
-    whole_view: bool = False  # resize tile: painted on the whole-image view (``Preprocess.view``), not on a native tile
 
 
 SAMPLE_CODE = ("plan.py", "priors.py", "masks.py", "procedural.py", "diffusion.py")  # what decides a row's pixels
@@ -83,8 +82,6 @@ def plan_samples(manifest: pl.DataFrame, vocab: Vocabulary, cfg: SynthesizeConfi
                        f"class, and the manifest has only '{cls}'; use other_normal or another appearance in the priors file")
                 raise ValueError(msg)
             donor_rng = np.random.default_rng([cfg.seed, len(specs), 0xD0])  # its own stream: plans without donors are unchanged
-            view_rng = np.random.default_rng([cfg.seed, len(specs), 0x71E])  # likewise: drawn only with tile_views
-            views = cfg.tile_views if vocab.resize == "tile" else 0.0
             for i in range(cfg.samples_per_type):
                 sample_id = f"{cls}/{defect}/{i:05d}"
                 src = pool.row(int(rng.integers(pool.height)), named=True)
@@ -96,7 +93,6 @@ def plan_samples(manifest: pl.DataFrame, vocab: Vocabulary, cfg: SynthesizeConfi
                     donor = pool.row(j + (j >= own) if pool.height > 1 else own, named=True)["path"]
                 if shot is None and "other_class" in uses:
                     foreign = others.row(int(donor_rng.integers(others.height)), named=True)["path"]
-                whole_view = bool(shot is None and views > 0 and view_rng.random() < views)
                 specs.append(SampleSpec(
                     sample_id=sample_id,
                     object_class=cls,
@@ -110,7 +106,6 @@ def plan_samples(manifest: pl.DataFrame, vocab: Vocabulary, cfg: SynthesizeConfi
                     shot_mask_path=shot["mask_path"] if shot else None,
                     donor_path=donor,
                     foreign_path=foreign,
-                    whole_view=whole_view,
                 ))
     # a seeded shuffle: every shard and row group mixes classes and defect types, so a reader
     # streaming a few row groups at a time still sees all of them
@@ -198,11 +193,8 @@ def _tile_rng(spec: SampleSpec, what: int) -> np.random.Generator:
 
 
 def _tile_sources(spec: SampleSpec, pre: Preprocess) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """``resize: tile``: a seeded native-resolution tile of the normal (``whole_view``: the whole image squeezed into
-    one input, as the context of a tile model sees it); the shot's tile centred on its defect."""
+    """``resize: tile``: a seeded native-resolution tile of the normal; the shot's tile centred on its defect."""
     native = _native(pre, spec.source_path)
-    if spec.whole_view:
-        return pre.view(native), None, None
     normal = pre.crop(native, *pre.random_corner(native.shape, _tile_rng(spec, 0)))
     if spec.shot_path is None:
         return normal, None, None
@@ -216,10 +208,8 @@ def load_donors(spec: SampleSpec, vocab: Vocabulary, size: int) -> dict[str, np.
     """The other normal images a zero-shot spec may crop, by appearance name, at ``size``."""
     pre = vocab.preprocess(size)
     paths = {"other_normal": spec.donor_path, "other_class": spec.foreign_path}
-    if pre.tiled:  # a seeded native-resolution tile of each (the whole view for a whole-view sample)
+    if pre.tiled:  # a seeded native-resolution tile of each
         natives = {kind: _native(pre, path) for kind, path in paths.items() if path}
-        if spec.whole_view:
-            return {kind: pre.view(im) for kind, im in natives.items()}
         return {kind: pre.crop(im, *pre.random_corner(im.shape, _tile_rng(spec, 1 + i))) for i, (kind, im) in enumerate(natives.items())}
     return {kind: _image(pre, path) for kind, path in paths.items() if path}
 
