@@ -353,9 +353,9 @@ def train(manifest: pl.DataFrame, vocab: Vocabulary, synthetic_dir: str | Path |
     item_of = dict(zip(shots["image_id"].to_list(), item_names(shots), strict=True))
     items = [item_of[i] if i in item_of else item_of[i.rsplit(TILE_MARK, 1)[0]] for i in data.normals.ids]  # tiles: id + mark + corner
     attach_memory(model, data.normals.images, data.holdout.images, cfg.memory, cfg.seed, data.normals.classes, items)
-    if data.pre.tiled:
+    if data.pre.tiled and cfg.tile_context > 0:
         attach_context(model, context_images(manifest, model), cfg.tile_context)
-    elif cfg.tile_context:
+    elif cfg.tile_context > 0:
         log.info("train: tile_context applies to tile models only (ingest.resize: tile); ignored")
     kept = [{k: v for k, v in rec.items() if k not in MACHINE_DEPENDENT} for rec in history]
     path = save_model(model, out_dir, extra={"history.json": kept})
