@@ -2,7 +2,7 @@
 or, with ``--context W``, a tile model's whole-image context at weight 0 and W (``train.tile_context``).
 
     .venv/bin/python benchmarks/views_quality.py RUN_DIR [RUN_DIR ...] [--views hflip] [--out benchmarks/results/views_quality]
-    .venv/bin/python benchmarks/views_quality.py RUN_DIR [RUN_DIR ...] --context 0.5 --out benchmarks/results/context_quality
+    .venv/bin/python benchmarks/views_quality.py RUN_DIR [RUN_DIR ...] --context 0.5 [--views hflip] --out benchmarks/results/context_quality
 
 Each RUN_DIR holds a pipeline's ``models/`` (discriminator + cada) and the ``manifest.parquet`` it was trained on
 (``benchmarks/budget_quality.py`` leaves them in ``benchmarks/work/budget_<setting>/``: copy them out per seed).
@@ -88,7 +88,8 @@ def render(rows: list[dict], path: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", type=Path, help="folders holding models/ and manifest.parquet")
-    p.add_argument("--views", default="hflip", help="the views to compare with none, comma-separated (hflip, vflip)")
+    p.add_argument("--views", default=None, help="the views to compare with none, comma-separated (hflip, vflip; default hflip); "
+                   "with --context, a third row scores with these views and the context")
     p.add_argument("--context", type=float, default=None,
                    help="compare a tile model's whole-image context at 0 and this weight instead of views (refits CADA)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/views_quality")
@@ -97,7 +98,10 @@ def main() -> None:
         if not (d / "models").is_dir() or not (d / "manifest.parquet").is_file():
             sys.exit(f"{d}: expected models/ and manifest.parquet inside (a pipeline's work folder, copied per seed)")
     params, rows = load_params(ROOT / "params.yaml"), []
-    options = [([], 0.0), ([], a.context)] if a.context is not None else [([], None), (a.views.split(","), None)]
+    if a.context is None:
+        options = [([], None), ((a.views or "hflip").split(","), None)]
+    else:
+        options = [([], 0.0), ([], a.context), *([(a.views.split(","), a.context)] if a.views else [])]
     for d in a.runs:
         manifest = pl.read_parquet(d / "manifest.parquet")
         for views, context in options:
