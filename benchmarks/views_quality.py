@@ -55,7 +55,7 @@ def run(run_dir: Path, manifest: pl.DataFrame, views: list[str], cfg: EvaluateCo
     detector.model.config.views = list(views)
     with tempfile.TemporaryDirectory() as tmp:
         if context is not None:  # the score's units change: context statistics and CADA as the pipeline would make them
-            attach_context(detector.model, context_images(manifest, detector.model), context)
+            attach_context(detector.model, context_images(manifest, detector.model) if context > 0 else [], context)
             fit(detector.model, manifest, pa.table({}), fit_cfg, Path(tmp) / "cada")
             detector = Detector(detector.model, load_cada(Path(tmp) / "cada"))
         t0 = time.perf_counter()

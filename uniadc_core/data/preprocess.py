@@ -93,6 +93,13 @@ def merge_tiles(maps: np.ndarray, windows: list[tuple[int, int]], shape: tuple[i
     return (total / np.maximum(count, 1))[:h, :w].astype(np.float32)
 
 
+def _square_box(h: int, w: int) -> tuple[int, int, int]:
+    """(side, top, left): the square an (h, w) image is padded to and where it sits in it, as ``resize(policy="pad")``
+    puts it (the whole-image view of ``pad`` and ``tile``)."""
+    side = max(h, w)
+    return side, (side - h) // 2, (side - w) // 2
+
+
 @dataclass(frozen=True)
 class Preprocess:
     size: int  # square side of the model input
@@ -175,8 +182,7 @@ class Preprocess:
         """An (H, W) map at native resolution -> the (size, size) float32 whole-image view; the view's padding (outside
         the image) gets the map's lowest value, the least anomalous."""
         h, w = native_map.shape
-        side = max(h, w)
-        top, left = (side - h) // 2, (side - w) // 2  # where ``resize(policy="pad")`` puts the image
+        side, top, left = _square_box(h, w)
         square = np.full((side, side), native_map.min(), np.float32)
         square[top:top + h, left:left + w] = native_map
         t = torch.from_numpy(square)[None, None]  # antialiased: a thin line of a large image is averaged in, not skipped
@@ -187,8 +193,7 @@ class Preprocess:
         """A (size, size) map of the whole-image view -> (H, W) float32 at the image's native resolution (bilinear; the
         view's padding cut away): the inverse geometry of ``to_view``."""
         h, w = shape
-        side = max(h, w)
-        top, left = (side - h) // 2, (side - w) // 2
+        side, top, left = _square_box(h, w)
         t = torch.from_numpy(np.ascontiguousarray(view_map, np.float32))[None, None]
         up = torch.nn.functional.interpolate(t, size=(side, side), mode="bilinear", align_corners=False)[0, 0].numpy()
         return up[top:top + h, left:left + w]

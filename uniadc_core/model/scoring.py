@@ -141,7 +141,7 @@ def pooled_max(native_map: np.ndarray) -> float:
     return float(F.avg_pool2d(t, SCORE_POOL, stride=1, padding=SCORE_POOL // 2, count_include_pad=False).max())
 
 
-def attach_context(model: Discriminator, images: list[np.ndarray], weight: float, batch_size: int = 32, progress: bool = False) -> None:
+def attach_context(model: Discriminator, images: list[np.ndarray], weight: float, batch_size: int = 32) -> None:
     """Give a tile model whole-image context (``train.tile_context``): each image is also scored whole, squeezed
     into one input, and that map is mixed into the merged tile map (``context_map``). The two maps' means and
     spreads are measured here over the pixels of ``images`` (held-out normals, native (H, W, 3) uint8, before
