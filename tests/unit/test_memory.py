@@ -52,6 +52,23 @@ def test_memory_distances_are_the_nearest_neighbour_distances():
     assert float(memory.distances(bank[:5]).max()) < 1e-2  # a memory patch is at distance 0 from itself
 
 
+def test_nearest_rows_are_found_exactly_far_from_the_origin():
+    """Features with a large common offset (unnormalised activations): the nearest row and its distance are those of
+    an exact float64 search, for every query alone as in any batch (the product must not reorder near rows)."""
+    gen = torch.Generator().manual_seed(2)
+    unit = lambda x: x / x.norm(dim=1, keepdim=True)  # noqa: E731
+    query = 300.0 + torch.randn(200, 64, generator=gen)
+    near = query + unit(torch.randn(200, 64, generator=gen))  # at distance 1 from its query
+    second = query + 1.05 * unit(torch.randn(200, 64, generator=gen))  # at 1.05: a near tie, inside the product's rounding
+    memory = NormalMemory(torch.cat([second, near, 300.0 + torch.randn(1000, 64, generator=gen)]))
+    bank = memory.bank
+    exact = torch.cdist(query.double(), bank.double()).min(1).values
+    batched = memory.distances(query, k=1, block=64 * len(bank)).double()
+    alone = torch.cat([memory.distances(query[i:i + 1], k=1) for i in range(len(query))]).double()
+    torch.testing.assert_close(batched, exact, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(alone, batched, atol=1e-6, rtol=1e-6)
+
+
 def test_gaussian_blur_keeps_the_mass_and_spreads_a_spike():
     spike = torch.zeros(1, 32, 32)
     spike[0, 16, 16] = 1.0
