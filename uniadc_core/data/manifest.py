@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,8 @@ from uniadc_core.data.records import ImageRecord
 from uniadc_core.data.validate import Checked, DatasetError, Problem, check_classes, check_records
 from uniadc_core.data.vocabulary import Vocabulary, default_prior
 from uniadc_core.decoding import DEFAULT, DecodeOptions
+
+log = logging.getLogger(__name__)
 
 
 class Role:
@@ -134,6 +137,10 @@ def apply_few_shot(
         held = holdout_items(shots, [items[i] for i in shots], n_hold)
         role[shots] = Role.NORMAL_SHOT
         role[held] = Role.NORMAL_HOLDOUT
+        if len(held) and k - len(held) <= 1:
+            log.warning("class '%s': %d normal shot(s), %d held out: training sees %d normal image(s); with this few, "
+                        "ingest.holdout_fraction: 0 trains on all of them (then the threshold is calibrated on training "
+                        "normals, biased low; README, two normal shots)", cls, k, len(held), k - len(held))
         train_side = (frame["object_class"] == cls) & (frame["split"] == "train") & frame["is_anomaly"]
         role[np.flatnonzero(train_side.to_numpy())] = Role.UNUSED_ANOMALY
         if anomaly_shots == 0:

@@ -69,6 +69,23 @@ def test_normal_shots_k_and_too_many_anomaly_shots(tmp_path):
         apply_few_shot(frame, normal_shots="all", anomaly_shots=2, seed=0)
 
 
+def test_two_shots_with_a_holdout_warn_and_without_one_train_on_the_same_two(tmp_path, caplog):
+    root = generate_demo(tmp_path / "d", classes=["tile"], train_normals=6, test_normals=2, test_per_defect=2)
+    frame, _ = records_to_frame(make_mvtec_records(root))
+    with caplog.at_level("WARNING", logger="uniadc_core.data.manifest"):
+        split = apply_few_shot(frame, normal_shots=2, anomaly_shots=0, seed=3, holdout_fraction=0.25)
+    assert "class 'tile': 2 normal shot(s), 1 held out: training sees 1 normal image(s)" in caplog.text
+    assert "ingest.holdout_fraction: 0" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="uniadc_core.data.manifest"):
+        both = apply_few_shot(frame, normal_shots=2, anomaly_shots=0, seed=3, holdout_fraction=0.0)
+        apply_few_shot(frame, normal_shots=4, anomaly_shots=0, seed=3, holdout_fraction=0.25)  # 3 trained: no warning
+    assert caplog.text == ""
+    drawn = set(split.filter(pl.col("role").is_in(["normal_shot", "normal_holdout"]))["path"])
+    trained = set(both.filter(pl.col("role") == "normal_shot")["path"])
+    assert len(trained) == 2 and drawn == trained  # the holdout only splits the drawn shots
+
+
 def test_adding_a_class_leaves_the_other_classes_split_as_it_was(tmp_path):
     root = generate_demo(tmp_path / "d", classes=["tile", "fabric"], train_normals=9, test_normals=2, test_per_defect=3)
     frame, _ = records_to_frame(make_mvtec_records(root))
