@@ -140,7 +140,7 @@ def apply_few_shot(
         if len(held) and k - len(held) <= 1:
             log.warning("class '%s': %d normal shot(s), %d held out: training sees %d normal image(s); with this few, "
                         "ingest.holdout_fraction: 0 trains on all of them (then the threshold is calibrated on training "
-                        "normals, biased low; README, two normal shots)", cls, k, len(held), k - len(held))
+                        "normals, biased low; README: 'With 2 normal shots')", cls, k, len(held), k - len(held))
         train_side = (frame["object_class"] == cls) & (frame["split"] == "train") & frame["is_anomaly"]
         role[np.flatnonzero(train_side.to_numpy())] = Role.UNUSED_ANOMALY
         if anomaly_shots == 0:
