@@ -30,6 +30,7 @@ from uniadc_core.io import read_weights_dir, save_weights_dir
 from uniadc_core.model.backbones import create_backbone
 from uniadc_core.model.memory import NormalMemory, distance_map
 from uniadc_core.model.reconstruction import Reconstructor
+from uniadc_core.model.texture import standardise, texture_patches
 
 FORMAT_VERSION = 2  # 2: torchvision CNNs saved with BatchNorm folded; a memory's image score is the unpooled distance
 NORMAL_CLASSES = ("explicit", "implicit")
@@ -210,8 +211,7 @@ class Discriminator(nn.Module):
             return logits, embedding, anomaly_log_odds(logits), None
         x = self.normalise(images)
         feats, embedding, patches = self.backbone.forward_with_patches(self._inputs(x)[0])
-        if self.config.memory.get("features") == "autoencoder":
-            patches = self.reconstructor.patches(x)
+        patches = self._memory_patches(images, x, patches)
         logits, embedding = self.head(feats, embedding, size)
         distance = distance_map(self.memory, patches, size, self.config.memory.get("k", 1), self.config.memory.get("smooth", 0.0),
                                 self.config.memory.get("route", "none"))
@@ -221,9 +221,21 @@ class Discriminator(nn.Module):
     def patch_features(self, images: torch.Tensor) -> torch.Tensor:
         """The patches the normal memory keeps, (B, C, h, w), for uint8 images."""
         x = self.normalise(images)
-        if self.config.memory.get("features") == "autoencoder":
+        features = self.config.memory.get("features", "backbone")
+        return self._memory_patches(images, x, self.backbone.forward_with_patches(self._inputs(x)[0])[2] if features == "backbone" else None)
+
+    def _memory_patches(self, images: torch.Tensor, x: torch.Tensor, backbone_patches: torch.Tensor | None) -> torch.Tensor:
+        """The memory's patches of uint8 ``images`` (standardised ``x``) by ``config.memory['features']``: the
+        backbone's (given), the autoencoder's encoder's, or the texture filter bank's, standardised by the normal
+        patches' channel statistics once the memory has them."""
+        features = self.config.memory.get("features", "backbone")
+        if features == "autoencoder":
             return self.reconstructor.patches(x)
-        return self.backbone.forward_with_patches(self._inputs(x)[0])[2]
+        if features == "texture":
+            patches = texture_patches(images)
+            norm = self.config.memory.get("norm")
+            return patches if norm is None else standardise(patches, norm)
+        return backbone_patches
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> Prediction:

@@ -22,6 +22,7 @@ import torch
 
 from uniadc_core.config import MemoryConfig
 from uniadc_core.model.discriminator import Discriminator
+from uniadc_core.model import texture
 from uniadc_core.model.memory import NormalMemory
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,20 @@ def _map_stats(model: Discriminator, images: torch.Tensor, batch_size: int = 16)
     return [float(mean_m), max(float(sd_m), 1e-6), float(mean_d), max(float(sd_d), 1e-6)]
 
 
+@torch.no_grad()
+def texture_norm(normals: torch.Tensor, batch_size: int = 16) -> list[list[float]]:
+    """[channel means, channel sds] of the texture descriptors over every patch of ``normals`` (N, 3, S, S) uint8."""
+    sums = torch.zeros(2, texture.CHANNELS, dtype=torch.float64)
+    count = 0
+    for i in range(0, len(normals), batch_size):
+        p = texture.texture_patches(normals[i:i + batch_size]).double().transpose(0, 1).flatten(1)  # (C, n)
+        sums += torch.stack([p.sum(1), (p * p).sum(1)])
+        count += p.shape[1]
+    mean = sums[0] / count
+    sd = (sums[1] / count - mean**2).clamp(min=0).sqrt().clamp(min=1e-6)
+    return [mean.tolist(), sd.tolist()]
+
+
 def class_groups(classes: list[str] | None, n: int, budget: str) -> dict[str, torch.Tensor]:
     """The row indices of each object class (``budget: per_class``), or of all ``n`` rows as one group."""
     if budget != "per_class" or not classes:
@@ -118,6 +133,8 @@ def attach_memory(model: Discriminator, normals: torch.Tensor, holdout: torch.Te
         raise ValueError(msg)
     model.eval()
     model.config.memory = {"features": cfg.features}  # which patches patch_features gives, from here on
+    if cfg.features == "texture":  # its channels differ in scale: standardised by the normals' statistics from here on
+        model.config.memory["norm"] = texture_norm(normals)
     if items is not None and len(items) != len(normals):
         msg = f"normal memory: {len(items)} item names for {len(normals)} normal images"
         raise ValueError(msg)
@@ -139,6 +156,7 @@ def attach_memory(model: Discriminator, normals: torch.Tensor, holdout: torch.Te
     model.config.memory = {"weight": cfg.weight, "k": cfg.k, "smooth": cfg.smooth, "stats": [0.0, 1.0, 0.0, 1.0],
                            **({"items": names} if items is not None else {}),
                            **({"features": cfg.features} if cfg.features != "backbone" else {}),
+                           **({"norm": model.config.memory["norm"]} if cfg.features == "texture" else {}),
                            **({"route": cfg.route, "segments": segments} if cfg.route != "none" else {})}
     if cfg.route != "none" and len(banks) < 2:
         log.warning("train: memory.route %s with one class bank (budget %s, %d classes): every patch meets the whole bank",

@@ -167,13 +167,17 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     """(B, H, W) maps smoothed by a separable Gaussian of ``sigma`` pixels (reflected borders)."""
     if sigma <= 0:
         return maps
-    radius = max(1, int(math.ceil(3 * sigma)))
-    t = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
-    kernel = torch.exp(-0.5 * (t / sigma) ** 2)
-    kernel = kernel / kernel.sum()
     x = maps[:, None]
-    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
-    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1))
+    for axis in (-1, -2):
+        # a map narrower than the kernel gets the kernel cut to its width (reflection needs radius < width)
+        radius = max(0, min(int(math.ceil(3 * sigma)), x.shape[axis] - 1))
+        if radius == 0:
+            continue
+        t = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
+        kernel = torch.exp(-0.5 * (t / sigma) ** 2)
+        kernel = kernel / kernel.sum()
+        pad, shape = ((radius, radius, 0, 0), (1, 1, 1, -1)) if axis == -1 else ((0, 0, radius, radius), (1, 1, -1, 1))
+        x = F.conv2d(F.pad(x, pad, mode="reflect"), kernel.view(shape))
     return x[:, 0]
 
 
