@@ -11,8 +11,9 @@ has. The descriptors' scales differ (a brightness step against a log energy), so
 each channel by its mean and spread over the normal patches (``standardise``, ``config.memory['norm']``).
 
 It is the classic texture-inspection descriptor, not learned, so it carries no ImageNet prior and needs no
-training: on the MTD dev half, alone (no discriminator), it ranks the pixels of MTD's uneven surfaces at about
-65 AUROC where the from-scratch discriminator ranks them at 51-58 (benchmarks/results/budget_quality_notes.md).
+training. On the MTD dev half it ranks the pixels of uneven surfaces above what the from-scratch discriminator
+does, and ranks whole images worse (every normal tile holds some patch far from the memory): off by default,
+measured in benchmarks/results/budget_quality_notes.md.
 """
 
 from __future__ import annotations
