@@ -21,8 +21,8 @@ import logging
 import torch
 
 from uniadc_core.config import MemoryConfig
-from uniadc_core.model.discriminator import Discriminator
 from uniadc_core.model import texture
+from uniadc_core.model.discriminator import Discriminator
 from uniadc_core.model.memory import NormalMemory
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,8 @@ SCALES = (1, 2, 4, 8)  # sigma (pixels) of each band
 ORIENTED = (1, 2)  # scales whose gradient energy is kept per direction
 STRIDE = 4  # one descriptor every STRIDE pixels
 CHANNELS = 2 * len(SCALES) + 2 * len(ORIENTED)
-_FLOOR = 1e-6  # log of an energy: the floor keeps a flat region finite
+_FLOOR = 1e-6  # log of a band's energy: the floor keeps a flat region finite
+_GRADIENT_FLOOR = 1e-7  # the same for a gradient's energy (the value the benchmark ran with)
 
 
 def _gray(images: torch.Tensor) -> torch.Tensor:
@@ -46,7 +47,7 @@ def texture_patches(images: torch.Tensor) -> torch.Tensor:
         out += [band * 10.0, torch.log(gaussian_blur(band * band, 2 * s) + _FLOOR)]
     for s in ORIENTED:
         gy, gx = torch.gradient(blurred[s], dim=(1, 2))
-        out += [torch.log(gaussian_blur(gx * gx, 4 * s) + _FLOOR * 0.1), torch.log(gaussian_blur(gy * gy, 4 * s) + _FLOOR * 0.1)]
+        out += [torch.log(gaussian_blur(g * g, 4 * s) + _GRADIENT_FLOOR) for g in (gx, gy)]
     # the descriptor at the middle of each STRIDE x STRIDE cell, where an upsampling without aligned corners puts it
     return torch.stack(out, 1)[:, :, STRIDE // 2::STRIDE, STRIDE // 2::STRIDE].contiguous()
 
