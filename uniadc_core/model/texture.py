@@ -12,8 +12,7 @@ each channel by its mean and spread over the normal patches (``standardise``, ``
 
 It is the classic texture-inspection descriptor, not learned, so it carries no ImageNet prior and needs no
 training. On the MTD dev half it ranks the pixels of uneven surfaces above what the from-scratch discriminator
-does, and ranks whole images worse (every normal tile holds some patch far from the memory): off by default,
-measured in benchmarks/results/budget_quality_notes.md.
+does, and ranks whole images worse: off by default, measured in benchmarks/results/budget_quality_notes.md.
 """
 
 from __future__ import annotations
