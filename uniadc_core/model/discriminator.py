@@ -227,14 +227,16 @@ class Discriminator(nn.Module):
     def _memory_patches(self, images: torch.Tensor, x: torch.Tensor, backbone_patches: torch.Tensor | None) -> torch.Tensor:
         """The memory's patches of uint8 ``images`` (standardised ``x``) by ``config.memory['features']``: the
         backbone's (given), the autoencoder's encoder's, or the texture filter bank's, standardised by the normal
-        patches' channel statistics once the memory has them."""
+        patches' channel statistics (``attach_memory`` records them before it draws a patch)."""
         features = self.config.memory.get("features", "backbone")
         if features == "autoencoder":
             return self.reconstructor.patches(x)
         if features == "texture":
-            patches = texture_patches(images)
-            norm = self.config.memory.get("norm")
-            return patches if norm is None else standardise(patches, norm)
+            if "norm" not in self.config.memory:
+                msg = ("texture memory: config.json has no 'norm' (the normals' channel statistics the memory was built "
+                       "with); save the model folder whole, or retrain it")
+                raise ValueError(msg)
+            return standardise(texture_patches(images), self.config.memory["norm"])
         return backbone_patches
 
     @torch.no_grad()

@@ -133,7 +133,9 @@ def attach_memory(model: Discriminator, normals: torch.Tensor, holdout: torch.Te
         raise ValueError(msg)
     model.eval()
     model.config.memory = {"features": cfg.features}  # which patches patch_features gives, from here on
-    if cfg.features == "texture":  # its channels differ in scale: standardised by the normals' statistics from here on
+    # the texture channels differ in scale: standardised from here on by the training normals' statistics, as shown
+    # (not over the memory's flipped or turned views, nor per class bank, nor less an item left out: one scaling)
+    if cfg.features == "texture":
         model.config.memory["norm"] = texture_norm(normals)
     if items is not None and len(items) != len(normals):
         msg = f"normal memory: {len(items)} item names for {len(normals)} normal images"

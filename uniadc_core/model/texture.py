@@ -38,6 +38,9 @@ def _gray(images: torch.Tensor) -> torch.Tensor:
 def texture_patches(images: torch.Tensor) -> torch.Tensor:
     """(B, CHANNELS, h, w) raw descriptors of uint8 images (B, 3, H, W), one every STRIDE pixels
     (h = ceil((H - STRIDE // 2) / STRIDE))."""
+    if min(images.shape[-2:]) < STRIDE:
+        msg = f"texture descriptors: an input of {tuple(images.shape[-2:])} px is smaller than one {STRIDE} px cell; use a larger train.image_size"
+        raise ValueError(msg)
     x = _gray(images)
     blurred = {s: gaussian_blur(x, s) for s in sorted({*SCALES, *(2 * s for s in SCALES), *ORIENTED})}
     out = []
