@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from uniadc_core.config import MemoryConfig, parse_params
+from uniadc_core.config import ConfigError, MemoryConfig, parse_params
 from uniadc_core.model.discriminator import Discriminator, ModelConfig, load_model, save_model
 from uniadc_core.model.fusion import attach_memory, texture_norm
 from uniadc_core.model.memory import gaussian_blur
@@ -73,5 +73,5 @@ def test_a_texture_memory_flags_a_smooth_patch_on_a_grainy_surface_and_round_tri
 
 def test_texture_is_a_memory_feature_of_the_params():
     assert parse_params({"train": {"memory": {"weight": 0.5, "features": "texture"}}}).train.memory.features == "texture"
-    with pytest.raises(Exception, match="features"):
+    with pytest.raises(ConfigError, match="'train.memory.features': got 'gabor'"):
         parse_params({"train": {"memory": {"features": "gabor"}}})

@@ -220,14 +220,13 @@ class Discriminator(nn.Module):
     @torch.no_grad()
     def patch_features(self, images: torch.Tensor) -> torch.Tensor:
         """The patches the normal memory keeps, (B, C, h, w), for uint8 images."""
-        x = self.normalise(images)
-        features = self.config.memory.get("features", "backbone")
-        return self._memory_patches(images, x, self.backbone.forward_with_patches(self._inputs(x)[0])[2] if features == "backbone" else None)
+        return self._memory_patches(images, self.normalise(images))
 
-    def _memory_patches(self, images: torch.Tensor, x: torch.Tensor, backbone_patches: torch.Tensor | None) -> torch.Tensor:
+    def _memory_patches(self, images: torch.Tensor, x: torch.Tensor, backbone_patches: torch.Tensor | None = None) -> torch.Tensor:
         """The memory's patches of uint8 ``images`` (standardised ``x``) by ``config.memory['features']``: the
-        backbone's (given), the autoencoder's encoder's, or the texture filter bank's, standardised by the normal
-        patches' channel statistics (``attach_memory`` records them before it draws a patch)."""
+        backbone's (``backbone_patches`` where the caller has them), the autoencoder's encoder's, or the texture filter
+        bank's, standardised by the normal patches' channel statistics (``attach_memory`` records them before it
+        draws a patch)."""
         features = self.config.memory.get("features", "backbone")
         if features == "autoencoder":
             return self.reconstructor.patches(x)
@@ -237,7 +236,7 @@ class Discriminator(nn.Module):
                        "with); save the model folder whole, or retrain it")
                 raise ValueError(msg)
             return standardise(texture_patches(images), self.config.memory["norm"])
-        return backbone_patches
+        return backbone_patches if backbone_patches is not None else self.backbone.forward_with_patches(self._inputs(x)[0])[2]
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> Prediction:

@@ -87,10 +87,14 @@ def _map_stats(model: Discriminator, images: torch.Tensor, batch_size: int = 16)
             sums[2 * j] += m.sum()
             sums[2 * j + 1] += (m * m).sum()
         count += log_odds.numel()
-    mean_m, mean_d = sums[0] / count, sums[2] / count
-    sd_m = (sums[1] / count - mean_m**2).clamp(min=0).sqrt()
-    sd_d = (sums[3] / count - mean_d**2).clamp(min=0).sqrt()
-    return [float(mean_m), max(float(sd_m), 1e-6), float(mean_d), max(float(sd_d), 1e-6)]
+    (mean_m, mean_d), (sd_m, sd_d) = _mean_sd(sums[0::2], sums[1::2], count)
+    return [float(mean_m), float(sd_m), float(mean_d), float(sd_d)]
+
+
+def _mean_sd(total: torch.Tensor, total_sq: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Means and standard deviations (at least 1e-6) from sums and sums of squares over ``count`` values."""
+    mean = total / count
+    return mean, (total_sq / count - mean**2).clamp(min=0).sqrt().clamp(min=1e-6)
 
 
 @torch.no_grad()
@@ -102,8 +106,7 @@ def texture_norm(normals: torch.Tensor, batch_size: int = 16) -> list[list[float
         p = texture.texture_patches(normals[i:i + batch_size]).double().transpose(0, 1).flatten(1)  # (C, n)
         sums += torch.stack([p.sum(1), (p * p).sum(1)])
         count += p.shape[1]
-    mean = sums[0] / count
-    sd = (sums[1] / count - mean**2).clamp(min=0).sqrt().clamp(min=1e-6)
+    mean, sd = _mean_sd(sums[0], sums[1], count)
     return [mean.tolist(), sd.tolist()]
 
 
@@ -132,11 +135,10 @@ def attach_memory(model: Discriminator, normals: torch.Tensor, holdout: torch.Te
         msg = "train.memory.features: autoencoder needs train.reconstruction.enabled: true (the autoencoder's encoder gives the patches)"
         raise ValueError(msg)
     model.eval()
-    model.config.memory = {"features": cfg.features}  # which patches patch_features gives, from here on
-    # the texture channels differ in scale: standardised from here on by the training normals' statistics, as shown
-    # (not over the memory's flipped or turned views, nor per class bank, nor less an item left out: one scaling)
-    if cfg.features == "texture":
-        model.config.memory["norm"] = texture_norm(normals)
+    # the texture channels differ in scale: standardised by the training normals' statistics, as shown (not over the
+    # memory's flipped or turned views, nor per class bank, nor less an item left out: one scaling)
+    scaling = {"norm": texture_norm(normals)} if cfg.features == "texture" else {}
+    model.config.memory = {"features": cfg.features, **scaling}  # which patches patch_features gives, from here on
     if items is not None and len(items) != len(normals):
         msg = f"normal memory: {len(items)} item names for {len(normals)} normal images"
         raise ValueError(msg)
@@ -158,7 +160,7 @@ def attach_memory(model: Discriminator, normals: torch.Tensor, holdout: torch.Te
     model.config.memory = {"weight": cfg.weight, "k": cfg.k, "smooth": cfg.smooth, "stats": [0.0, 1.0, 0.0, 1.0],
                            **({"items": names} if items is not None else {}),
                            **({"features": cfg.features} if cfg.features != "backbone" else {}),
-                           **({"norm": model.config.memory["norm"]} if cfg.features == "texture" else {}),
+                           **scaling,
                            **({"route": cfg.route, "segments": segments} if cfg.route != "none" else {})}
     if cfg.route != "none" and len(banks) < 2:
         log.warning("train: memory.route %s with one class bank (budget %s, %d classes): every patch meets the whole bank",
