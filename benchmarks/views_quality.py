@@ -42,42 +42,55 @@ from uniadc_core.cada.regressor import load_cada  # noqa: E402
 from uniadc_core.config import EvaluateConfig, FitCadaConfig, load_params  # noqa: E402
 from uniadc_core.evaluation.evaluate import evaluate  # noqa: E402
 from uniadc_core.io import atomic_path  # noqa: E402
-from uniadc_core.model.scoring import attach_context  # noqa: E402
-from uniadc_core.model.train import context_images  # noqa: E402
+from uniadc_core.metrics import auroc  # noqa: E402
+from uniadc_core.model.scoring import attach_context, attach_image_texture  # noqa: E402
+from uniadc_core.model.train import holdout_images  # noqa: E402
 from uniadc_core.serving.detector import Detector  # noqa: E402
 
 METRICS = ("image_auroc", "pixel_auroc", "aupro", "false_positive_rate", "miss_rate")
 
 
 def run(run_dir: Path, manifest: pl.DataFrame, views: list[str], cfg: EvaluateConfig, context: float | None = None,
-        fit_cfg: FitCadaConfig | None = None) -> dict:
+        fit_cfg: FitCadaConfig | None = None, texture: float | None = None) -> dict:
     detector = Detector.load(run_dir / "models")
     detector.model.config.views = list(views)
     with tempfile.TemporaryDirectory() as tmp:
-        if context is not None:  # the score's units change: context statistics and CADA as the pipeline would make them
-            attach_context(detector.model, context_images(manifest, detector.model) if context > 0 else [], context)
-            fit(detector.model, manifest, pa.table({}), fit_cfg, Path(tmp) / "cada")
-            detector = Detector(detector.model, load_cada(Path(tmp) / "cada"))
+        if context is not None or texture is not None:  # the score's units change: statistics and CADA as the pipeline makes them
+            model = detector.model
+            if context is not None:
+                attach_context(model, holdout_images(manifest, model) if context > 0 else [], context)
+            if texture is not None:
+                shots = manifest.filter(pl.col("role") == "normal_shot")["path"].to_list()
+                attach_image_texture(model, shots, holdout_images(manifest, model) if texture > 0 else [], texture)
+            fit(model, manifest, pa.table({}), fit_cfg, Path(tmp) / "cada")
+            detector = Detector(model, load_cada(Path(tmp) / "cada"))
         t0 = time.perf_counter()
         flat = evaluate(detector, manifest, cfg, tmp)
         seconds = time.perf_counter() - t0
         per_type = pl.read_csv(Path(tmp) / "per_type.csv").to_dicts()
-    return {"run": str(run_dir), "views": list(views), "context": context, "evaluate_seconds": round(seconds, 1),
-            "metrics": {k: flat[f"{k}_cada"] for k in METRICS}, "per_type": per_type}
+        pred = pl.read_csv(Path(tmp) / "predictions.csv")
+    for row in per_type:  # image AUROC of this type's images against the normal images (no type guess involved)
+        sel = pred.filter(pl.col("true_type").is_in(["normal", row["defect_type"]]))
+        row["image_auroc"] = auroc(sel["score"].to_numpy(), (sel["true_type"] != "normal").to_numpy())
+    return {"run": str(run_dir), "views": list(views), "context": context, "image_texture": texture,
+            "evaluate_seconds": round(seconds, 1), "metrics": {k: flat[f"{k}_cada"] for k in METRICS}, "per_type": per_type}
 
 
 def render(rows: list[dict], path: Path) -> None:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((tuple(r["views"]), r.get("context")), []).append(r)
+        groups.setdefault((tuple(r["views"]), r.get("context"), r.get("image_texture")), []).append(r)
 
     types = [t["defect_type"] for t in rows[0]["per_type"]]
-    head = "| views | tile context | models | " + " | ".join(METRICS) + " | evaluate s | " + " | ".join(f"{t} pixel AUROC" for t in types) + " |"
-    lines = [head, "|" + "---|" * (len(METRICS) + len(types) + 4)]
-    for (views, context), group in groups.items():
+    head = ("| views | tile context | image texture | models | " + " | ".join(METRICS) + " | evaluate s | "
+            + " | ".join(f"{t} image AUROC" for t in types) + " | " + " | ".join(f"{t} pixel AUROC" for t in types) + " |")
+    lines = [head, "|" + "---|" * (len(METRICS) + 2 * len(types) + 5)]
+    for (views, context, texture), group in groups.items():
         metrics = [mean_sd([100 * g["metrics"][k] for g in group]) for k in METRICS]
-        by_type = [mean_sd([100 * x["pixel_auroc"] for g in group for x in g["per_type"] if x["defect_type"] == t]) for t in types]
-        lines.append(f"| {', '.join(views) or 'none'} | {'as trained' if context is None else context} | {len(group)} | " + " | ".join(metrics)
+        by_type = [mean_sd([100 * x[key] for g in group for x in g["per_type"] if x["defect_type"] == t])
+                   for key in ("image_auroc", "pixel_auroc") for t in types]
+        lines.append(f"| {', '.join(views) or 'none'} | {'as trained' if context is None else context} | "
+                     f"{'as trained' if texture is None else texture} | {len(group)} | " + " | ".join(metrics)
                      + f" | {statistics.median(g['evaluate_seconds'] for g in group):.0f} | " + " | ".join(by_type) + " |")
     with atomic_path(path.with_suffix(".md")) as tmp:
         tmp.write_text("# Scoring options on trained models\n\n`benchmarks/views_quality.py`: the same models scored with and "
@@ -92,22 +105,26 @@ def main() -> None:
                    "with --context, a third row scores with these views and the context")
     p.add_argument("--context", type=float, default=None,
                    help="compare a tile model's whole-image context at 0 and this weight instead of views (refits CADA)")
+    p.add_argument("--image-texture", type=float, default=None,
+                   help="compare the image-level texture term at 0 and this weight instead of views (refits CADA)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/views_quality")
     a = p.parse_args()
     for d in a.runs:
         if not (d / "models").is_dir() or not (d / "manifest.parquet").is_file():
             sys.exit(f"{d}: expected models/ and manifest.parquet inside (a pipeline's work folder, copied per seed)")
     params, rows = load_params(ROOT / "params.yaml"), []
-    if a.context is None:
-        options = [([], None), ((a.views or "hflip").split(","), None)]
+    if a.image_texture is not None:
+        options = [([], None, 0.0), ([], None, a.image_texture)]
+    elif a.context is None:
+        options = [([], None, None), ((a.views or "hflip").split(","), None, None)]
     else:
-        options = [([], 0.0), ([], a.context), *([(a.views.split(","), a.context)] if a.views else [])]
+        options = [([], 0.0, None), ([], a.context, None), *([(a.views.split(","), a.context, None)] if a.views else [])]
     for d in a.runs:
         manifest = pl.read_parquet(d / "manifest.parquet")
-        for views, context in options:
-            rows.append(run(d, manifest, views, params.evaluate, context, params.fit_cada))
+        for views, context, texture in options:
+            rows.append(run(d, manifest, views, params.evaluate, context, params.fit_cada, texture))
             m = rows[-1]["metrics"]
-            print(d, views or "none", context, {k: round(100 * v, 1) for k, v in m.items()}, rows[-1]["evaluate_seconds"], "s", flush=True)
+            print(d, views or "none", context, texture, {k: round(100 * v, 1) for k, v in m.items()}, rows[-1]["evaluate_seconds"], "s", flush=True)
     with atomic_path(a.out.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps(rows, indent=2))
     render(rows, a.out)

@@ -61,6 +61,9 @@ class ModelConfig:
     views: list[str] = field(default_factory=list)  # flipped copies scored beside each input, averaged back (from train.test_views)
     # tile models' whole-image context: {} = none; else weight (the view's share) and stats [mu_t, sd_t, mu_v, sd_v] (held-out normal pixels)
     context: dict = field(default_factory=dict)
+    # an image-level Gaussian of texture statistics: {} = none; else weight (its share of the image score), the Gaussian
+    # (mean, sd, precision, shrinkage: training normals) and stats [mu_s, sd_s, mu_g, sd_g] (held-out normal images)
+    image_texture: dict = field(default_factory=dict)
     package_version: str = uniadc_core.__version__
     format_version: int = FORMAT_VERSION
 

@@ -40,13 +40,14 @@ def _widen(root) -> None:
         Image.fromarray(np.pad(arr, pads, mode="constant" if is_mask else "reflect")).save(path)
 
 
-@pytest.fixture(scope="module", params=[("stretch", 0.0, 0.0), ("pad", 0.0, 0.0), ("pad", 0.5, 0.0), ("tile", 0.5, 0.5)],
-                ids=["stretch", "pad", "pad-memory", "tile-memory-context"])
+@pytest.fixture(scope="module", params=[("stretch", 0.0, 0.0, 0.0), ("pad", 0.0, 0.0, 0.0), ("pad", 0.5, 0.0, 0.0), ("tile", 0.5, 0.5, 0.5)],
+                ids=["stretch", "pad", "pad-memory", "tile-memory-context-texture"])
 def models(request, tmp_path_factory):
     """(models folder, manifest, policy) of a tiny pipeline on non-square images; the last with a normal
     memory over the scratch encoder's features, fused half and half with the discriminator, and (tile) the
-    whole-image view's map mixed half and half into the merged tiles."""
-    policy, memory, context = request.param
+    whole-image view's map mixed half and half into the merged tiles, and the image-level texture term half of
+    the image score."""
+    policy, memory, context, texture = request.param
     base = tmp_path_factory.mktemp(f"scoring-{policy}")
     d = TINY_DEMO
     generate_demo(base / "raw", 0, d.classes, d.image_size, d.train_normals, d.test_normals, d.test_per_defect)
@@ -54,18 +55,19 @@ def models(request, tmp_path_factory):
     result = ingest(IngestConfig(kind="mvtec", root=str(base / "raw"), resize=policy, anomaly_shots=1), base / "prepared")
     synthesize(result.manifest_path, result.vocabulary_path, base / "synthetic", TINY_SYNTH)
     manifest, vocab = load_inputs(result.manifest_path, result.vocabulary_path)
-    cfg = replace(TINY_TRAIN, epochs=1, memory=MemoryConfig(weight=memory, size=500), tile_context=context)
+    cfg = replace(TINY_TRAIN, epochs=1, memory=MemoryConfig(weight=memory, size=500), tile_context=context, image_texture=texture)
     train(manifest, vocab, base / "synthetic", cfg, base / "models/discriminator")
     fit(load_model(base / "models/discriminator"), manifest, read_samples(base / "synthetic"),
         FitCadaConfig(steps=30, synthetic_per_class=4, threshold="auto"), base / "models/cada")
-    return base / "models", manifest, policy, memory, context
+    return base / "models", manifest, policy, memory, context, texture
 
 
 def test_evaluate_and_predict_give_the_same_scores_decisions_and_types(models, tmp_path):
-    models_dir, manifest, policy, memory, context = models
+    models_dir, manifest, policy, memory, context, texture = models
     detector = Detector.load(models_dir)
     assert detector.model.config.resize == policy and detector.threshold == detector.cada.config.calibrated_threshold
     assert detector.model.config.context.get("weight", 0.0) == context
+    assert detector.model.config.image_texture.get("weight", 0.0) == texture
     assert (detector.model.memory is not None) == (memory > 0) and detector.model.config.memory.get("weight", 0.0) == memory
     metrics = evaluate(detector, manifest, EvaluateConfig(overlays=0), tmp_path / "reports")
     report = pl.read_csv(tmp_path / "reports/predictions.csv")
@@ -85,9 +87,12 @@ def test_evaluate_and_predict_give_the_same_scores_decisions_and_types(models, t
 
 
 def test_overlays_lie_on_the_image_the_model_saw(models, tmp_path):
-    models_dir, manifest, policy, _, _ = models
+    models_dir, manifest, policy, *_ = models
     detector = Detector.load(models_dir)
-    path = manifest.filter(pl.col("is_anomaly"))["path"][0]
+    # the first anomaly whose map is mostly below the threshold (the image texture term lifts a whole map at once)
+    candidates = manifest.filter(pl.col("is_anomaly"))["path"].to_list()
+    cool_share = (detector.detect([load_image(p) for p in candidates]).anomaly_map[:, 13:] <= 0).mean((1, 2))
+    path = candidates[int(np.argmax(cool_share > 0.3))]
     predict_files(detector, [path], overlay_dir=tmp_path, progress=False)
     (written,) = tmp_path.glob("*.png")
     overlay = np.asarray(Image.open(written).convert("RGB")).astype(int)[13:]  # below the label bar
@@ -107,7 +112,7 @@ def test_overlays_lie_on_the_image_the_model_saw(models, tmp_path):
 
 
 def test_predict_gives_unreadable_truncated_and_oversized_files_their_own_error_rows(models, tmp_path):
-    models_dir, manifest, _, _, _ = models
+    models_dir, manifest, *_ = models
     detector = Detector.load(models_dir)
     good = manifest.filter(pl.col("role") == "test")["path"].to_list()[:2]
     truncated = tmp_path / "truncated.png"
