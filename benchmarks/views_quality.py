@@ -1,8 +1,10 @@
 """Scoring options on trained models: the same models evaluated with ``views`` [] and [hflip] (``train.test_views``),
-or, with ``--context W``, a tile model's whole-image context at weight 0 and W (``train.tile_context``).
+or, with ``--context W``, a tile model's whole-image context at weight 0 and W (``train.tile_context``), or, with
+``--image-texture W``, the image-level texture term at weight 0 and W (``train.image_texture``).
 
     .venv/bin/python benchmarks/views_quality.py RUN_DIR [RUN_DIR ...] [--views hflip] [--out benchmarks/results/views_quality]
     .venv/bin/python benchmarks/views_quality.py RUN_DIR [RUN_DIR ...] --context 0.5 [--views hflip] --out benchmarks/results/context_quality
+    .venv/bin/python benchmarks/views_quality.py RUN_DIR [RUN_DIR ...] --image-texture 0.5 --out benchmarks/results/image_texture_quality
 
 Each RUN_DIR holds a pipeline's ``models/`` (discriminator + cada) and the ``manifest.parquet`` it was trained on
 (``benchmarks/budget_quality.py`` leaves them in ``benchmarks/work/budget_<setting>/``: copy them out per seed).
@@ -13,8 +15,9 @@ context changes the score's units, so with ``--context`` both rows get the conte
 manifest's held-out normals as training measures them (``attach_context``; weight 0 attaches none) and a CADA
 refitted by the library's ``fit`` with ``params.yaml``'s ``fit_cada`` (a tile model's regressor reads real images
 only, so no shards are needed): the false-positive and miss rates at the calibrated threshold then hold for each
-row. Writes ``<out>.json`` (one row per model and option: the CADA variant's metrics, evaluation seconds, and the
-per-type table) and ``<out>.md`` (mean ± std over the models). Run it with nothing else on the machine: it reports
+row. The image texture term, too, changes the score's units: it is attached and CADA refitted the same way (weight
+0 attaches none). Writes ``<out>.json`` (one row per model and option: the CADA variant's metrics, evaluation
+seconds, and the per-type table) and ``<out>.md`` (mean ± std over the models). Run it with nothing else on the machine: it reports
 seconds.
 """
 
@@ -94,7 +97,7 @@ def render(rows: list[dict], path: Path) -> None:
                      + f" | {statistics.median(g['evaluate_seconds'] for g in group):.0f} | " + " | ".join(by_type) + " |")
     with atomic_path(path.with_suffix(".md")) as tmp:
         tmp.write_text("# Scoring options on trained models\n\n`benchmarks/views_quality.py`: the same models scored with and "
-                       "without flipped views or a tile model's whole-image context (CADA refitted where the context is set), CADA variant, mean ± std over the models, %; evaluate s: median seconds of the evaluation stage (2 cores; "
+                       "without flipped views, a tile model's whole-image context or the image texture term (CADA refitted where either of the last two is set), CADA variant, mean ± std over the models, %; evaluate s: median seconds of the evaluation stage (2 cores; "
                        "a figure only when nothing else ran: see budget_quality_notes.md).\n\n" + "\n".join(lines) + "\n")
 
 

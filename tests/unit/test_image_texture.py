@@ -1,6 +1,7 @@
 """The image-level texture term: pooled texture statistics, their shrunk Gaussian, and its share of the image score."""
 
 import numpy as np
+import polars as pl
 import pytest
 import torch
 from PIL import Image
@@ -8,6 +9,7 @@ from PIL import Image
 from uniadc_core.config import ConfigError, parse_params
 from uniadc_core.model.discriminator import Discriminator, ModelConfig, load_model, save_model
 from uniadc_core.model.scoring import _score_maps, _texture_distances, attach_image_texture, score_images
+from uniadc_core.model.train import train
 from uniadc_core.model.texture import IMAGE_STATISTICS, fit_gaussian, image_statistics, log_mahalanobis
 
 
@@ -30,6 +32,8 @@ def test_a_polished_half_moves_the_image_statistics_far_from_the_normal_gaussian
     assert uneven.min() > held.max() + 1.0  # the log distance: e (2.7x) the squared distance at least
     few = fit_gaussian(normals[:3])  # fewer normals than statistics: shrunk hard, still invertible
     assert few["shrinkage"] > gaussian["shrinkage"] and torch.isfinite(log_mahalanobis(normals[50:], few)).all()
+    with pytest.raises(ValueError, match="at least 3"):  # two normals: one direction of spread, no shrinkage, singular
+        fit_gaussian(normals[:2])
     small = image_statistics(_surface(0, size=12))  # 3 x 3 cells: the border margin shrinks to fit
     assert small.shape == (IMAGE_STATISTICS,) and torch.isfinite(small).all()
 
@@ -53,11 +57,12 @@ def test_the_image_texture_term_joins_the_score_in_the_one_scoring_path_and_roun
     mu_s, sd_s, mu_g, sd_g = texture["stats"]
     lift = 0.5 * (g - mu_g) / sd_g
     np.testing.assert_allclose(fused.score, 0.5 * (plain_q.score - mu_s) / sd_s + lift, rtol=1e-5)
-    # the map in the score's units, each image lifted by its own term: the pixels keep their order within an image
-    np.testing.assert_allclose(fused.anomaly_map, 0.5 * (plain_q.anomaly_map - mu_s) / sd_s + lift[:, None, None], rtol=1e-4, atol=1e-5)
+    # the map standardised and weighted as the plain score is, and not lifted: a whole-image term says nothing about
+    # where; its maximum plus the image's term is the score
+    np.testing.assert_allclose(fused.anomaly_map, 0.5 * (plain_q.anomaly_map - mu_s) / sd_s, rtol=1e-4, atol=1e-5)
     assert np.abs(score_images(model, holdout).score.mean()) < 1e-4  # standardised on these very images: mean 0
 
-    attach_image_texture(model, paths, holdout, 1.0)  # the distance alone: the polished half stands out
+    attach_image_texture(model, paths, holdout, 0.95)  # the distance nearly alone: the polished half stands out
     alone = score_images(model, [*queries, *holdout]).score
     assert alone[0] > alone[1:].max()
     save_model(model, tmp_path / "m")
@@ -66,12 +71,23 @@ def test_the_image_texture_term_joins_the_score_in_the_one_scoring_path_and_roun
     del loaded.config.image_texture["stats"]
     with pytest.raises(ValueError, match="no 'stats'"):
         score_images(loaded, queries)
+    with pytest.raises(ValueError, match="no held-out"):
+        attach_image_texture(model, paths, [], 0.5)
     attach_image_texture(model, paths, holdout, 0.0)  # weight 0 removes the term
     assert model.config.image_texture == {}
     np.testing.assert_allclose(score_images(model, holdout).score, plain, rtol=1e-6)
 
 
-def test_image_texture_is_a_share_in_the_params():
+def test_image_texture_is_a_share_below_one_in_the_params():
     assert parse_params({"train": {"image_texture": 0.5}}).train.image_texture == 0.5
-    with pytest.raises(ConfigError, match="train.image_texture"):
-        parse_params({"train": {"image_texture": 1.5}})
+    for bad in (1.0, 1.5):  # at 1 the score would ignore the map, and the map would be empty
+        with pytest.raises(ConfigError, match="train.image_texture"):
+            parse_params({"train": {"image_texture": bad}})
+
+
+def test_training_with_the_term_refuses_too_few_normals_before_it_starts(tmp_path):
+    manifest = pl.DataFrame({"role": ["normal_shot", "normal_shot", "normal_holdout", "test"]})
+    cfg = parse_params({"train": {"image_texture": 0.5}}).train
+    with pytest.raises(ValueError, match=r"train.image_texture: 2 training normal\(s\).*ingest.holdout_fraction: 0"):
+        train(manifest, None, None, cfg, tmp_path / "model")
+    assert not (tmp_path / "model").exists()

@@ -75,7 +75,7 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "train.test_views": (lambda v: len(set(v)) == len(v), "a list of distinct views (hflip, vflip)"),
     "train.memory.weight": _UNIT,
     "train.tile_context": _UNIT,
-    "train.image_texture": _UNIT,
+    "train.image_texture": _FRACTION,
     "train.memory.size": _int_min(1),
     "train.memory.k": _int_min(1),
     "train.memory.max_patches": _int_min(1),

@@ -11,7 +11,7 @@ that map is mixed into the merged one at native resolution (``context_map``, bot
 held-out normal pixels): tiles see fine detail, the whole view sees defects larger than a tile. The
 image score is then the mixed map's maximum after ``SCORE_POOL`` averaging. With an image-level texture
 Gaussian (``ModelConfig.image_texture``, from ``train.image_texture``) the image score is mixed with the log
-Mahalanobis distance of the image's pooled texture statistics, and the map lifted with it (``with_image_texture``).
+Mahalanobis distance of the image's pooled texture statistics (``with_image_texture``); the map keeps its pixels.
 """
 
 from __future__ import annotations
@@ -41,12 +41,13 @@ class Scores(NamedTuple):
 
 @torch.no_grad()
 def score_images(model: Discriminator, images: list[np.ndarray], batch_size: int = 32, progress: bool = False,
-                 preprocessed: bool = False) -> Scores:
+                 preprocessed: bool = False, image_texture: bool = True) -> Scores:
     """Score (H, W, 3) uint8 images of any size, preprocessed here as the model was trained (``preprocessed``: they
     already went through ``model.preprocess.image`` once, or ``native`` for a tile model; its intensity rule is not
-    applied twice)."""
+    applied twice; ``image_texture``: False skips the image-level texture term, for callers that read only the
+    embeddings)."""
     scores = _score_maps(model, images, batch_size, progress, preprocessed)
-    if not model.config.image_texture:
+    if not (image_texture and model.config.image_texture):
         return scores
     return with_image_texture(model, scores, _texture_distances(model, images, preprocessed))
 
@@ -190,20 +191,22 @@ def _texture_distances(model: Discriminator, images: list[np.ndarray], preproces
 
 
 def with_image_texture(model: Discriminator, scores: Scores, distance: np.ndarray) -> Scores:
-    """``scores`` with the texture distance mixed in: the image score and the map, each standardised on the held-out
-    normal images (the map by the image score's statistics, as the score is its maximum), weighted by
-    ``image_texture['weight']`` (the distance's share). The map so stays in the score's units (CADA aligns both with
-    one u and gamma) and each image's map is lifted by its own distance term: a pixel's rank within its image does not
-    change."""
+    """``scores`` with the texture distance mixed into the image score: the plain score and the distance, each
+    standardised on the held-out normal images, weighted by ``image_texture['weight']`` (the distance's share, below
+    1). The map is standardised and weighted as the plain score is (the score is its maximum), so the map's maximum
+    plus the image's distance term is its score: the two agree on an image of typical texture, and CADA aligns both
+    with one u and gamma. The distance is a whole-image term and lifts no pixel, so the map keeps its localisation.
+    (Lifting each image's map by its term was measured and dropped: AUPRO fell 13.9 points;
+    benchmarks/results/budget_quality_notes.md.)"""
     it = model.config.image_texture
     if "stats" not in it:
         msg = ("image_texture: config.json has no 'stats' (the held-out normals' score statistics); save the model folder "
                "whole, or retrain it")
         raise ValueError(msg)
     w, (mu_s, sd_s, mu_g, sd_g) = it["weight"], it["stats"]
-    lift = w * (distance - mu_g) / sd_g
-    score = (1 - w) * (scores.score - mu_s) / sd_s + lift
-    amap = (1 - w) * (scores.anomaly_map - mu_s) / sd_s + lift[:, None, None]
+    term = w * (distance - mu_g) / sd_g
+    score = (1 - w) * (scores.score - mu_s) / sd_s + term
+    amap = (1 - w) * (scores.anomaly_map - mu_s) / sd_s
     return scores._replace(score=score.astype(scores.score.dtype), anomaly_map=amap.astype(np.float32))
 
 
@@ -212,10 +215,12 @@ def attach_image_texture(model: Discriminator, normals: list[str | Path], holdou
     """Give the model an image-level texture term (``train.image_texture``): a Gaussian of the texture statistics of
     the training normals (``normals``: their files, read one at a time), and the means and spreads of the plain image
     score and of the distance over ``holdout`` (held-out normal images, decoded, (H, W, 3) uint8), recorded in the
-    model config with the weight; weight 0 removes the term."""
+    model config with the weight; weight 0 removes the term. At least ``texture.MIN_NORMALS`` normals and one held-out image."""
     model.config.image_texture = {}
-    if weight <= 0 or not normals or not holdout:
+    if weight <= 0:
         return
+    if not holdout:
+        raise ValueError("image texture: no held-out normal images to standardise the term on")
     gaussian = fit_gaussian(_texture_statistics(model, (model.preprocess.decode_image(p) for p in normals), False))
     model.config.image_texture = {"weight": float(weight), **gaussian}
     score = _score_maps(model, holdout, batch_size, False, False).score.astype(np.float64)

@@ -67,6 +67,7 @@ def standardise(patches: torch.Tensor, norm: list[list[float]]) -> torch.Tensor:
 IMAGE_MARGIN = 4  # cells (of STRIDE px) left out at an image's border, where the coarse filters reach past the edge
 IMAGE_QUANTILES = (0.01, 0.99)
 IMAGE_STATISTICS = CHANNELS * (2 + len(IMAGE_QUANTILES))
+MIN_NORMALS = 3  # one normal has no spread, two have one direction of it (their Ledoit-Wolf shrinkage is 0): no Gaussian
 
 
 @torch.no_grad()
@@ -82,9 +83,11 @@ def image_statistics(image: np.ndarray) -> torch.Tensor:
 
 
 def fit_gaussian(vectors: torch.Tensor) -> dict:
-    """A Gaussian of (N, D) normal statistics: each standardised, the correlation shrunk towards the identity by
-    Ledoit and Wolf's rule (the shrinkage grows as N falls short of D), inverted. ``{'mean', 'sd', 'precision'}`` as
-    lists, for a model's config.json."""
+    """A Gaussian of (N, D) normal statistics, N >= ``MIN_NORMALS``: each standardised, the correlation shrunk towards
+    the identity by Ledoit and Wolf's rule (more shrinkage the noisier the sample correlation), inverted.
+    ``{'mean', 'sd', 'precision', 'shrinkage'}`` as lists and a float, for a model's config.json."""
+    if len(vectors) < MIN_NORMALS:
+        raise ValueError(f"image texture: {len(vectors)} normal image(s); a Gaussian needs at least {MIN_NORMALS}")
     x = vectors.double()
     mean, sd = x.mean(0), x.std(0, correction=0).clamp(min=1e-6)
     z = (x - mean) / sd

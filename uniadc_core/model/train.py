@@ -35,6 +35,7 @@ from uniadc_core.model.fusion import attach_memory
 from uniadc_core.model.loader import Batch, MixedStream, make_loader
 from uniadc_core.model.reconstruction import reconstruction_loss
 from uniadc_core.model.scoring import attach_context, attach_image_texture
+from uniadc_core.model.texture import MIN_NORMALS
 from uniadc_core.model.train_data import TILE_MARK, TrainData, load_train_data  # noqa: F401  (load_train_data: part of this module's API)
 from uniadc_core.weights import create_clip
 
@@ -345,6 +346,11 @@ def holdout_images(manifest: pl.DataFrame, model: Discriminator) -> list[np.ndar
 
 def train(manifest: pl.DataFrame, vocab: Vocabulary, synthetic_dir: str | Path | None, cfg: TrainConfig, out_dir: str | Path) -> Path:
     """Train (resuming an interrupted run of the same data and params) and save the model directory."""
+    n_shots = manifest.filter(pl.col("role") == Role.NORMAL_SHOT).height
+    if cfg.image_texture > 0 and n_shots < MIN_NORMALS:  # before training: the term is attached after it
+        msg = (f"train.image_texture: {n_shots} training normal(s) in the manifest; its Gaussian needs at least "
+               f"{MIN_NORMALS}: set train.image_texture: 0, or give ingest more normals (or ingest.holdout_fraction: 0)")
+        raise ValueError(msg)
     data = load_train_data(manifest, vocab, synthetic_dir, cfg.image_size)
     log.info("train: %d normals, %d anomaly shots, %d synthetic (streamed from %d row groups), %d validation samples",
              len(data.normals.classes), len(data.shots.classes), sum(u.rows for u in data.units), len(data.units), len(data.val.classes))

@@ -89,7 +89,8 @@ def test_evaluate_and_predict_give_the_same_scores_decisions_and_types(models, t
 def test_overlays_lie_on_the_image_the_model_saw(models, tmp_path):
     models_dir, manifest, policy, *_ = models
     detector = Detector.load(models_dir)
-    # the first anomaly whose map is mostly below the threshold (the image texture term lifts a whole map at once)
+    # an anomaly whose map is at or below the threshold on more than 30 % of its pixels (a tiny model may run hot
+    # over a whole image), so the overlay shows both; the first anomaly when none is
     candidates = manifest.filter(pl.col("is_anomaly"))["path"].to_list()
     cool_share = (detector.detect([load_image(p) for p in candidates]).anomaly_map[:, 13:] <= 0).mean((1, 2))
     path = candidates[int(np.argmax(cool_share > 0.3))]
