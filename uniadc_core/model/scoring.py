@@ -215,7 +215,8 @@ def attach_image_texture(model: Discriminator, normals: list[str | Path], holdou
     """Give the model an image-level texture term (``train.image_texture``): a Gaussian of the texture statistics of
     the training normals (``normals``: their files, read one at a time), and the means and spreads of the plain image
     score and of the distance over ``holdout`` (held-out normal images, decoded, (H, W, 3) uint8), recorded in the
-    model config with the weight; weight 0 removes the term. At least ``texture.MIN_NORMALS`` normals and one held-out image."""
+    model config with the weight; weight 0 removes the term. At least ``texture.MIN_NORMALS`` normals and one
+    held-out image."""
     model.config.image_texture = {}
     if weight <= 0:
         return
