@@ -4,7 +4,7 @@ or, with ``--context W``, a tile model's whole-image context at weight 0 and W (
 
     .venv/bin/python benchmarks/views_quality.py RUN_DIR [RUN_DIR ...] [--views hflip] [--out benchmarks/results/views_quality]
     .venv/bin/python benchmarks/views_quality.py RUN_DIR [RUN_DIR ...] --context 0.5 [--views hflip] --out benchmarks/results/context_quality
-    .venv/bin/python benchmarks/views_quality.py RUN_DIR [RUN_DIR ...] --image-texture 0.5 --out benchmarks/results/image_texture_quality
+    .venv/bin/python benchmarks/views_quality.py RUN_DIR [RUN_DIR ...] --image-texture 0.5 [--context 0.5] [--views hflip] --out benchmarks/results/image_texture_quality
 
 Each RUN_DIR holds a pipeline's ``models/`` (discriminator + cada) and the ``manifest.parquet`` it was trained on
 (``benchmarks/budget_quality.py`` leaves them in ``benchmarks/work/budget_<setting>/``: copy them out per seed).
@@ -109,15 +109,17 @@ def main() -> None:
     p.add_argument("--context", type=float, default=None,
                    help="compare a tile model's whole-image context at 0 and this weight instead of views (refits CADA)")
     p.add_argument("--image-texture", type=float, default=None,
-                   help="compare the image-level texture term at 0 and this weight instead of views (refits CADA)")
+                   help="compare the image-level texture term at 0 and this weight instead of views (refits CADA); with "
+                        "--context and/or --views, a third row adds them")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/views_quality")
     a = p.parse_args()
     for d in a.runs:
         if not (d / "models").is_dir() or not (d / "manifest.parquet").is_file():
             sys.exit(f"{d}: expected models/ and manifest.parquet inside (a pipeline's work folder, copied per seed)")
     params, rows = load_params(ROOT / "params.yaml"), []
-    if a.image_texture is not None:
-        options = [([], None, 0.0), ([], None, a.image_texture)]
+    if a.image_texture is not None:  # with --context and/or --views, a third row scores with all of them
+        options = [([], None, 0.0), ([], None, a.image_texture),
+                   *([(a.views.split(",") if a.views else [], a.context, a.image_texture)] if a.views or a.context is not None else [])]
     elif a.context is None:
         options = [([], None, None), ((a.views or "hflip").split(","), None, None)]
     else:
