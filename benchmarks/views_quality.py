@@ -17,8 +17,8 @@ refitted by the library's ``fit`` with ``params.yaml``'s ``fit_cada`` (a tile mo
 only, so no shards are needed): the false-positive and miss rates at the calibrated threshold then hold for each
 row. The image texture term, too, changes the score's units: it is attached and CADA refitted the same way (weight
 0 attaches none). Writes ``<out>.json`` (one row per model and option: the CADA variant's metrics, evaluation
-seconds, and the per-type table) and ``<out>.md`` (mean ± std over the models). Run it with nothing else on the machine: it reports
-seconds.
+seconds, and the per-type table) and ``<out>.md`` (mean ± std over the models). Run it with nothing else on the
+machine: it reports seconds.
 """
 
 from __future__ import annotations
@@ -117,9 +117,10 @@ def main() -> None:
         if not (d / "models").is_dir() or not (d / "manifest.parquet").is_file():
             sys.exit(f"{d}: expected models/ and manifest.parquet inside (a pipeline's work folder, copied per seed)")
     params, rows = load_params(ROOT / "params.yaml"), []
-    if a.image_texture is not None:  # with --context and/or --views, a third row scores with all of them
-        options = [([], None, 0.0), ([], None, a.image_texture),
-                   *([(a.views.split(",") if a.views else [], a.context, a.image_texture)] if a.views or a.context is not None else [])]
+    if a.image_texture is not None:
+        options = [([], None, 0.0), ([], None, a.image_texture)]
+        if a.views or a.context is not None:  # a third row scores with all of them
+            options.append((a.views.split(",") if a.views else [], a.context, a.image_texture))
     elif a.context is None:
         options = [([], None, None), ((a.views or "hflip").split(","), None, None)]
     else:

@@ -55,8 +55,8 @@ def test_the_image_texture_term_joins_the_score_in_the_one_scoring_path_and_roun
     fused = score_images(model, queries)
     plain_q, g = _score_maps(model, queries, 32, False, False), _texture_distances(model, queries, False)
     mu_s, sd_s, mu_g, sd_g = texture["stats"]
-    lift = 0.5 * (g - mu_g) / sd_g
-    np.testing.assert_allclose(fused.score, 0.5 * (plain_q.score - mu_s) / sd_s + lift, rtol=1e-5)
+    term = 0.5 * (g - mu_g) / sd_g
+    np.testing.assert_allclose(fused.score, 0.5 * (plain_q.score - mu_s) / sd_s + term, rtol=1e-5)
     # the map standardised and weighted as the plain score is, and not lifted: a whole-image term says nothing about
     # where; its maximum plus the image's term is the score
     np.testing.assert_allclose(fused.anomaly_map, 0.5 * (plain_q.anomaly_map - mu_s) / sd_s, rtol=1e-4, atol=1e-5)

@@ -346,9 +346,9 @@ def holdout_images(manifest: pl.DataFrame, model: Discriminator) -> list[np.ndar
 
 def train(manifest: pl.DataFrame, vocab: Vocabulary, synthetic_dir: str | Path | None, cfg: TrainConfig, out_dir: str | Path) -> Path:
     """Train (resuming an interrupted run of the same data and params) and save the model directory."""
-    n_shots = manifest.filter(pl.col("role") == Role.NORMAL_SHOT).height
-    if cfg.image_texture > 0 and n_shots < MIN_NORMALS:  # before training: the term is attached after it
-        msg = (f"train.image_texture: {n_shots} training normal(s) in the manifest; its Gaussian needs at least "
+    shots = manifest.filter(pl.col("role") == Role.NORMAL_SHOT)
+    if cfg.image_texture > 0 and shots.height < MIN_NORMALS:  # before training: the term is attached after it
+        msg = (f"train.image_texture: {shots.height} training normal(s) in the manifest; its Gaussian needs at least "
                f"{MIN_NORMALS}: set train.image_texture: 0, or give ingest more normals (or ingest.holdout_fraction: 0)")
         raise ValueError(msg)
     data = load_train_data(manifest, vocab, synthetic_dir, cfg.image_size)
@@ -356,7 +356,6 @@ def train(manifest: pl.DataFrame, vocab: Vocabulary, synthetic_dir: str | Path |
              len(data.normals.classes), len(data.shots.classes), sum(u.rows for u in data.units), len(data.units), len(data.val.classes))
     ckpt = checkpoint_path(out_dir)
     model, history = train_discriminator(data, vocab, cfg, checkpoint=ckpt)
-    shots = manifest.filter(pl.col("role") == Role.NORMAL_SHOT)
     item_of = dict(zip(shots["image_id"].to_list(), item_names(shots), strict=True))
     items = [item_of[i] if i in item_of else item_of[i.rsplit(TILE_MARK, 1)[0]] for i in data.normals.ids]  # tiles: id + mark + corner
     attach_memory(model, data.normals.images, data.holdout.images, cfg.memory, cfg.seed, data.normals.classes, items)
