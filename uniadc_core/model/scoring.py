@@ -46,9 +46,11 @@ def score_images(model: Discriminator, images: list[np.ndarray], batch_size: int
     already went through ``model.preprocess.image`` once, or ``native`` for a tile model; its intensity rule is not
     applied twice; ``image_texture``: False skips the image-level texture term, for callers that read only the
     embeddings)."""
-    scores = _score_maps(model, images, batch_size, progress, preprocessed)
     if not (image_texture and model.config.image_texture):
-        return scores
+        return _score_maps(model, images, batch_size, progress, preprocessed)
+    if not preprocessed:  # once, for both the maps and the texture statistics
+        images, preprocessed = [_model_input(model, im) for im in images], True
+    scores = _score_maps(model, images, batch_size, progress, preprocessed)
     return with_image_texture(model, scores, _texture_distances(model, images, preprocessed))
 
 
@@ -175,12 +177,17 @@ def attach_context(model: Discriminator, images: list[np.ndarray], weight: float
 # ---------------------------------------------------------------------------- the image-level texture Gaussian
 
 
+def _model_input(model: Discriminator, image: np.ndarray) -> np.ndarray:
+    """A decoded image as the model reads it (``preprocessed=True`` form): its native pixels for a tile model, else
+    its input view."""
+    pre = model.preprocess
+    return pre.native(image) if pre.tiled else pre.image(image)
+
+
 def _texture_statistics(model: Discriminator, images, preprocessed: bool) -> torch.Tensor:
     """(N, IMAGE_STATISTICS) ``image_statistics`` of (H, W, 3) uint8 images (any iterable: read one at a time), on the
-    image the model sees: its native pixels for a tile model, else its input view."""
-    pre = model.preprocess
-    own = pre.native if pre.tiled else pre.image
-    return torch.stack([image_statistics(im if preprocessed else own(im)) for im in images])
+    image the model sees (``_model_input``)."""
+    return torch.stack([image_statistics(im if preprocessed else _model_input(model, im)) for im in images])
 
 
 def _texture_distances(model: Discriminator, images: list[np.ndarray], preprocessed: bool) -> np.ndarray:
@@ -224,8 +231,9 @@ def attach_image_texture(model: Discriminator, normals: list[str | Path], holdou
         raise ValueError("image texture: no held-out normal images to standardise the term on")
     gaussian = fit_gaussian(_texture_statistics(model, (model.preprocess.decode_image(p) for p in normals), False))
     model.config.image_texture = {"weight": float(weight), **gaussian}
-    score = _score_maps(model, holdout, batch_size, False, False).score.astype(np.float64)
-    distance = _texture_distances(model, holdout, False)
+    holdout = [_model_input(model, im) for im in holdout]  # once, for both parts
+    score = _score_maps(model, holdout, batch_size, False, True).score.astype(np.float64)
+    distance = _texture_distances(model, holdout, True)
     model.config.image_texture["stats"] = [float(score.mean()), float(max(score.std(), 1e-6)),
                                            float(distance.mean()), float(max(distance.std(), 1e-6))]
 
