@@ -37,33 +37,6 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path):
     assert loaded.config == model.config
 
 
-def test_flip_views_average_the_flipped_maps_back_and_make_the_model_flip_equivariant(tmp_path):
-    from dataclasses import replace
-
-    from uniadc_core.config import ConfigError, parse_params
-    from uniadc_core.model.discriminator import anomaly_log_odds
-
-    plain = _tiny()
-    images = torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8)
-    flipped = Discriminator(replace(plain.config, views=["hflip"])).eval()
-    flipped.load_state_dict(plain.state_dict())
-    a, b = plain(images)[0].log_softmax(1), plain(images.flip(-1))[0].log_softmax(1).flip(-1)
-    logits, embedding, log_odds, distance = flipped.component_maps(images)
-    assert torch.allclose(logits, (a + b) / 2, atol=1e-5) and distance is None
-    assert torch.allclose(log_odds, anomaly_log_odds((a + b) / 2), atol=1e-5)
-    assert torch.allclose(embedding, (plain(images)[1] + plain(images.flip(-1))[1]) / 2, atol=1e-5)
-    p, q = flipped.predict(images), flipped.predict(images.flip(-1))  # a mirrored image gets the mirrored map and the same score
-    assert torch.allclose(q.anomaly_map, p.anomaly_map.flip(-1), atol=1e-4) and torch.allclose(q.score, p.score, atol=1e-4)
-    assert not torch.allclose(plain.predict(images.flip(-1)).anomaly_map, plain.predict(images).anomaly_map.flip(-1), atol=1e-4)
-    save_model(flipped, tmp_path / "m")
-    assert load_model(tmp_path / "m").config.views == ["hflip"]  # recorded with the model: every scoring path applies it
-    assert parse_params({"train": {"test_views": ["hflip", "vflip"]}}).train.test_views == ["hflip", "vflip"]
-    with pytest.raises(ConfigError, match="train.test_views"):
-        parse_params({"train": {"test_views": ["rotate"]}})
-    with pytest.raises(ConfigError, match="distinct views"):
-        parse_params({"train": {"test_views": ["hflip", "hflip"]}})
-
-
 def test_load_refuses_mismatches(tmp_path):
     save_model(_tiny(), tmp_path / "m")
     cfg_path = tmp_path / "m" / "config.json"

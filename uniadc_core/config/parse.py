@@ -72,7 +72,6 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "train.torchvision.grid": (lambda v: v in (4, 8, 16, 32), "one of 4, 8, 16, 32"),
     "train.torchvision.mean": (lambda v: len(v) == 3, "three numbers (R, G, B)"),
     "train.torchvision.std": (lambda v: len(v) == 3 and all(x > 0 for x in v), "three numbers > 0 (R, G, B)"),
-    "train.test_views": (lambda v: len(set(v)) == len(v), "a list of distinct views (hflip, vflip)"),
     "train.memory.weight": _UNIT,
     "train.tile_context": _UNIT,
     "train.image_texture": _FRACTION,

@@ -216,10 +216,6 @@ class TrainConfig:
     torchvision: TorchvisionConfig = field(default_factory=TorchvisionConfig)  # used when backbone is torchvision
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     reconstruction: ReconstructionConfig = field(default_factory=ReconstructionConfig)
-    # test-time views, recorded in the model: each input is also scored flipped and the maps averaged back (every
-    # scoring path: CADA, evaluation, serving); costs (1 + views) x the scoring time. [hflip] on MTD's tile models, 3
-    # seeds: image AUROC 88.5 +- 0.5 against 87.9 +- 0.2, every seed up (benchmarks/results/budget_quality_notes.md)
-    test_views: list[Literal["hflip", "vflip"]] = field(default_factory=list)
     # tile models (ingest.resize: tile): the share of the whole-image view's map in the anomaly map, mixed with the merged
     # tiles at native resolution, both standardised on held-out normal pixels (0: tiles alone; recorded in the model)
     tile_context: float = 0.0

@@ -36,7 +36,6 @@ FORMAT_VERSION = 2  # 2: torchvision CNNs saved with BatchNorm folded; a memory'
 NORMAL_CLASSES = ("explicit", "implicit")
 MEMORY_FILE = "memory.safetensors"  # the normal-feature memory bank, beside model.safetensors
 FUSED_TAIL = 3.0  # a fused z-score this far above the held-out normal pixels' mean counts as even odds of a defect
-VIEWS = {"hflip": (-1,), "vflip": (-2,)}  # test-time views (ModelConfig.views): the flip of each, by image dims
 SCORE_POOL = 7  # image score: the discriminator's log-odds are averaged over SCORE_POOL x SCORE_POOL windows before the max
 
 
@@ -58,7 +57,6 @@ class ModelConfig:
     # the normal-feature memory: {} = none; else weight, k, smooth and stats [mu_m, sd_m, mu_d, sd_d] (held-out normal pixels)
     memory: dict = field(default_factory=dict)
     reconstruction: dict = field(default_factory=dict)  # {} = none; {"width": w}: DRAEM's autoencoder, its output beside the image
-    views: list[str] = field(default_factory=list)  # flipped copies scored beside each input, averaged back (from train.test_views)
     # tile models' whole-image context: {} = none; else weight (the view's share) and stats [mu_t, sd_t, mu_v, sd_v] (held-out normal pixels)
     context: dict = field(default_factory=dict)
     # an image-level Gaussian of texture statistics: {} = none; else weight (its share of the image score), the Gaussian
@@ -188,26 +186,7 @@ class Discriminator(nn.Module):
 
     @torch.no_grad()
     def component_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """(logits, embedding, discriminator log-odds (B, H, W), memory distance (B, H, W) or None) of uint8 images.
-
-        With test-time ``views`` (``config.views``), each image is also scored flipped, every map flipped back, and
-        the views averaged: the logits as log-probabilities (a normalised geometric mean of the views' type
-        distributions), the embedding and the memory distance as they are. Every consumer (scores, fusion
-        statistics, CADA, serving) reads this one average, so the statistics match what is scored."""
-        if not self.config.views:
-            return self._view_maps(images)
-        views = [self._view_maps(images)]
-        for name in self.config.views:
-            dims = VIEWS[name]
-            logits, embedding, _, distance = self._view_maps(images.flip(dims))
-            views.append((logits.flip(dims), embedding, None, None if distance is None else distance.flip(dims)))
-        logits = torch.stack([v[0].log_softmax(1) for v in views]).mean(0)
-        embedding = torch.stack([v[1] for v in views]).mean(0)
-        distance = None if views[0][3] is None else torch.stack([v[3] for v in views]).mean(0)
-        return logits, embedding, anomaly_log_odds(logits), distance
-
-    def _view_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """``component_maps`` of one view."""
+        """(logits, embedding, discriminator log-odds (B, H, W), memory distance (B, H, W) or None) of uint8 images."""
         size = images.shape[-2:]
         if self.memory is None:
             logits, embedding = self(images)

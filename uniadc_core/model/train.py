@@ -223,7 +223,6 @@ def build_model(data: TrainData, vocab: Vocabulary, cfg: TrainConfig) -> Discrim
         intensity=vocab.intensity,
         normal_class=cfg.normal_class,
         reconstruction={"width": cfg.reconstruction.width} if cfg.reconstruction.enabled else {},
-        views=list(cfg.test_views),
     )
     model = Discriminator(config, loaded_clip=loaded)
     if type_init is not None:
