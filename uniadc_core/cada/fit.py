@@ -177,7 +177,7 @@ def regressor_data(model: Discriminator, manifest: pl.DataFrame, synthetic: pa.T
             idx = np.flatnonzero(syn_classes == cls)
             pick += sorted(rng.permutation(idx)[:per_class].tolist())
         rows = synthetic.take(pick).to_pylist()
-        emb.append(score_images(model, [decode_row(r)[0] for r in rows], progress=True, image_texture=False).embedding)
+        emb.append(score_images(model, [decode_row(r)[0] for r in rows], progress=True).embedding)
         classes += [r["object_class"] for r in rows]
     return np.concatenate(emb), classes
 

@@ -219,11 +219,6 @@ class TrainConfig:
     # tile models (ingest.resize: tile): the share of the whole-image view's map in the anomaly map, mixed with the merged
     # tiles at native resolution, both standardised on held-out normal pixels (0: tiles alone; recorded in the model)
     tile_context: float = 0.0
-    # the share (below 1) of an image-level texture term in the image score: a Gaussian of each image's pooled texture
-    # statistics (no weights, no training; at least 3 training normals), its log Mahalanobis distance standardised on
-    # held-out normals (0: none; recorded in the model). For surfaces whose defects change the finish of a large area
-    # (benchmarks/results/budget_quality_notes.md)
-    image_texture: float = 0.0
 
     def __post_init__(self):
         if self.reconstruction.enabled and self.backbone != "scratch":

@@ -59,9 +59,6 @@ class ModelConfig:
     reconstruction: dict = field(default_factory=dict)  # {} = none; {"width": w}: DRAEM's autoencoder, its output beside the image
     # tile models' whole-image context: {} = none; else weight (the view's share) and stats [mu_t, sd_t, mu_v, sd_v] (held-out normal pixels)
     context: dict = field(default_factory=dict)
-    # an image-level Gaussian of texture statistics: {} = none; else weight (its share of the image score), the Gaussian
-    # (mean, sd, precision, shrinkage: training normals) and stats [mu_s, sd_s, mu_g, sd_g] (held-out normal images)
-    image_texture: dict = field(default_factory=dict)
     package_version: str = uniadc_core.__version__
     format_version: int = FORMAT_VERSION
 

@@ -9,9 +9,7 @@ view; the image score is the highest tile score, the type distribution that tile
 ``train.tile_context``) each image is also scored whole, squeezed into one input as ``pad`` does, and
 that map is mixed into the merged one at native resolution (``context_map``, both standardised on
 held-out normal pixels): tiles see fine detail, the whole view sees defects larger than a tile. The
-image score is then the mixed map's maximum after ``SCORE_POOL`` averaging. With an image-level texture
-Gaussian (``ModelConfig.image_texture``, from ``train.image_texture``) the image score is mixed with the log
-Mahalanobis distance of the image's pooled texture statistics (``with_image_texture``); the map keeps its pixels.
+image score is then the mixed map's maximum after ``SCORE_POOL`` averaging.
 """
 
 from __future__ import annotations
@@ -26,7 +24,6 @@ from tqdm import tqdm
 
 from uniadc_core.data.preprocess import merge_tiles
 from uniadc_core.model.discriminator import SCORE_POOL, Discriminator
-from uniadc_core.model.texture import fit_gaussian, image_statistics, log_mahalanobis
 
 
 class Scores(NamedTuple):
@@ -41,21 +38,10 @@ class Scores(NamedTuple):
 
 @torch.no_grad()
 def score_images(model: Discriminator, images: list[np.ndarray], batch_size: int = 32, progress: bool = False,
-                 preprocessed: bool = False, image_texture: bool = True) -> Scores:
+                 preprocessed: bool = False) -> Scores:
     """Score (H, W, 3) uint8 images of any size, preprocessed here as the model was trained (``preprocessed``: they
     already went through ``model.preprocess.image`` once, or ``native`` for a tile model; its intensity rule is not
-    applied twice; ``image_texture``: False skips the image-level texture term, for callers that read only the
-    embeddings)."""
-    if not (image_texture and model.config.image_texture):
-        return _score_maps(model, images, batch_size, progress, preprocessed)
-    if not preprocessed:  # once, for both the maps and the texture statistics
-        images, preprocessed = [_model_input(model, im) for im in images], True
-    scores = _score_maps(model, images, batch_size, progress, preprocessed)
-    return with_image_texture(model, scores, _texture_distances(model, images, preprocessed))
-
-
-def _score_maps(model: Discriminator, images: list[np.ndarray], batch_size: int, progress: bool, preprocessed: bool) -> Scores:
-    """``score_images`` before the image-level texture term: the maps and the discriminator's (or fused) image score."""
+    applied twice)."""
     pre = model.preprocess
     if pre.tiled:
         return _score_tiled(model, images, batch_size, progress, preprocessed)
@@ -172,70 +158,6 @@ def attach_context(model: Discriminator, images: list[np.ndarray], weight: float
     mean = sums[:, 1] / sums[:, 0]
     std = np.sqrt(np.maximum(sums[:, 2] / sums[:, 0] - mean**2, 0.0)).clip(min=1e-6)
     model.config.context = {"weight": float(weight), "stats": [float(mean[0]), float(std[0]), float(mean[1]), float(std[1])]}
-
-
-# ---------------------------------------------------------------------------- the image-level texture Gaussian
-
-
-def _model_input(model: Discriminator, image: np.ndarray) -> np.ndarray:
-    """A decoded image as the model reads it (``preprocessed=True`` form): its native pixels for a tile model, else
-    its input view."""
-    pre = model.preprocess
-    return pre.native(image) if pre.tiled else pre.image(image)
-
-
-def _texture_statistics(model: Discriminator, images, preprocessed: bool) -> torch.Tensor:
-    """(N, IMAGE_STATISTICS) ``image_statistics`` of (H, W, 3) uint8 images (any iterable: read one at a time), on the
-    image the model sees (``_model_input``)."""
-    return torch.stack([image_statistics(im if preprocessed else _model_input(model, im)) for im in images])
-
-
-def _texture_distances(model: Discriminator, images: list[np.ndarray], preprocessed: bool) -> np.ndarray:
-    """(N,) log Mahalanobis distance of each image's texture statistics to the model's normal Gaussian."""
-    if not images:
-        return np.zeros(0)
-    return log_mahalanobis(_texture_statistics(model, images, preprocessed), model.config.image_texture).numpy()
-
-
-def with_image_texture(model: Discriminator, scores: Scores, distance: np.ndarray) -> Scores:
-    """``scores`` with the texture distance mixed into the image score: the plain score and the distance, each
-    standardised on the held-out normal images, weighted by ``image_texture['weight']`` (the distance's share, below
-    1). The map is standardised and weighted as the plain score is (the score is its maximum), so the map's maximum
-    plus the image's distance term is its score: the two agree on an image of typical texture, and CADA aligns both
-    with one u and gamma. The distance is a whole-image term and lifts no pixel, so the map keeps its localisation.
-    (Lifting each image's map by its term was measured and dropped: AUPRO fell 13.9 points;
-    benchmarks/results/budget_quality_notes.md.)"""
-    it = model.config.image_texture
-    if "stats" not in it:
-        msg = ("image_texture: config.json has no 'stats' (the held-out normals' score statistics); save the model folder "
-               "whole, or retrain it")
-        raise ValueError(msg)
-    w, (mu_s, sd_s, mu_g, sd_g) = it["weight"], it["stats"]
-    term = w * (distance - mu_g) / sd_g
-    score = (1 - w) * (scores.score - mu_s) / sd_s + term
-    amap = (1 - w) * (scores.anomaly_map - mu_s) / sd_s
-    return scores._replace(score=score.astype(scores.score.dtype), anomaly_map=amap.astype(np.float32))
-
-
-def attach_image_texture(model: Discriminator, normals: list[str | Path], holdout: list[np.ndarray], weight: float,
-                         batch_size: int = 32) -> None:
-    """Give the model an image-level texture term (``train.image_texture``): a Gaussian of the texture statistics of
-    the training normals (``normals``: their files, read one at a time), and the means and spreads of the plain image
-    score and of the distance over ``holdout`` (held-out normal images, decoded, (H, W, 3) uint8), recorded in the
-    model config with the weight; weight 0 removes the term. At least ``texture.MIN_NORMALS`` normals and one
-    held-out image."""
-    model.config.image_texture = {}
-    if weight <= 0:
-        return
-    if not holdout:
-        raise ValueError("image texture: no held-out normal images to standardise the term on")
-    gaussian = fit_gaussian(_texture_statistics(model, (model.preprocess.decode_image(p) for p in normals), False))
-    model.config.image_texture = {"weight": float(weight), **gaussian}
-    holdout = [_model_input(model, im) for im in holdout]  # once, for both parts
-    score = _score_maps(model, holdout, batch_size, False, True).score.astype(np.float64)
-    distance = _texture_distances(model, holdout, True)
-    model.config.image_texture["stats"] = [float(score.mean()), float(max(score.std(), 1e-6)),
-                                           float(distance.mean()), float(max(distance.std(), 1e-6))]
 
 
 def concat_scores(parts: list[Scores]) -> Scores:

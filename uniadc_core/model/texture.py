@@ -17,7 +17,6 @@ does, and ranks whole images worse: off by default, measured in benchmarks/resul
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from uniadc_core.model.memory import gaussian_blur
@@ -60,53 +59,3 @@ def standardise(patches: torch.Tensor, norm: list[list[float]]) -> torch.Tensor:
     mean = torch.tensor(norm[0], dtype=patches.dtype, device=patches.device).view(1, -1, 1, 1)
     sd = torch.tensor(norm[1], dtype=patches.dtype, device=patches.device).view(1, -1, 1, 1)
     return (patches - mean) / sd
-
-
-# ---------------------------------------------------------------------------- image-level statistics
-
-IMAGE_MARGIN = 4  # cells (of STRIDE px) left out at an image's border, where the coarse filters reach past the edge
-IMAGE_QUANTILES = (0.01, 0.99)
-IMAGE_STATISTICS = CHANNELS * (2 + len(IMAGE_QUANTILES))
-MIN_NORMALS = 3  # one normal has no spread, two have one direction of it (their Ledoit-Wolf shrinkage is 0): no Gaussian
-
-
-@torch.no_grad()
-def image_statistics(image: np.ndarray) -> torch.Tensor:
-    """(IMAGE_STATISTICS,) float64 of one (H, W, 3) uint8 image: each descriptor channel's mean, spread and 1st and 99th
-    percentile over the image's interior. A defect that changes the finish of a large area (an uneven surface) moves
-    these where no single patch stands out."""
-    f = texture_patches(torch.tensor(image).permute(2, 0, 1)[None])[0].double()  # a copy: decoded arrays may be read-only
-    m = min(IMAGE_MARGIN, (min(f.shape[1:]) - 1) // 2)
-    f = f[:, m:f.shape[1] - m, m:f.shape[2] - m].reshape(CHANNELS, -1)
-    q = torch.quantile(f, torch.tensor(IMAGE_QUANTILES, dtype=f.dtype), dim=1)  # (Q, C)
-    return torch.cat([f.mean(1), f.std(1, correction=0), *q])
-
-
-def fit_gaussian(vectors: torch.Tensor) -> dict:
-    """A Gaussian of (N, D) normal statistics, N >= ``MIN_NORMALS``: each standardised, the correlation shrunk towards
-    the identity by Ledoit and Wolf's rule (more shrinkage the noisier the sample correlation), inverted.
-    ``{'mean', 'sd', 'precision', 'shrinkage'}`` as lists and a float, for a model's config.json."""
-    if len(vectors) < MIN_NORMALS:
-        raise ValueError(f"image texture: {len(vectors)} normal image(s); a Gaussian needs at least {MIN_NORMALS}")
-    x = vectors.double()
-    mean, sd = x.mean(0), x.std(0, correction=0).clamp(min=1e-6)
-    z = (x - mean) / sd
-    n, d = z.shape
-    s = z.T @ z / n
-    mu = torch.trace(s) / d
-    target = mu * torch.eye(d, dtype=s.dtype)
-    spread = ((s - target) ** 2).sum()
-    # mean squared distance of each sample's outer product to s: ||z z^T||^2 - 2 z^T s z + ||s||^2
-    norms = (z * z).sum(1)
-    noise = (norms**2 - 2 * ((z @ s) * z).sum(1) + (s * s).sum()).mean() / n
-    shrink = float(torch.clamp(noise / spread, 0.0, 1.0)) if spread > 0 else 1.0
-    precision = torch.linalg.inv(shrink * target + (1 - shrink) * s)
-    return {"mean": mean.tolist(), "sd": sd.tolist(), "precision": precision.tolist(), "shrinkage": shrink}
-
-
-def log_mahalanobis(vectors: torch.Tensor, gaussian: dict) -> torch.Tensor:
-    """(N,) log of each (N, D) vector's squared Mahalanobis distance to ``fit_gaussian``'s Gaussian (the log: a
-    distance spans orders of magnitude, its log is closer to normal, so a z-score of it means something)."""
-    mean, sd, precision = (torch.tensor(gaussian[k], dtype=torch.float64) for k in ("mean", "sd", "precision"))
-    z = (vectors.double() - mean) / sd
-    return torch.log(((z @ precision) * z).sum(1).clamp(min=1e-12))

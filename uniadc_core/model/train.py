@@ -34,8 +34,7 @@ from uniadc_core.model.discriminator import Discriminator, ModelConfig, discrimi
 from uniadc_core.model.fusion import attach_memory
 from uniadc_core.model.loader import Batch, MixedStream, make_loader
 from uniadc_core.model.reconstruction import reconstruction_loss
-from uniadc_core.model.scoring import attach_context, attach_image_texture
-from uniadc_core.model.texture import MIN_NORMALS
+from uniadc_core.model.scoring import attach_context
 from uniadc_core.model.train_data import TILE_MARK, TrainData, load_train_data  # noqa: F401  (load_train_data: part of this module's API)
 from uniadc_core.weights import create_clip
 
@@ -334,11 +333,11 @@ def checkpoint_path(out_dir: str | Path) -> Path:
 
 
 def holdout_images(manifest: pl.DataFrame, model: Discriminator) -> list[np.ndarray]:
-    """The images the scoring options (tile context, image texture) are standardised on: the held-out normals (else
+    """The images the scoring options (tile context) are standardised on: the held-out normals (else
     the normal shots)."""
     rows = manifest.filter(pl.col("role") == Role.NORMAL_HOLDOUT)
     if not len(rows):
-        log.warning("train: no held-out normals; the tile context and image texture statistics come from the training normals")
+        log.warning("train: no held-out normals; the tile context statistics come from the training normals")
         rows = manifest.filter(pl.col("role") == Role.NORMAL_SHOT)
     return [model.preprocess.decode_image(p) for p in rows["path"]]
 
@@ -346,10 +345,6 @@ def holdout_images(manifest: pl.DataFrame, model: Discriminator) -> list[np.ndar
 def train(manifest: pl.DataFrame, vocab: Vocabulary, synthetic_dir: str | Path | None, cfg: TrainConfig, out_dir: str | Path) -> Path:
     """Train (resuming an interrupted run of the same data and params) and save the model directory."""
     shots = manifest.filter(pl.col("role") == Role.NORMAL_SHOT)
-    if cfg.image_texture > 0 and shots.height < MIN_NORMALS:  # before training: the term is attached after it
-        msg = (f"train.image_texture: {shots.height} training normal(s) in the manifest; its Gaussian needs at least "
-               f"{MIN_NORMALS}: set train.image_texture: 0, or give ingest more normals (or ingest.holdout_fraction: 0)")
-        raise ValueError(msg)
     data = load_train_data(manifest, vocab, synthetic_dir, cfg.image_size)
     log.info("train: %d normals, %d anomaly shots, %d synthetic (streamed from %d row groups), %d validation samples",
              len(data.normals.classes), len(data.shots.classes), sum(u.rows for u in data.units), len(data.units), len(data.val.classes))
@@ -362,8 +357,6 @@ def train(manifest: pl.DataFrame, vocab: Vocabulary, synthetic_dir: str | Path |
         attach_context(model, holdout_images(manifest, model), cfg.tile_context)
     elif cfg.tile_context > 0:
         log.info("train: tile_context applies to tile models only (ingest.resize: tile); ignored")
-    if cfg.image_texture > 0:  # last: the statistics are those of the score the options above make
-        attach_image_texture(model, shots["path"].to_list(), holdout_images(manifest, model), cfg.image_texture)
     kept = [{k: v for k, v in rec.items() if k not in MACHINE_DEPENDENT} for rec in history]
     path = save_model(model, out_dir, extra={"history.json": kept})
     write_json(timings_path(out_dir), [{"epoch": rec["epoch"], "seconds": rec["seconds"]} for rec in history if "seconds" in rec])
