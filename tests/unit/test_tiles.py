@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -116,70 +114,6 @@ def test_tiled_scores_are_the_tiles_merged():
     # one batch or many, native or preprocessed: the same scores
     again = score_images(model, [pre.native(im) for im in images], batch_size=64, preprocessed=True)
     np.testing.assert_allclose(again.score, s.score, rtol=1e-5)
-
-
-def test_from_view_brings_the_whole_view_back_to_native_geometry():
-    pre = Preprocess(32, "tile")
-    h, w = 40, 100
-    ramp = np.tile(np.linspace(0.0, 1.0, w, dtype=np.float32), (h, 1))  # smooth: survives the round trip
-    back = pre.from_view(pre.to_view(ramp), (h, w))
-    assert back.shape == (h, w)
-    assert np.abs(back - ramp)[4:-4, 4:-4].max() < 0.05  # edges aside (they blend with the padding), the two agree
-    block = np.zeros((h, w), np.float32)
-    block[:, 60:] = 1.0  # the right side of the image stays on the right, not on the padding
-    back = pre.from_view(pre.to_view(block), (h, w))
-    assert back[4:-4, :50].max() < 0.2 and back[4:-4, 70:].min() > 0.8
-
-
-def test_whole_image_context_mixes_the_view_into_the_merged_tiles():
-    from uniadc_core.model.discriminator import load_model, save_model
-    from uniadc_core.model.scoring import attach_context, context_map, pooled_max
-
-    model = _model()
-    pre = model.preprocess
-    rng = np.random.default_rng(2)
-    normals = [rng.integers(90, 110, (50, 90, 3), np.uint8) for _ in range(3)]
-    plain = score_images(model, normals[:1])
-    attach_context(model, normals, 0.0)
-    assert model.config.context == {}  # weight 0: the tiles alone, as before
-    attach_context(model, normals, 0.5)
-    ctx = model.config.context
-    assert ctx["weight"] == 0.5 and len(ctx["stats"]) == 4 and ctx["stats"][1] > 0 and ctx["stats"][3] > 0
-    image = rng.integers(0, 255, (50, 90, 3), np.uint8)
-    s = score_images(model, [image])
-    tiles, windows = pre.tiles(image)
-    with torch.no_grad():
-        p = model.predict(pre.batch(tiles))
-        v = model.predict(pre.batch([pre.view(image)]))
-    merged = merge_tiles(p.anomaly_map.numpy(), windows, (50, 90))
-    whole = pre.from_view(v.anomaly_map[0].numpy(), (50, 90))
-    mu_t, sd_t, mu_v, sd_v = ctx["stats"]
-    mixed = 0.5 * (merged - mu_t) / sd_t + 0.5 * (whole - mu_v) / sd_v
-    np.testing.assert_allclose(context_map(merged, whole, ctx), mixed, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(s.anomaly_map[0], pre.to_view(mixed), rtol=1e-4, atol=1e-4)
-    assert s.score[0] == pytest.approx(pooled_max(mixed.astype(np.float32)), rel=1e-4)
-    np.testing.assert_allclose(s.type_probs[0], p.type_probs[int(p.score.argmax())].numpy(), rtol=1e-5)  # type: the best tile's
-    # the normals the statistics came from get a mixed map of mean 0
-    ref = []
-    for n in normals:
-        n_tiles, n_windows = pre.tiles(n)
-        with torch.no_grad():
-            n_merged = merge_tiles(model.predict(pre.batch(n_tiles)).anomaly_map.numpy(), n_windows, (50, 90))
-            n_whole = pre.from_view(model.predict(pre.batch([pre.view(n)])).anomaly_map[0].numpy(), (50, 90))
-        ref.append(context_map(n_merged, n_whole, ctx).ravel())
-    assert abs(float(np.concatenate(ref).mean())) < 1e-3
-    assert not np.allclose(s.anomaly_map, plain.anomaly_map)
-    loaded = load_model(save_model(model, Path(tempfile.mkdtemp()) / "m"), "cpu")
-    assert loaded.config.context == ctx
-    np.testing.assert_allclose(score_images(loaded, [image]).score, s.score, rtol=1e-5)
-
-
-def test_tile_context_must_be_a_share():
-    from uniadc_core.config import ConfigError, parse_params
-
-    assert parse_params({"train": {"tile_context": 0.5}}).train.tile_context == 0.5
-    with pytest.raises(ConfigError, match="train.tile_context"):
-        parse_params({"train": {"tile_context": 1.5}})
 
 
 def _tree(tmp_path):

@@ -73,7 +73,6 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "train.torchvision.mean": (lambda v: len(v) == 3, "three numbers (R, G, B)"),
     "train.torchvision.std": (lambda v: len(v) == 3 and all(x > 0 for x in v), "three numbers > 0 (R, G, B)"),
     "train.memory.weight": _UNIT,
-    "train.tile_context": _UNIT,
     "train.memory.size": _int_min(1),
     "train.memory.k": _int_min(1),
     "train.memory.max_patches": _int_min(1),

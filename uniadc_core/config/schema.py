@@ -216,9 +216,6 @@ class TrainConfig:
     torchvision: TorchvisionConfig = field(default_factory=TorchvisionConfig)  # used when backbone is torchvision
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     reconstruction: ReconstructionConfig = field(default_factory=ReconstructionConfig)
-    # tile models (ingest.resize: tile): the share of the whole-image view's map in the anomaly map, mixed with the merged
-    # tiles at native resolution, both standardised on held-out normal pixels (0: tiles alone; recorded in the model)
-    tile_context: float = 0.0
 
     def __post_init__(self):
         if self.reconstruction.enabled and self.backbone != "scratch":

@@ -189,15 +189,6 @@ class Preprocess:
         return torch.nn.functional.interpolate(t, size=(self.size, self.size), mode="bilinear", align_corners=False,
                                                antialias=side > self.size)[0, 0].numpy()
 
-    def from_view(self, view_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-        """A (size, size) map of the whole-image view -> (H, W) float32 at the image's native resolution (bilinear; the
-        view's padding cut away): the inverse geometry of ``to_view``."""
-        h, w = shape
-        side, top, left = _square_box(h, w)
-        t = torch.from_numpy(np.ascontiguousarray(view_map, np.float32))[None, None]
-        up = torch.nn.functional.interpolate(t, size=(side, side), mode="bilinear", align_corners=False)[0, 0].numpy()
-        return up[top:top + h, left:left + w]
-
     def labels_view(self, labels: np.ndarray, windows: list[tuple[int, int]], shape: tuple[int, int], peak: np.ndarray) -> np.ndarray:
         """Per-tile (T, S, S) uint8 labels -> the (size, size) view, each pixel labelled by the tile whose ``peak``
         (T, S, S) map is highest there."""

@@ -57,8 +57,6 @@ class ModelConfig:
     # the normal-feature memory: {} = none; else weight, k, smooth and stats [mu_m, sd_m, mu_d, sd_d] (held-out normal pixels)
     memory: dict = field(default_factory=dict)
     reconstruction: dict = field(default_factory=dict)  # {} = none; {"width": w}: DRAEM's autoencoder, its output beside the image
-    # tile models' whole-image context: {} = none; else weight (the view's share) and stats [mu_t, sd_t, mu_v, sd_v] (held-out normal pixels)
-    context: dict = field(default_factory=dict)
     package_version: str = uniadc_core.__version__
     format_version: int = FORMAT_VERSION
 

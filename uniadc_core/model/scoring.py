@@ -5,11 +5,7 @@
 A model trained on native-resolution tiles (``resize: tile``) scores every tile of an image and merges
 them back (``_score_tiled``): the map is the mean of the overlapping tiles' maps, in the whole-image
 view; the image score is the highest tile score, the type distribution that tile's, the embedding
-(CADA's input) the mean over the tiles. With whole-image context (``ModelConfig.context``, from
-``train.tile_context``) each image is also scored whole, squeezed into one input as ``pad`` does, and
-that map is mixed into the merged one at native resolution (``context_map``, both standardised on
-held-out normal pixels): tiles see fine detail, the whole view sees defects larger than a tile. The
-image score is then the mixed map's maximum after ``SCORE_POOL`` averaging.
+(CADA's input) the mean over the tiles.
 """
 
 from __future__ import annotations
@@ -19,11 +15,10 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from uniadc_core.data.preprocess import merge_tiles
-from uniadc_core.model.discriminator import SCORE_POOL, Discriminator
+from uniadc_core.model.discriminator import Discriminator
 
 
 class Scores(NamedTuple):
@@ -65,7 +60,7 @@ def _empty(model: Discriminator) -> Scores:
 
 
 class _TileOutputs(NamedTuple):
-    """One native image's per-tile model outputs (T tiles) and, when asked, its whole-image view's map."""
+    """One native image's per-tile model outputs (T tiles)."""
 
     shape: tuple[int, int]  # (H, W) native
     windows: list[tuple[int, int]]
@@ -74,30 +69,24 @@ class _TileOutputs(NamedTuple):
     probs: np.ndarray  # (T, K)
     types: np.ndarray  # (T, S, S) uint8
     embedding: np.ndarray  # (T, E)
-    view_map: np.ndarray | None  # (S, S): the whole image squeezed into one input (``Preprocess.view``)
 
 
-def _tile_outputs(model: Discriminator, images: list[np.ndarray], batch_size: int, preprocessed: bool, with_view: bool,
-                  bar: tqdm | None = None):
+def _tile_outputs(model: Discriminator, images: list[np.ndarray], batch_size: int, preprocessed: bool, bar: tqdm | None = None):
     """``_TileOutputs`` image after image: whole images, about ``batch_size`` tiles at a time, so memory stays bounded."""
     pre, done = model.preprocess, 0
     while done < len(images):
-        chunk, tiles, views = [], [], []
+        chunk, tiles = [], []
         while done < len(images) and (not chunk or len(tiles) < batch_size):
             native = images[done] if preprocessed else pre.native(images[done])
             t, windows = pre.tiles(native)
             chunk.append((native.shape[:2], windows, len(tiles)))
             tiles += t
-            if with_view:
-                views.append(pre.view(native))
             done += 1
         parts = [_predict(model, tiles[i:i + batch_size]) for i in range(0, len(tiles), batch_size)]
         score, amap, probs, types, emb = [torch.cat(cols).numpy() for cols in zip(*parts)]
-        view_maps = (np.concatenate([_predict(model, views[i:i + batch_size])[1].numpy() for i in range(0, len(views), batch_size)])
-                     if with_view else [None] * len(chunk))
-        for (shape, windows, start), view_map in zip(chunk, view_maps, strict=True):
+        for shape, windows, start in chunk:
             sel = slice(start, start + len(windows))
-            yield _TileOutputs(shape, windows, score[sel], amap[sel], probs[sel], types[sel], emb[sel], view_map)
+            yield _TileOutputs(shape, windows, score[sel], amap[sel], probs[sel], types[sel], emb[sel])
         if bar is not None:
             bar.update(len(chunk))
 
@@ -106,58 +95,17 @@ def _score_tiled(model: Discriminator, images: list[np.ndarray], batch_size: int
     """Score native-resolution images tile by tile (``preprocessed``: already ``model.preprocess.native``)."""
     if not images:
         return _empty(model)
-    pre, context = model.preprocess, model.config.context
+    pre = model.preprocess
     out: list[list] = [[], [], [], [], []]
     with tqdm(total=len(images), desc="score", unit="img", disable=not progress, leave=False) as bar:
-        for o in _tile_outputs(model, images, batch_size, preprocessed, bool(context), bar):
+        for o in _tile_outputs(model, images, batch_size, preprocessed, bar):
             best = int(o.score.argmax())
-            merged = merge_tiles(o.maps, o.windows, o.shape)
-            if context:
-                merged = context_map(merged, pre.from_view(o.view_map, o.shape), context)
-                out[0].append(pooled_max(merged))
-            else:
-                out[0].append(o.score[best])
-            out[1].append(pre.to_view(merged))
+            out[0].append(o.score[best])
+            out[1].append(pre.to_view(merge_tiles(o.maps, o.windows, o.shape)))
             out[2].append(o.probs[best])
             out[3].append(pre.labels_view(o.types, o.windows, o.shape, o.maps))
             out[4].append(o.embedding.mean(0))
     return Scores(np.array(out[0]), np.stack(out[1]), np.stack(out[2]), np.stack(out[3]), np.stack(out[4]))
-
-
-# ---------------------------------------------------------------------------- the whole-image context of tile models
-
-
-def context_map(merged: np.ndarray, view: np.ndarray, context: dict) -> np.ndarray:
-    """The (H, W) anomaly map of a tile model with whole-image context: the merged tile map and the whole-image view's
-    map (brought to native resolution), each standardised on held-out normal pixels, mixed by ``context['weight']``
-    (the view's share)."""
-    c = context["weight"]
-    mu_t, sd_t, mu_v, sd_v = context["stats"]
-    return ((1 - c) * (merged - mu_t) / sd_t + c * (view - mu_v) / sd_v).astype(np.float32)
-
-
-def pooled_max(native_map: np.ndarray) -> float:
-    """The image score of a native map: its maximum after averaging over ``SCORE_POOL`` windows (a lone pixel is noise)."""
-    t = torch.from_numpy(native_map)[None, None]
-    return float(F.avg_pool2d(t, SCORE_POOL, stride=1, padding=SCORE_POOL // 2, count_include_pad=False).max())
-
-
-def attach_context(model: Discriminator, images: list[np.ndarray], weight: float, batch_size: int = 32) -> None:
-    """Give a tile model whole-image context (``train.tile_context``): each image is also scored whole, squeezed
-    into one input, and that map is mixed into the merged tile map (``context_map``). The two maps' means and
-    spreads are measured here over the pixels of ``images`` (held-out normals, native (H, W, 3) uint8, before
-    ``preprocess.native``) and recorded in the model config with the weight; weight 0 removes the context."""
-    model.config.context = {}
-    if weight <= 0 or not images:
-        return
-    sums = np.zeros((2, 3))  # per map: count, sum, sum of squares (float64: a few million pixels)
-    for o in _tile_outputs(model, images, batch_size, False, True):
-        for row, m in enumerate((merge_tiles(o.maps, o.windows, o.shape), model.preprocess.from_view(o.view_map, o.shape))):
-            m = m.astype(np.float64)
-            sums[row] += (m.size, m.sum(), (m * m).sum())
-    mean = sums[:, 1] / sums[:, 0]
-    std = np.sqrt(np.maximum(sums[:, 2] / sums[:, 0] - mean**2, 0.0)).clip(min=1e-6)
-    model.config.context = {"weight": float(weight), "stats": [float(mean[0]), float(std[0]), float(mean[1]), float(std[1])]}
 
 
 def concat_scores(parts: list[Scores]) -> Scores:

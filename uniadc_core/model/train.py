@@ -34,7 +34,6 @@ from uniadc_core.model.discriminator import Discriminator, ModelConfig, discrimi
 from uniadc_core.model.fusion import attach_memory
 from uniadc_core.model.loader import Batch, MixedStream, make_loader
 from uniadc_core.model.reconstruction import reconstruction_loss
-from uniadc_core.model.scoring import attach_context
 from uniadc_core.model.train_data import TILE_MARK, TrainData, load_train_data  # noqa: F401  (load_train_data: part of this module's API)
 from uniadc_core.weights import create_clip
 
@@ -332,16 +331,6 @@ def checkpoint_path(out_dir: str | Path) -> Path:
     return out_dir.with_name(f".{out_dir.name}.checkpoint")
 
 
-def holdout_images(manifest: pl.DataFrame, model: Discriminator) -> list[np.ndarray]:
-    """The images the scoring options (tile context) are standardised on: the held-out normals (else
-    the normal shots)."""
-    rows = manifest.filter(pl.col("role") == Role.NORMAL_HOLDOUT)
-    if not len(rows):
-        log.warning("train: no held-out normals; the tile context statistics come from the training normals")
-        rows = manifest.filter(pl.col("role") == Role.NORMAL_SHOT)
-    return [model.preprocess.decode_image(p) for p in rows["path"]]
-
-
 def train(manifest: pl.DataFrame, vocab: Vocabulary, synthetic_dir: str | Path | None, cfg: TrainConfig, out_dir: str | Path) -> Path:
     """Train (resuming an interrupted run of the same data and params) and save the model directory."""
     shots = manifest.filter(pl.col("role") == Role.NORMAL_SHOT)
@@ -353,10 +342,6 @@ def train(manifest: pl.DataFrame, vocab: Vocabulary, synthetic_dir: str | Path |
     item_of = dict(zip(shots["image_id"].to_list(), item_names(shots), strict=True))
     items = [item_of[i] if i in item_of else item_of[i.rsplit(TILE_MARK, 1)[0]] for i in data.normals.ids]  # tiles: id + mark + corner
     attach_memory(model, data.normals.images, data.holdout.images, cfg.memory, cfg.seed, data.normals.classes, items)
-    if data.pre.tiled and cfg.tile_context > 0:
-        attach_context(model, holdout_images(manifest, model), cfg.tile_context)
-    elif cfg.tile_context > 0:
-        log.info("train: tile_context applies to tile models only (ingest.resize: tile); ignored")
     kept = [{k: v for k, v in rec.items() if k not in MACHINE_DEPENDENT} for rec in history]
     path = save_model(model, out_dir, extra={"history.json": kept})
     write_json(timings_path(out_dir), [{"epoch": rec["epoch"], "seconds": rec["seconds"]} for rec in history if "seconds" in rec])

@@ -40,13 +40,12 @@ def _widen(root) -> None:
         Image.fromarray(np.pad(arr, pads, mode="constant" if is_mask else "reflect")).save(path)
 
 
-@pytest.fixture(scope="module", params=[("stretch", 0.0, 0.0), ("pad", 0.0, 0.0), ("pad", 0.5, 0.0), ("tile", 0.5, 0.5)],
-                ids=["stretch", "pad", "pad-memory", "tile-memory-context"])
+@pytest.fixture(scope="module", params=[("stretch", 0.0), ("pad", 0.0), ("pad", 0.5), ("tile", 0.5)],
+                ids=["stretch", "pad", "pad-memory", "tile-memory"])
 def models(request, tmp_path_factory):
     """(models folder, manifest, policy) of a tiny pipeline on non-square images; the last with a normal
-    memory over the scratch encoder's features, fused half and half with the discriminator, and (tile) the
-    whole-image view's map mixed half and half into the merged tiles."""
-    policy, memory, context = request.param
+    memory over the scratch encoder's features, fused half and half with the discriminator."""
+    policy, memory = request.param
     base = tmp_path_factory.mktemp(f"scoring-{policy}")
     d = TINY_DEMO
     generate_demo(base / "raw", 0, d.classes, d.image_size, d.train_normals, d.test_normals, d.test_per_defect)
@@ -54,18 +53,17 @@ def models(request, tmp_path_factory):
     result = ingest(IngestConfig(kind="mvtec", root=str(base / "raw"), resize=policy, anomaly_shots=1), base / "prepared")
     synthesize(result.manifest_path, result.vocabulary_path, base / "synthetic", TINY_SYNTH)
     manifest, vocab = load_inputs(result.manifest_path, result.vocabulary_path)
-    cfg = replace(TINY_TRAIN, epochs=1, memory=MemoryConfig(weight=memory, size=500), tile_context=context)
+    cfg = replace(TINY_TRAIN, epochs=1, memory=MemoryConfig(weight=memory, size=500))
     train(manifest, vocab, base / "synthetic", cfg, base / "models/discriminator")
     fit(load_model(base / "models/discriminator"), manifest, read_samples(base / "synthetic"),
         FitCadaConfig(steps=30, synthetic_per_class=4, threshold="auto"), base / "models/cada")
-    return base / "models", manifest, policy, memory, context
+    return base / "models", manifest, policy, memory
 
 
 def test_evaluate_and_predict_give_the_same_scores_decisions_and_types(models, tmp_path):
-    models_dir, manifest, policy, memory, context = models
+    models_dir, manifest, policy, memory = models
     detector = Detector.load(models_dir)
     assert detector.model.config.resize == policy and detector.threshold == detector.cada.config.calibrated_threshold
-    assert detector.model.config.context.get("weight", 0.0) == context
     assert (detector.model.memory is not None) == (memory > 0) and detector.model.config.memory.get("weight", 0.0) == memory
     metrics = evaluate(detector, manifest, EvaluateConfig(overlays=0), tmp_path / "reports")
     report = pl.read_csv(tmp_path / "reports/predictions.csv")
