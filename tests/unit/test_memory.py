@@ -14,7 +14,7 @@ from tests.conftest import TINY_TRAIN
 from uniadc_core.config import MemoryConfig, TorchvisionConfig
 from uniadc_core.model.discriminator import MEMORY_FILE, load_model, save_model
 from uniadc_core.model.fusion import FEW_NORMALS, _patches, attach_memory, class_groups, resolve_augment, views
-from uniadc_core.model.memory import NormalMemory, coverage_radius, distance_map, gaussian_blur, greedy_coreset
+from uniadc_core.model.memory import NormalMemory, coverage_radius, gaussian_blur, greedy_coreset
 from uniadc_core.model.train import load_train_data, train_discriminator
 from uniadc_core.synthesis.synthesize import load_inputs
 from uniadc_core.weights import load_torchvision
@@ -242,61 +242,12 @@ def test_a_per_class_budget_keeps_a_plain_class_covered_beside_a_varied_one(tv_m
         class_groups(classes[:11], 12, "per_class")
 
 
-def test_per_segment_distances_are_each_class_banks_nearest_neighbours():
-    gen = torch.Generator().manual_seed(2)
-    a, b, query = torch.randn(50, 8, generator=gen), torch.randn(30, 8, generator=gen) + 5, torch.randn(40, 8, generator=gen)
-    memory = NormalMemory(torch.cat([a, b]), [50, 30])
-    per = memory.distances(query, k=2, per_segment=True)
-    assert per.shape == (40, 2)
-    torch.testing.assert_close(per[:, 0].double(), torch.cdist(query.double(), a.double()).topk(2, largest=False).values.mean(1), atol=1e-3, rtol=1e-4)
-    torch.testing.assert_close(per[:, 1].double(), torch.cdist(query.double(), b.double()).topk(2, largest=False).values.mean(1), atol=1e-3, rtol=1e-4)
-    torch.testing.assert_close(memory.distances(query, k=1, per_segment=True).min(1).values, memory.distances(query, k=1))
-    with pytest.raises(ValueError, match=r"segments \[50, 20\] must be positive row counts summing to the bank's 80 rows"):
-        NormalMemory(torch.cat([a, b]), [50, 20])
-
-
-def test_routing_scores_a_foreign_patch_against_its_own_class_bank_only():
-    gen = torch.Generator().manual_seed(3)
-    tile, board = torch.randn(200, 4, generator=gen) * 0.1, torch.randn(200, 4, generator=gen) * 0.1 + 3.0
-    memory = NormalMemory(torch.cat([tile, board]), [200, 200])
-    image = tile[:16].T.reshape(1, 4, 4, 4).clone()  # a 4x4 patch grid of the tile class
-    image[0, :, 0, 0] = 3.0  # one patch that looks like the board's normals: a defect on a tile
-    whole = distance_map(memory, image, (4, 4))
-    routed = distance_map(memory, image, (4, 4), route="nearest_class")
-    assert whole[0, 0, 0] < 0.5  # the whole bank finds the board's normals near it: the defect is hidden
-    assert routed[0, 0, 0] > 4.0  # routed to the tile bank (the image's median patch), it stands out
-    torch.testing.assert_close(routed[0, 1:, :], whole[0, 1:, :], atol=1e-3, rtol=0)  # the tile's own patches: as before
-    board_image = board[:16].T.reshape(1, 4, 4, 4)
-    torch.testing.assert_close(distance_map(memory, board_image, (4, 4), route="nearest_class"), distance_map(memory, board_image, (4, 4)),
-                               atol=1e-3, rtol=0)
-    single = NormalMemory(tile)
-    torch.testing.assert_close(distance_map(single, image, (4, 4), route="nearest_class"), distance_map(single, image, (4, 4)))
-
-
-def test_a_routed_memory_keeps_its_class_banks_through_save_and_load(tv_model, tmp_path):
-    model, data = tv_model
-    s = data.normals.images.shape[-1]
-    gen = torch.Generator().manual_seed(0)
-    plain = (128 + torch.randint(-4, 5, (6, 1, s, s), generator=gen)).expand(6, 3, s, s).to(torch.uint8)
-    varied = torch.randint(0, 256, (6, 3, s, s), generator=gen).to(torch.uint8)
-    routed = attach_memory(copy.deepcopy(model), torch.cat([plain, varied]), data.holdout.images,
-                           MemoryConfig(weight=1.0, size=40, route="nearest_class"), classes=["tile"] * 6 + ["board"] * 6)
-    assert routed.memory.segments == [40, 40] and routed.config.memory["segments"] == [40, 40]
-    assert routed.config.memory["route"] == "nearest_class"
-    save_model(routed, tmp_path / "m")
-    again = load_model(tmp_path / "m", device="cpu")
-    assert again.memory.segments == [40, 40]
-    images = torch.cat([plain[:2], varied[:2]])
-    torch.testing.assert_close(again.predict(images).anomaly_map, routed.predict(images).anomaly_map)
-
-
-def test_leaving_an_item_out_drops_its_rows_and_keeps_the_class_banks():
+def test_leaving_an_item_out_drops_its_rows():
     bank = torch.arange(12, dtype=torch.float32).view(6, 2)
-    memory = NormalMemory(bank, [4, 2], torch.tensor([0, 1, 0, 2, 1, 1]))
+    memory = NormalMemory(bank, torch.tensor([0, 1, 0, 2, 1, 1]))
     less = memory.without(1)
     torch.testing.assert_close(less.bank, bank[[0, 2, 3]])
-    assert less.segments == [3] and less.sources.tolist() == [0, 0, 2]  # the second class's bank was all item 1
-    assert memory.without(2).segments == [3, 2]
+    assert less.sources.tolist() == [0, 0, 2]
     with pytest.raises(ValueError, match="every row comes from item 0"):
         NormalMemory(bank[:2], sources=torch.tensor([0, 0])).without(0)
     with pytest.raises(ValueError, match="which item each row came from.*retrain"):

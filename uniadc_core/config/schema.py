@@ -170,10 +170,6 @@ class MemoryConfig:
     # normals alone: it is trained to repaint them; needs train.reconstruction.enabled), or a fixed texture filter
     # bank's (uniadc_core/model/texture.py: no weights, no training; the finish and marks of the normal surfaces)
     features: Literal["backbone", "autoencoder", "texture"] = "backbone"
-    # none: every patch is compared with the whole bank; nearest_class (budget per_class, several classes): each image
-    # (or tile) is compared with the one class bank its patches sit closest to (lowest median distance), with no class
-    # label, so a defect of one class cannot find a near neighbour among another class's normals
-    route: Literal["none", "nearest_class"] = "none"
 
 
 @dataclass(frozen=True)

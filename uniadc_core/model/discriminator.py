@@ -190,8 +190,7 @@ class Discriminator(nn.Module):
         feats, embedding, patches = self.backbone.forward_with_patches(self._inputs(x)[0])
         patches = self._memory_patches(images, x, patches)
         logits, embedding = self.head(feats, embedding, size)
-        distance = distance_map(self.memory, patches, size, self.config.memory.get("k", 1), self.config.memory.get("smooth", 0.0),
-                                self.config.memory.get("route", "none"))
+        distance = distance_map(self.memory, patches, size, self.config.memory.get("k", 1), self.config.memory.get("smooth", 0.0))
         return logits, embedding, anomaly_log_odds(logits), distance
 
     @torch.no_grad()
@@ -327,5 +326,5 @@ def load_model(directory: str | Path, device: str = "auto") -> Discriminator:
         from safetensors.torch import load_file
 
         saved = load_file(str(bank))
-        model.memory = NormalMemory(saved["bank"], model.config.memory.get("segments"), saved.get("sources"))
+        model.memory = NormalMemory(saved["bank"], saved.get("sources"))
     return model.to(device, memory_format=model.memory_format).eval()

@@ -155,16 +155,11 @@ def attach_memory(model: Discriminator, normals: torch.Tensor, holdout: torch.Te
         drawn, total, channels = drawn + len(patches), total + n, patches.shape[1]
         if name:
             log.info("train: memory of class %s: %d patches (%s of %d drawn from %d, views: %s)", name, len(banks[-1]), cfg.selection, len(patches), n, augment)
-    segments = [len(b) for b in banks]
-    model.memory = NormalMemory(torch.cat(banks), segments, torch.cat(sources) if items is not None else None)
+    model.memory = NormalMemory(torch.cat(banks), torch.cat(sources) if items is not None else None)
     model.config.memory = {"weight": cfg.weight, "k": cfg.k, "smooth": cfg.smooth, "stats": [0.0, 1.0, 0.0, 1.0],
                            **({"items": names} if items is not None else {}),
                            **({"features": cfg.features} if cfg.features != "backbone" else {}),
-                           **scaling,
-                           **({"route": cfg.route, "segments": segments} if cfg.route != "none" else {})}
-    if cfg.route != "none" and len(banks) < 2:
-        log.warning("train: memory.route %s with one class bank (budget %s, %d classes): every patch meets the whole bank",
-                    cfg.route, cfg.budget, len(set(classes or [""])))
+                           **scaling}
     if len(holdout) == 0:
         log.warning("train: no held-out normals; the fusion statistics come from the training normals (memory distances biased low)")
         holdout = normals

@@ -14,7 +14,6 @@ number of queries.
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import torch
@@ -79,21 +78,16 @@ def coverage_radius(features: torch.Tensor, subset: torch.Tensor, chunk: int = 4
 class NormalMemory:
     """A bank (K, C) of normal patch features and the nearest-neighbour distance to it."""
 
-    def __init__(self, bank: torch.Tensor, segments: list[int] | None = None, sources: torch.Tensor | None = None):
-        """``segments``: the row counts of consecutive per-class banks in ``bank`` (None: one bank); ``sources``:
-        (K,) the index of the item (a normal image, or the physical part it shows) each row was drawn from."""
+    def __init__(self, bank: torch.Tensor, sources: torch.Tensor | None = None):
+        """``sources``: (K,) the index of the item (a normal image, or the physical part it shows) each row was drawn
+        from."""
         if bank.ndim != 2 or len(bank) == 0:
             msg = f"normal memory: expected a non-empty (K, C) bank of patch features, got shape {tuple(bank.shape)}"
-            raise ValueError(msg)
-        segments = [len(bank)] if not segments else [int(n) for n in segments]
-        if sum(segments) != len(bank) or min(segments) < 1:
-            msg = f"normal memory: segments {segments} must be positive row counts summing to the bank's {len(bank)} rows"
             raise ValueError(msg)
         if sources is not None and sources.shape != (len(bank),):
             msg = f"normal memory: sources of shape {tuple(sources.shape)} for a bank of {len(bank)} rows; expected ({len(bank)},)"
             raise ValueError(msg)
         self.bank = bank.float().contiguous()
-        self.segments = segments
         self.sources = None if sources is None else sources.long()
         # the product runs on rows centred on the bank's mean: distances are the same, the |q|^2 + |m|^2 it cancels
         # far smaller, so its rounding rarely reorders two near rows (which row is nearest must not depend on the batch)
@@ -128,38 +122,31 @@ class NormalMemory:
         if not bool(keep.any()):
             msg = f"normal memory: every row comes from item {item}; leaving it out leaves nothing to compare with"
             raise ValueError(msg)
-        bounds = [0, *itertools.accumulate(self.segments)]
-        segments = [int(keep[lo:hi].sum()) for lo, hi in zip(bounds[:-1], bounds[1:])]
-        return NormalMemory(self.bank[keep], [n for n in segments if n], self.sources[keep])
+        return NormalMemory(self.bank[keep], self.sources[keep])
 
     def __len__(self) -> int:
         return len(self.bank)
 
     @torch.no_grad()
-    def distances(self, query: torch.Tensor, k: int = 1, block: int = 1 << 21, per_segment: bool = False) -> torch.Tensor:
-        """(M,) mean distance of each query row (M, C) to its ``k`` nearest memory rows; with ``per_segment``,
-        (M, S): to its ``k`` nearest rows of each segment (each class's bank) apart.
+    def distances(self, query: torch.Tensor, k: int = 1, block: int = 1 << 21) -> torch.Tensor:
+        """(M,) mean distance of each query row (M, C) to its ``k`` nearest memory rows.
 
         On a CPU, queries go in chunks whose (chunk, K) block of distances holds about ``block`` floats
         (8 MiB; at least 128 rows): small enough to stay in the cache between the product that writes it
         and the reduction that reads it (benchmarks/memory_speed.py)."""
         augmented, bank, centre = self._augmented.to(query.device), self.bank.to(query.device), self._centre.to(query.device)
-        bounds = [0, *itertools.accumulate(self.segments)] if per_segment else [0, len(self.bank)]
         chunk = 2048 if query.is_cuda else max(128, block // len(self.bank))  # a GPU wants large products
+        kk = min(k, len(self.bank))
         out = []
         for start in range(0, len(query), chunk):
             q = query[start:start + chunk].float()
             part = _partial_sq(q - centre, augmented)
-            cols = []
-            for lo, hi in zip(bounds[:-1], bounds[1:]):
-                seg, kk = part[:, lo:hi], min(k, hi - lo)
-                nearest = seg.topk(kk, dim=1, largest=False).indices if kk > 1 else seg.min(1, keepdim=True).indices  # (m, k)
-                # the product finds the nearest rows; their distances are taken again directly, free of the product's
-                # cancellation (|q|^2 + |m|^2 - 2 q.m of two near vectors), so a score does not depend on the batch
-                cols.append((q[:, None] - bank[lo + nearest]).square().sum(2).sqrt().mean(1))
-            out.append(torch.stack(cols, 1) if per_segment else cols[0])
+            nearest = part.topk(kk, dim=1, largest=False).indices if kk > 1 else part.min(1, keepdim=True).indices  # (m, k)
+            # the product finds the nearest rows; their distances are taken again directly, free of the product's
+            # cancellation (|q|^2 + |m|^2 - 2 q.m of two near vectors), so a score does not depend on the batch
+            out.append((q[:, None] - bank[nearest]).square().sum(2).sqrt().mean(1))
         if not out:
-            return torch.zeros((0, len(self.segments)) if per_segment else 0, device=query.device)
+            return torch.zeros(0, device=query.device)
         return torch.cat(out)
 
 
@@ -181,18 +168,9 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     return x[:, 0]
 
 
-def distance_map(memory: NormalMemory, patches: torch.Tensor, size: tuple[int, int], k: int = 1, smooth: float = 0.0,
-                 route: str = "none") -> torch.Tensor:
-    """(B, H, W): each patch's distance to the memory (patches (B, C, h, w)), upsampled to ``size`` and smoothed.
-    ``route="nearest_class"``: each image's patches are compared with the one segment (class bank) whose
-    distances have the lowest median over the image, chosen with no class label."""
+def distance_map(memory: NormalMemory, patches: torch.Tensor, size: tuple[int, int], k: int = 1, smooth: float = 0.0) -> torch.Tensor:
+    """(B, H, W): each patch's distance to the memory (patches (B, C, h, w)), upsampled to ``size`` and smoothed."""
     b, c, h, w = patches.shape
-    query = patches.permute(0, 2, 3, 1).reshape(-1, c)
-    if route == "nearest_class" and len(memory.segments) > 1:
-        per = memory.distances(query, k, per_segment=True).view(b, h * w, -1)  # (B, hw, S)
-        chosen = per.median(dim=1).values.argmin(dim=1)  # (B,): the class bank each image sits closest to
-        d = per.gather(2, chosen.view(b, 1, 1).expand(b, h * w, 1)).view(b, 1, h, w)
-    else:
-        d = memory.distances(query, k).view(b, 1, h, w)
+    d = memory.distances(patches.permute(0, 2, 3, 1).reshape(-1, c), k).view(b, 1, h, w)
     d = F.interpolate(d, size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
     return gaussian_blur(d, smooth)
