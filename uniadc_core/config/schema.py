@@ -167,9 +167,8 @@ class MemoryConfig:
     budget: Literal["per_class", "total"] = "per_class"
     smooth: float = 4.0  # Gaussian sigma (pixels at the input size) applied to the upsampled distance map
     # whose patch features it keeps: the backbone's, or the reconstruction autoencoder's encoder (learned from the
-    # normals alone: it is trained to repaint them; needs train.reconstruction.enabled), or a fixed texture filter
-    # bank's (uniadc_core/model/texture.py: no weights, no training; the finish and marks of the normal surfaces)
-    features: Literal["backbone", "autoencoder", "texture"] = "backbone"
+    # normals alone: it is trained to repaint them; needs train.reconstruction.enabled)
+    features: Literal["backbone", "autoencoder"] = "backbone"
 
 
 @dataclass(frozen=True)

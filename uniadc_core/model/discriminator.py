@@ -30,7 +30,6 @@ from uniadc_core.io import read_weights_dir, save_weights_dir
 from uniadc_core.model.backbones import create_backbone
 from uniadc_core.model.memory import NormalMemory, distance_map
 from uniadc_core.model.reconstruction import Reconstructor
-from uniadc_core.model.texture import standardise, texture_patches
 
 FORMAT_VERSION = 2  # 2: torchvision CNNs saved with BatchNorm folded; a memory's image score is the unpooled distance
 NORMAL_CLASSES = ("explicit", "implicit")
@@ -200,18 +199,10 @@ class Discriminator(nn.Module):
 
     def _memory_patches(self, images: torch.Tensor, x: torch.Tensor, backbone_patches: torch.Tensor | None = None) -> torch.Tensor:
         """The memory's patches of uint8 ``images`` (standardised ``x``) by ``config.memory['features']``: the
-        backbone's (``backbone_patches`` where the caller has them), the autoencoder's encoder's, or the texture filter
-        bank's, standardised by the normal patches' channel statistics (``attach_memory`` records them before it
-        draws a patch)."""
+        backbone's (``backbone_patches`` where the caller has them) or the autoencoder's encoder's."""
         features = self.config.memory.get("features", "backbone")
         if features == "autoencoder":
             return self.reconstructor.patches(x)
-        if features == "texture":
-            if "norm" not in self.config.memory:
-                msg = ("texture memory: config.json has no 'norm' (the normals' channel statistics the memory was built "
-                       "with); save the model folder whole, or retrain it")
-                raise ValueError(msg)
-            return standardise(texture_patches(images), self.config.memory["norm"])
         return backbone_patches if backbone_patches is not None else self.backbone.forward_with_patches(self._inputs(x)[0])[2]
 
     @torch.no_grad()

@@ -21,7 +21,6 @@ import logging
 import torch
 
 from uniadc_core.config import MemoryConfig
-from uniadc_core.model import texture
 from uniadc_core.model.discriminator import Discriminator
 from uniadc_core.model.memory import NormalMemory
 
@@ -97,19 +96,6 @@ def _mean_sd(total: torch.Tensor, total_sq: torch.Tensor, count: int) -> tuple[t
     return mean, (total_sq / count - mean**2).clamp(min=0).sqrt().clamp(min=1e-6)
 
 
-@torch.no_grad()
-def texture_norm(normals: torch.Tensor, batch_size: int = 16) -> list[list[float]]:
-    """[channel means, channel sds] of the texture descriptors over every patch of ``normals`` (N, 3, S, S) uint8."""
-    sums = torch.zeros(2, texture.CHANNELS, dtype=torch.float64)
-    count = 0
-    for i in range(0, len(normals), batch_size):
-        p = texture.texture_patches(normals[i:i + batch_size]).double().transpose(0, 1).flatten(1)  # (C, n)
-        sums += torch.stack([p.sum(1), (p * p).sum(1)])
-        count += p.shape[1]
-    mean, sd = _mean_sd(sums[0], sums[1], count)
-    return [mean.tolist(), sd.tolist()]
-
-
 def class_groups(classes: list[str] | None, n: int, budget: str) -> dict[str, torch.Tensor]:
     """The row indices of each object class (``budget: per_class``), or of all ``n`` rows as one group."""
     if budget != "per_class" or not classes:
@@ -135,10 +121,7 @@ def attach_memory(model: Discriminator, normals: torch.Tensor, holdout: torch.Te
         msg = "train.memory.features: autoencoder needs train.reconstruction.enabled: true (the autoencoder's encoder gives the patches)"
         raise ValueError(msg)
     model.eval()
-    # the texture channels differ in scale: standardised by the training normals' statistics, as shown (not over the
-    # memory's flipped or turned views, nor per class bank, nor less an item left out: one scaling)
-    scaling = {"norm": texture_norm(normals)} if cfg.features == "texture" else {}
-    model.config.memory = {"features": cfg.features, **scaling}  # which patches patch_features gives, from here on
+    model.config.memory = {"features": cfg.features}  # which patches patch_features gives, from here on
     if items is not None and len(items) != len(normals):
         msg = f"normal memory: {len(items)} item names for {len(normals)} normal images"
         raise ValueError(msg)
@@ -158,8 +141,7 @@ def attach_memory(model: Discriminator, normals: torch.Tensor, holdout: torch.Te
     model.memory = NormalMemory(torch.cat(banks), torch.cat(sources) if items is not None else None)
     model.config.memory = {"weight": cfg.weight, "k": cfg.k, "smooth": cfg.smooth, "stats": [0.0, 1.0, 0.0, 1.0],
                            **({"items": names} if items is not None else {}),
-                           **({"features": cfg.features} if cfg.features != "backbone" else {}),
-                           **scaling}
+                           **({"features": cfg.features} if cfg.features != "backbone" else {})}
     if len(holdout) == 0:
         log.warning("train: no held-out normals; the fusion statistics come from the training normals (memory distances biased low)")
         holdout = normals
