@@ -136,7 +136,7 @@ def test_strong_augmentation_crops_image_and_mask_together(data):
     mask[20:40, 24:44] = 3
     gen = torch.Generator().manual_seed(1)
     for _ in range(10):
-        out, m, _ = _crop_and_jitter(image, mask, gen)
+        out, m = _crop_and_jitter(image, mask, gen)
         assert set(m.unique().tolist()) <= {0, 3}
         bright = out[0].float() > out[0].float().mean()
         inside = m > 0

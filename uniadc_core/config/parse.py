@@ -53,8 +53,6 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "train.image_size": (lambda v: v >= 32 and v % 16 == 0, "a multiple of 16, >= 32"),
     "train.width": _int_min(4),
     "train.embed_dim": _int_min(4),
-    "train.reconstruction.width": _int_min(4),
-    "train.reconstruction.loss_weight": _NON_NEGATIVE,
     "train.epochs": _int_min(1),
     "train.batch_size": _int_min(1),
     "train.lr": _POSITIVE,

@@ -166,19 +166,6 @@ class MemoryConfig:
     # class label), so a varied class cannot take a plain one's centres; total: one coreset over every class
     budget: Literal["per_class", "total"] = "per_class"
     smooth: float = 4.0  # Gaussian sigma (pixels at the input size) applied to the upsampled distance map
-    # whose patch features it keeps: the backbone's, or the reconstruction autoencoder's encoder (learned from the
-    # normals alone: it is trained to repaint them; needs train.reconstruction.enabled)
-    features: Literal["backbone", "autoencoder"] = "backbone"
-
-
-@dataclass(frozen=True)
-class ReconstructionConfig:
-    """DRAEM's reconstruction branch (scratch backbone): an autoencoder trained to undo synthetic anomalies,
-    whose output the discriminator sees beside the image (uniadc_core/model/reconstruction.py)."""
-
-    enabled: bool = False
-    width: int = 16  # channels of the autoencoder's first level
-    loss_weight: float = 1.0  # weight of its L2 + (1 - SSIM) loss beside the discriminator's
 
 
 @dataclass(frozen=True)
@@ -210,16 +197,8 @@ class TrainConfig:
     clip: ClipConfig = field(default_factory=ClipConfig)  # used when backbone is open_clip
     torchvision: TorchvisionConfig = field(default_factory=TorchvisionConfig)  # used when backbone is torchvision
     memory: MemoryConfig = field(default_factory=MemoryConfig)
-    reconstruction: ReconstructionConfig = field(default_factory=ReconstructionConfig)
 
     def __post_init__(self):
-        if self.reconstruction.enabled and self.backbone != "scratch":
-            msg = (f"train.reconstruction.enabled needs train.backbone: scratch (got {self.backbone}: the discriminator "
-                   f"reads image + reconstruction, 6 channels); set one of the two")
-            raise ConfigError(msg)
-        if self.memory.features == "autoencoder" and not self.reconstruction.enabled:
-            msg = "train.memory.features: autoencoder needs train.reconstruction.enabled: true (its encoder gives the patches)"
-            raise ConfigError(msg)
         if self.synthetic_fraction + self.shot_fraction >= 1.0:
             msg = (f"params keys 'train.synthetic_fraction' ({self.synthetic_fraction}) and 'train.shot_fraction' "
                    f"({self.shot_fraction}) must sum to less than 1: the rest of each batch is real normal images")

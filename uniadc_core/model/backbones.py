@@ -44,10 +44,10 @@ class ScratchBackbone(nn.Module):
     The first convolution has stride 2: full-resolution layers cost most on a CPU and add little.
     """
 
-    def __init__(self, width: int, embed_dim: int, in_channels: int = 3):
+    def __init__(self, width: int, embed_dim: int):
         super().__init__()
         w = width
-        self.stem = nn.Sequential(_conv(in_channels, w, stride=2), _conv(w, w))  # (B, w, H/2, W/2); 6 channels: image + reconstruction
+        self.stem = nn.Sequential(_conv(3, w, stride=2), _conv(w, w))  # (B, w, H/2, W/2)
         self.down1 = _block(w, 2 * w)  # (B, 2w, H/4, W/4)
         self.down2 = _block(2 * w, 4 * w)  # (B, 4w, H/8, W/8)
         self.down3 = _block(4 * w, 8 * w)  # (B, 8w, H/16, W/16)
@@ -146,7 +146,7 @@ def text_type_embeddings(clip, model_name: str, object_name: str, defect_types: 
 
 
 def _scratch(width: int, embed_dim: int, options: dict, loaded_clip=None) -> nn.Module:
-    return ScratchBackbone(width, embed_dim, options.get("in_channels", 3))
+    return ScratchBackbone(width, embed_dim)
 
 
 def _open_clip(width: int, embed_dim: int, options: dict, loaded_clip=None) -> nn.Module:

@@ -29,7 +29,6 @@ from uniadc_core.device import resolve_device
 from uniadc_core.io import read_weights_dir, save_weights_dir
 from uniadc_core.model.backbones import create_backbone
 from uniadc_core.model.memory import NormalMemory, distance_map
-from uniadc_core.model.reconstruction import Reconstructor
 
 FORMAT_VERSION = 2  # 2: torchvision CNNs saved with BatchNorm folded; a memory's image score is the unpooled distance
 NORMAL_CLASSES = ("explicit", "implicit")
@@ -55,7 +54,6 @@ class ModelConfig:
     normal_class: str = "explicit"  # explicit: normal is type embedding 0 | implicit: a learned constant normal logit
     # the normal-feature memory: {} = none; else weight, k, smooth and stats [mu_m, sd_m, mu_d, sd_d] (held-out normal pixels)
     memory: dict = field(default_factory=dict)
-    reconstruction: dict = field(default_factory=dict)  # {} = none; {"width": w}: DRAEM's autoencoder, its output beside the image
     package_version: str = uniadc_core.__version__
     format_version: int = FORMAT_VERSION
 
@@ -90,14 +88,6 @@ class Discriminator(nn.Module):
         options = dict(config.backbone_options)
         if not load_backbone_weights:  # weights come from a saved state dict: build with random init
             options.update({k: "" for k in ("pretrained", "weights") if k in options})
-        self.reconstructor: Reconstructor | None = None
-        if config.reconstruction:
-            if config.backbone != "scratch":
-                msg = (f"train.reconstruction.enabled needs train.backbone: scratch (the discriminator sees the image and its "
-                       f"reconstruction, 6 channels; a pretrained {config.backbone} takes 3); disable it or use the scratch backbone")
-                raise ValueError(msg)
-            self.reconstructor = Reconstructor(int(config.reconstruction.get("width", 16)))
-            options["in_channels"] = 6
         self.backbone = create_backbone(config.backbone, config.width, config.embed_dim, options, loaded_clip)
         if config.normal_class not in NORMAL_CLASSES:
             msg = f"normal_class must be one of {', '.join(NORMAL_CLASSES)}, got {config.normal_class!r}"
@@ -126,37 +116,11 @@ class Discriminator(nn.Module):
         """uint8 (B, 3, H, W) -> float, standardised."""
         return (images.float() / 255.0 - self.mean) / self.std
 
-    def _inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(what the backbone reads, the reconstruction or None) of standardised images: with a reconstructor,
-        the image and its reconstruction stacked (B, 6, H, W)."""
-        if self.reconstructor is None:
-            return x.contiguous(memory_format=self.memory_format), None
-        recon = self.reconstructor(x)
-        # the discriminator reads the reconstruction detached: the autoencoder learns only to repaint normal (its own
-        # loss), never to help the discriminator point at defects, which would make it copy them
-        return torch.cat([x, recon.detach()], 1).contiguous(memory_format=self.memory_format), recon
-
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 or float images (B, 3, H, W) -> (logits (B, K+1, H, W), embedding (B, E))."""
-        logits, embedding, _ = self.forward_with_reconstruction(images)
-        return logits, embedding
-
-    def forward_with_reconstruction(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """``forward`` and the standardised reconstruction (None without a reconstructor): the training step's view."""
         x = self.normalise(images) if images.dtype == torch.uint8 else images
-        inputs, recon = self._inputs(x)
-        feats, embedding = self.backbone(inputs)
-        logits, embedding = self.head(feats, embedding, images.shape[-2:])
-        return logits, embedding, recon
-
-    @torch.no_grad()
-    def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 images (B, 3, H, W) -> their reconstructions as uint8 (the reconstructor must exist)."""
-        if self.reconstructor is None:
-            msg = "this model has no reconstructor (train.reconstruction.enabled was false)"
-            raise ValueError(msg)
-        recon = self.reconstructor(self.normalise(images)) * self.std + self.mean
-        return (recon.clamp(0, 1) * 255).round().to(torch.uint8)
+        feats, embedding = self.backbone(x.contiguous(memory_format=self.memory_format))
+        return self.head(feats, embedding, images.shape[-2:])
 
     @torch.no_grad()
     def encode_frozen(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -185,25 +149,19 @@ class Discriminator(nn.Module):
         if self.memory is None:
             logits, embedding = self(images)
             return logits, embedding, anomaly_log_odds(logits), None
-        x = self.normalise(images)
-        feats, embedding, patches = self.backbone.forward_with_patches(self._inputs(x)[0])
-        patches = self._memory_patches(images, x, patches)
+        feats, embedding, patches = self._forward_with_patches(images)
         logits, embedding = self.head(feats, embedding, size)
         distance = distance_map(self.memory, patches, size, self.config.memory.get("k", 1), self.config.memory.get("smooth", 0.0))
         return logits, embedding, anomaly_log_odds(logits), distance
 
+    def _forward_with_patches(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The backbone's (features, embedding, memory patches (B, C, h, w)) of uint8 images."""
+        return self.backbone.forward_with_patches(self.normalise(images).contiguous(memory_format=self.memory_format))
+
     @torch.no_grad()
     def patch_features(self, images: torch.Tensor) -> torch.Tensor:
         """The patches the normal memory keeps, (B, C, h, w), for uint8 images."""
-        return self._memory_patches(images, self.normalise(images))
-
-    def _memory_patches(self, images: torch.Tensor, x: torch.Tensor, backbone_patches: torch.Tensor | None = None) -> torch.Tensor:
-        """The memory's patches of uint8 ``images`` (standardised ``x``) by ``config.memory['features']``: the
-        backbone's (``backbone_patches`` where the caller has them) or the autoencoder's encoder's."""
-        features = self.config.memory.get("features", "backbone")
-        if features == "autoencoder":
-            return self.reconstructor.patches(x)
-        return backbone_patches if backbone_patches is not None else self.backbone.forward_with_patches(self._inputs(x)[0])[2]
+        return self._forward_with_patches(images)[2]
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> Prediction:

@@ -117,11 +117,7 @@ def attach_memory(model: Discriminator, normals: torch.Tensor, holdout: torch.Te
     rows can be left out when its images are scored (``NormalMemory.without``, fit_cada.leave_item_out)."""
     if cfg.weight <= 0:
         return model
-    if cfg.features == "autoencoder" and model.reconstructor is None:
-        msg = "train.memory.features: autoencoder needs train.reconstruction.enabled: true (the autoencoder's encoder gives the patches)"
-        raise ValueError(msg)
     model.eval()
-    model.config.memory = {"features": cfg.features}  # which patches patch_features gives, from here on
     if items is not None and len(items) != len(normals):
         msg = f"normal memory: {len(items)} item names for {len(normals)} normal images"
         raise ValueError(msg)
@@ -140,8 +136,7 @@ def attach_memory(model: Discriminator, normals: torch.Tensor, holdout: torch.Te
             log.info("train: memory of class %s: %d patches (%s of %d drawn from %d, views: %s)", name, len(banks[-1]), cfg.selection, len(patches), n, augment)
     model.memory = NormalMemory(torch.cat(banks), torch.cat(sources) if items is not None else None)
     model.config.memory = {"weight": cfg.weight, "k": cfg.k, "smooth": cfg.smooth, "stats": [0.0, 1.0, 0.0, 1.0],
-                           **({"items": names} if items is not None else {}),
-                           **({"features": cfg.features} if cfg.features != "backbone" else {})}
+                           **({"items": names} if items is not None else {})}
     if len(holdout) == 0:
         log.warning("train: no held-out normals; the fusion statistics come from the training normals (memory distances biased low)")
         holdout = normals

@@ -6,11 +6,6 @@ shards one row group at a time, mixed by configured shares and split across Data
     loader = make_loader(stream, batch_size, workers)
     stream.set_epoch(e); for batch in loader: ...    # batch["image"] (B, 3, S, S) uint8, ["mask"], ["key"]
 
-With ``clean_of`` (image id -> index into the normals), every sample also carries ``clean``: the
-normal image it should be, under the same flips and crops (a normal: itself; a synthetic sample: the
-normal it was painted on), and ``has_clean`` (False for real anomaly shots, whose clean image is
-unknown): the reconstruction branch's targets. Without it the batches are exactly as before.
-
 Determinism: every random choice comes from generators seeded by (seed, epoch, worker), and the
 DataLoader returns batches in worker order, so a seed and a worker count fix the batches exactly.
 Only a tenth of the synthetic samples (chosen by a hash of the id) is kept out for validation.
@@ -56,8 +51,7 @@ class MixedStream(IterableDataset):
     """
 
     def __init__(self, normals: Batch, shots: Batch, units: list[RowGroup], pre: Preprocess, batch_size: int, steps: int,
-                 synthetic_fraction: float, shot_fraction: float, seed: int, augment: str = "flip", buffer_rows: int = 512,
-                 clean_of: dict[str, int] | None = None):
+                 synthetic_fraction: float, shot_fraction: float, seed: int, augment: str = "flip", buffer_rows: int = 512):
         super().__init__()
         self.normals, self.shots, self.units = normals, shots, list(units)
         self.pre, self.batch_size, self.steps = pre, batch_size, steps
@@ -67,7 +61,6 @@ class MixedStream(IterableDataset):
             msg = f"unknown augmentation '{augment}'; valid: {', '.join(AUGMENTATIONS)}"
             raise ValueError(msg)
         self.seed, self.augment, self.buffer_rows = seed, augment, buffer_rows
-        self.clean_of = clean_of
         # shared with persistent DataLoader workers, which keep their own copy of everything else
         self._epoch = mp.get_context(START_METHOD).RawValue("q", 0)
 
@@ -93,7 +86,7 @@ class MixedStream(IterableDataset):
             if not produced:
                 return
 
-    def _synthetic(self, units: list[RowGroup], gen: torch.Generator) -> Iterator[tuple[str, torch.Tensor, torch.Tensor, str]]:
+    def _synthetic(self, units: list[RowGroup], gen: torch.Generator) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
         """Samples drawn at random from a buffer of ``buffer_rows`` rows kept full from the row groups,
         so consecutive samples come from several row groups, not one."""
         source, buffer = self._rows(units), []
@@ -104,8 +97,8 @@ class MixedStream(IterableDataset):
                 return
             i = int(torch.randint(len(buffer), (), generator=gen))
             buffer[i], buffer[-1] = buffer[-1], buffer[i]
-            sid, _, image, mask, source_id = buffer.pop()
-            yield f"syn:{sid}", torch.from_numpy(np.array(image)).permute(2, 0, 1), torch.from_numpy(np.array(mask)), source_id
+            sid, _, image, mask, _ = buffer.pop()
+            yield f"syn:{sid}", torch.from_numpy(np.array(image)).permute(2, 0, 1), torch.from_numpy(np.array(mask))
 
     def _normals(self, gen: torch.Generator) -> Iterator[int]:
         while True:
@@ -122,40 +115,28 @@ class MixedStream(IterableDataset):
             for _ in range(self.batch_size):
                 u = torch.rand((), generator=gen).item()
                 item = next(synthetic, None) if u < self.p_syn else None
-                clean = None  # the normal image this sample should be, where known
-                if item is not None:
-                    item, source = item[:3], item[3]
-                    if self.clean_of is not None and source in self.clean_of:
-                        clean = self.normals.images[self.clean_of[source]]
                 if item is None and u < self.p_syn + self.p_shot and self.p_shot:
                     i = int(torch.randint(len(self.shots.classes), (), generator=gen))
                     item = (f"shot:{i}", self.shots.images[i], self.shots.masks[i])
                 if item is None:
                     i = next(normals)
                     item = (f"normal:{i}", self.normals.images[i], self.normals.masks[i])
-                    clean = self.normals.images[i]
                 key, image, mask = item
-                has_clean = clean is not None
-                clean = image if clean is None else clean
                 if self.augment != "none":
                     flips = (torch.rand(2, generator=gen) < 0.5).tolist()
                     dims = [d for d, f in zip((-1, -2), flips, strict=True) if f]
                     if dims:
-                        image, mask, clean = image.flip(dims), mask.flip(dims), clean.flip(dims)
+                        image, mask = image.flip(dims), mask.flip(dims)
                     key = f"{key}|{int(flips[0])}{int(flips[1])}"
                 if self.augment == "strong":
-                    image, mask, clean = _crop_and_jitter(image, mask, gen, clean)
+                    image, mask = _crop_and_jitter(image, mask, gen)
                     key = f"{key}|{int(torch.randint(1 << 62, (), generator=gen))}"  # every strong view is new
-                sample = {"image": image.contiguous(), "mask": mask.contiguous(), "key": key}
-                if self.clean_of is not None:
-                    sample.update(clean=clean.contiguous(), has_clean=has_clean)
-                yield sample
+                yield {"image": image.contiguous(), "mask": mask.contiguous(), "key": key}
 
 
-def _crop_and_jitter(image: torch.Tensor, mask: torch.Tensor, gen: torch.Generator,
-                     clean: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def _crop_and_jitter(image: torch.Tensor, mask: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """A random crop of 60-100% of the area (aspect 0.8-1.25) resized back, then brightness and contrast
-    jitter; the mask follows the crop (nearest), ``clean`` the crop and the jitter."""
+    jitter; the mask follows the crop (nearest)."""
     size = image.shape[-1]
     r = torch.rand(6, generator=gen).tolist()
     area, aspect = 0.6 + 0.4 * r[0], 0.8 * (1.25 / 0.8) ** r[1]
@@ -163,19 +144,11 @@ def _crop_and_jitter(image: torch.Tensor, mask: torch.Tensor, gen: torch.Generat
     w = min(size, max(8, round(size * (area * aspect) ** 0.5)))
     y, x = int(r[2] * (size - h + 1)), int(r[3] * (size - w + 1))
     contrast, brightness = 0.8 + 0.4 * r[4], 40.0 * (r[5] - 0.5)
-
-    def crop(t: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.interpolate(t[:, y:y + h, x:x + w].float()[None], size=(size, size), mode="bilinear",
-                                               align_corners=False)[0]
-
-    out = crop(image)
-    mean = out.mean()  # one affine map for the image and its clean target: the image's mean
-
-    def jitter(t: torch.Tensor) -> torch.Tensor:
-        return ((t - mean) * contrast + mean + brightness).clamp(0, 255).round().to(torch.uint8)
-
+    out = torch.nn.functional.interpolate(image[:, y:y + h, x:x + w].float()[None], size=(size, size), mode="bilinear",
+                                          align_corners=False)[0]
+    mean = out.mean()
     m = torch.nn.functional.interpolate(mask[y:y + h, x:x + w][None, None].float(), size=(size, size), mode="nearest")[0, 0]
-    return jitter(out), m.to(mask.dtype), None if clean is None else jitter(crop(clean))
+    return ((out - mean) * contrast + mean + brightness).clamp(0, 255).round().to(torch.uint8), m.to(mask.dtype)
 
 
 def _worker_init(_: int) -> None:

@@ -33,7 +33,6 @@ from uniadc_core.model.cnn import default_layers
 from uniadc_core.model.discriminator import Discriminator, ModelConfig, discriminator_loss, predict_from_logits, save_model
 from uniadc_core.model.fusion import attach_memory
 from uniadc_core.model.loader import Batch, MixedStream, make_loader
-from uniadc_core.model.reconstruction import reconstruction_loss
 from uniadc_core.model.train_data import TILE_MARK, TrainData, load_train_data  # noqa: F401  (load_train_data: part of this module's API)
 from uniadc_core.weights import create_clip
 
@@ -49,13 +48,8 @@ def samples_per_epoch(data: TrainData, cfg: TrainConfig) -> int:
 
 def training_stream(data: TrainData, cfg: TrainConfig, steps: int) -> MixedStream:
     """The stream of ``steps`` training batches per epoch, mixed and augmented as ``cfg`` says."""
-    if cfg.reconstruction.enabled and data.pre.tiled:
-        msg = ("train.reconstruction.enabled with ingest.resize: tile is not supported (a synthetic tile's clean normal tile "
-               "is not recorded); use ingest.resize: pad or stretch, or disable train.reconstruction")
-        raise ValueError(msg)
-    clean_of = {image_id: i for i, image_id in enumerate(data.normals.ids)} if cfg.reconstruction.enabled else None
     return MixedStream(data.normals, data.shots, data.units, data.pre, cfg.batch_size, steps,
-                       cfg.synthetic_fraction, cfg.shot_fraction, cfg.seed, cfg.augment, cfg.shuffle_buffer, clean_of)
+                       cfg.synthetic_fraction, cfg.shot_fraction, cfg.seed, cfg.augment, cfg.shuffle_buffer)
 
 
 def resolve_precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
@@ -220,7 +214,6 @@ def build_model(data: TrainData, vocab: Vocabulary, cfg: TrainConfig) -> Discrim
         decode=vocab.decode,
         intensity=vocab.intensity,
         normal_class=cfg.normal_class,
-        reconstruction={"width": cfg.reconstruction.width} if cfg.reconstruction.enabled else {},
     )
     model = Discriminator(config, loaded_clip=loaded)
     if type_init is not None:
@@ -234,17 +227,11 @@ def train_step(model: Discriminator, opt: torch.optim.Optimizer, scaler: torch.a
     images = batch["image"].to(device, non_blocking=True)
     masks = batch["mask"].to(device, non_blocking=True).long()
     with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-        recon = None
         if cache is not None:
             logits, _ = model.forward_frozen(cache.frozen(model, images, batch["key"]), images.shape[-2:])
         else:
-            logits, _, recon = model.forward_with_reconstruction(images)
+            logits, _ = model(images)
     parts = discriminator_loss(logits.float(), masks, cfg.focal_gamma, cfg.type_loss_weight)
-    if recon is not None and "clean" in batch:  # DRAEM: undo the synthetic defect, keep the normal as it is
-        clean = batch["clean"].to(device, non_blocking=True).float() / 255.0
-        pixels = recon.float() * model.std + model.mean
-        parts["recon"] = reconstruction_loss(pixels, clean, batch["has_clean"].to(device).float())
-        parts["loss"] = parts["loss"] + cfg.reconstruction.loss_weight * parts["recon"]
     opt.zero_grad(set_to_none=True)
     scaler.scale(parts["loss"]).backward()
     scaler.step(opt)
