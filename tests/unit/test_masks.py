@@ -70,24 +70,3 @@ def test_pluggable_foreground_and_clear_errors():
     with pytest.raises(ValueError, match="unknown size bin 'giant'"):
         sample_shape("ellipse", "giant", np.random.default_rng(0), (32, 32))
     assert canonical_family("blob") == "perlin" and canonical_family("region") == "polygon"  # older vocabularies
-
-
-def test_band_masks_reach_in_from_one_side_with_the_bin_area():
-    sides = set()
-    for seed in range(16):
-        h, w = (96, 128) if seed % 2 else (128, 80)
-        mask = sample_shape("band", "huge", np.random.default_rng(seed), (h, w))
-        lo, hi = SIZE_BINS["huge"].area
-        assert lo * h * w - 1 <= mask.sum() <= hi * h * w + 1
-        touching = {name for name, edge in (("top", mask[0]), ("bottom", mask[-1]), ("left", mask[:, 0]), ("right", mask[:, -1]))
-                    if edge.all()}
-        assert len(touching) == 1, touching  # one whole side is inside the band, the opposite one outside
-        side = touching.pop()
-        sides.add(side)
-        depth = {"top": mask.sum(0), "bottom": mask.sum(0), "left": mask.sum(1), "right": mask.sum(1)}[side]
-        assert depth.min() > 0 and depth.max() - depth.min() < 0.5 * len(mask.T if side in ("left", "right") else mask)
-        inward = mask if side == "top" else mask[::-1] if side == "bottom" else mask.T if side == "left" else mask.T[::-1]
-        assert (np.diff(inward.astype(int), axis=0) <= 0).all()  # no holes: in from the side, then out for good
-    assert sides == {"top", "bottom", "left", "right"}
-    a = sample_shape("band", "large", np.random.default_rng(7), (64, 64))
-    assert np.array_equal(a, sample_shape("band", "large", np.random.default_rng(7), (64, 64)))

@@ -102,13 +102,3 @@ def test_the_shipped_mtd_priors_file_is_valid():
     vocab = Vocabulary({"magnetic_tile": {t: default_prior(t, "magnetic_tile") for t in types}})
     mtd = apply_priors_file(vocab, ROOT / "priors/mtd.yaml")
     assert mtd.prior("magnetic_tile", "uneven").shape == "polygon" and mtd.prior("magnetic_tile", "fray").shape == "brush"
-
-
-def test_the_shipped_diverse_sources_file_keeps_each_shape_and_widens_the_sources():
-    types = ["blowhole", "crack", "oil_stain"]
-    vocab = Vocabulary({"tile": {t: default_prior(t, "tile") for t in types}, "pcb": {"crack": default_prior("crack", "pcb")}})
-    diverse = apply_priors_file(vocab, ROOT / "priors/diverse_sources.yaml")
-    for cls, dt in [("tile", "blowhole"), ("tile", "crack"), ("tile", "oil_stain"), ("pcb", "crack")]:
-        before, after = vocab.prior(cls, dt), diverse.prior(cls, dt)
-        assert (after.shape, after.size, after.prompts) == (before.shape, before.size, before.prompts)
-        assert {"perlin_texture", "stripes", "gabor", "fill", "other_normal", "darken"} <= set(after.appearances)

@@ -35,9 +35,7 @@ SIZE_BINS: dict[str, SizeBin] = {
 }
 COMPACT_FAMILIES = ("rectangle", "ellipse", "hollow_ellipse", "polygon", "perlin", "hole")
 THIN_FAMILIES = ("line", "scratch", "crack", "brush")
-SCATTER_FAMILIES = ("perlin_field",)  # DRAEM's masks: thresholded fractal Perlin noise, several irregular regions
-EDGE_FAMILIES = ("band",)  # a region reaching in from one side of the image, up to a wavy, slightly tilted boundary
-SHAPE_FAMILIES = (*COMPACT_FAMILIES, *THIN_FAMILIES, *SCATTER_FAMILIES, *EDGE_FAMILIES, "foreground")
+SHAPE_FAMILIES = (*COMPACT_FAMILIES, *THIN_FAMILIES, "foreground")
 ALIASES = {"blob": "perlin", "region": "polygon", "stroke": "brush", "rect": "rectangle", "whole": "foreground"}
 
 
@@ -50,11 +48,8 @@ def canonical_family(name: str, where: str = "prior") -> str:
     return family
 
 
-# what the masked region becomes (uniadc_core/synthesis/procedural.py): changes of the image itself, procedural
-# textures (fractal Perlin noise, stripes, a Gabor patch, a flat fill) and crops of other normal images
-DONOR_APPEARANCES = ("other_normal", "other_class")  # a crop of another normal of the class / of another class
-APPEARANCES = ("darken", "lighten", "texture", "blur", "noise", "colour", "perlin_texture", "stripes", "gabor", "fill",
-               *DONOR_APPEARANCES)
+# what the masked region becomes (uniadc_core/synthesis/procedural.py): a change of the image itself
+APPEARANCES = ("darken", "lighten", "texture", "blur", "noise", "colour")
 
 # defect-name keywords -> (shape family, size bin, appearances); first match wins
 _KEYWORDS: list[tuple[tuple[str, ...], str, str, tuple[str, ...]]] = [

@@ -10,10 +10,8 @@ bin's area exactly, whatever the clipping, and the family's look.
 
 Size bins bound the area fraction and, for compact families, the elongation (the ratio of the
 principal axes of the mask's pixel cloud). Thin families (line, scratch, crack, brush) are
-elongated by nature and only bounded in area, as is ``perlin_field`` (DRAEM's masks: fractal
-Perlin noise thresholded, so the area falls into several irregular regions anywhere on the
-foreground), and ``band`` (a region reaching in from one side of the image up to a wavy edge: a
-strip of surface finish gone wrong). ``foreground`` ignores the size bin and returns the whole estimated foreground.
+elongated by nature and only bounded in area. ``foreground`` ignores the size bin and returns the
+whole estimated foreground.
 """
 
 from __future__ import annotations
@@ -156,16 +154,6 @@ def perlin(shape: tuple[int, int], cells: int, rng: np.random.Generator) -> np.n
     return (top * (1 - sy) + bottom * sy) * np.sqrt(2)
 
 
-def fractal_noise(shape: tuple[int, int], cells: int, rng: np.random.Generator, octaves: int = 3) -> np.ndarray:
-    """Octaves of Perlin noise (``cells``, 2 x ``cells``, ...; each half the amplitude of the one before),
-    scaled to about [-1, 1]: the texture and the masks of DRAEM's anomaly source."""
-    total, weight = np.zeros(shape, np.float64), 0.0
-    for o in range(octaves):
-        total += 0.5 ** o * perlin(shape, cells * 2 ** o, rng)
-        weight += 0.5 ** o
-    return total / weight
-
-
 def _score(family: str, rng: np.random.Generator, h: int, w: int, area: float, aspect: float, centre: np.ndarray,
            allowed: np.ndarray | None = None) -> np.ndarray:
     """A field whose ``area`` highest pixels (inside ``allowed``) form a shape of ``family`` around ``centre``."""
@@ -190,10 +178,6 @@ def _score(family: str, rng: np.random.Generator, h: int, w: int, area: float, a
         # perlin: smooth noise over a radial fall-off gives an irregular, mostly single blob
         noise = perlin((h, w), int(rng.integers(3, 7)), rng) + 0.5 * perlin((h, w), int(rng.integers(8, 14)), rng)
         return -np.hypot(u, v) / max(r, 1.0) + 0.6 * noise
-    if family == "perlin_field":  # thresholded fractal noise over the whole image: scattered regions, no centre
-        return fractal_noise((h, w), int(rng.integers(2, 6)), rng)
-    if family == "band":
-        return _band(rng, h, w)
     width = {"line": rng.uniform(1.0, 3.0), "scratch": rng.uniform(1.0, 2.2), "crack": rng.uniform(1.2, 2.6),
              "brush": rng.uniform(0.05, 0.1) * s}[family]
     length = float(np.clip(area / width, 4, 1.5 * s))
@@ -212,22 +196,6 @@ def _score(family: str, rng: np.random.Generator, h: int, w: int, area: float, a
     d = np.array([np.sin(angle), np.cos(angle)]) * length / 2
     bend = rng.normal(0, (0.08 if family == "scratch" else 0.15) * length, 2)
     return -_distance(h, w, [(np.array([centre - d, centre + bend, centre + d]), 1.0)], area, allowed)
-
-
-def _band(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """A field highest at one side of the image (drawn), falling with the distance from it; its level lines
-    are that side's direction bent by a smooth wave (four sinusoids of up to 3 % of the side each) and tilted
-    by up to about 4 degrees, so the best pixels form a band along that side with a wavy far edge."""
-    side = int(rng.integers(4))
-    depth_len, along_len = (h, w) if side < 2 else (w, h)
-    depth = np.arange(depth_len, dtype=np.float64)[:, None]
-    if side % 2:
-        depth = depth[::-1]  # bottom / right: the distance from the far side
-    t = np.arange(along_len, dtype=np.float64)[None, :] / max(along_len - 1, 1)
-    wave = sum(rng.uniform(0, 0.03) * np.sin(2 * np.pi * (f * t + rng.uniform())) for f in (1, 2, 4, 7))
-    boundary = (wave + rng.uniform(-0.07, 0.07) * (t - 0.5)) * along_len
-    field = -(depth + boundary)  # (depth, along)
-    return field if side < 2 else field.T
 
 
 def _distance(h: int, w: int, lines: list[tuple[np.ndarray, float]], k: float, allowed: np.ndarray | None) -> np.ndarray:

@@ -40,8 +40,6 @@ class SampleSpec:
     source_path: str
     shot_path: str | None = None
     shot_mask_path: str | None = None
-    donor_path: str | None = None  # another normal of the class (appearance other_normal), where the prior uses it
-    foreign_path: str | None = None  # a normal of another class (appearance other_class), where the prior uses it
 
 
 SAMPLE_CODE = ("plan.py", "priors.py", "masks.py", "procedural.py", "diffusion.py")  # what decides a row's pixels
@@ -70,29 +68,14 @@ def plan_samples(manifest: pl.DataFrame, vocab: Vocabulary, cfg: SynthesizeConfi
         if pool.height == 0:
             msg = f"class '{cls}' has no normal shots in the manifest; synthesis needs normal images (check ingest.normal_shots)"
             raise ValueError(msg)
-        others = normals.filter(pl.col("object_class") != cls).sort("image_id")
-        ids = pool["image_id"].to_list()
         for defect in sorted(vocab.classes[cls]):
             real = shots.filter((pl.col("object_class") == cls) & (pl.col("defect_type") == defect)).sort("image_id")
             n_cut = int(round(cfg.samples_per_type * cfg.repaint_fraction)) if real.height else 0
             rng = np.random.default_rng([cfg.seed, len(specs)])
-            uses = set(vocab.prior(cls, defect).appearances)
-            if "other_class" in uses and others.height == 0:
-                msg = (f"class '{cls}', defect '{defect}': appearance other_class needs normal images of another object "
-                       f"class, and the manifest has only '{cls}'; use other_normal or another appearance in the priors file")
-                raise ValueError(msg)
-            donor_rng = np.random.default_rng([cfg.seed, len(specs), 0xD0])  # its own stream: plans without donors are unchanged
             for i in range(cfg.samples_per_type):
                 sample_id = f"{cls}/{defect}/{i:05d}"
                 src = pool.row(int(rng.integers(pool.height)), named=True)
                 shot = real.row(i % real.height, named=True) if i < n_cut else None
-                donor = foreign = None
-                if shot is None and "other_normal" in uses:  # another normal of the class (itself if it has one only)
-                    own = ids.index(src["image_id"])
-                    j = int(donor_rng.integers(pool.height - 1)) if pool.height > 1 else 0
-                    donor = pool.row(j + (j >= own) if pool.height > 1 else own, named=True)["path"]
-                if shot is None and "other_class" in uses:
-                    foreign = others.row(int(donor_rng.integers(others.height)), named=True)["path"]
                 specs.append(SampleSpec(
                     sample_id=sample_id,
                     object_class=cls,
@@ -104,8 +87,6 @@ def plan_samples(manifest: pl.DataFrame, vocab: Vocabulary, cfg: SynthesizeConfi
                     source_path=src["path"],
                     shot_path=shot["path"] if shot else None,
                     shot_mask_path=shot["mask_path"] if shot else None,
-                    donor_path=donor,
-                    foreign_path=foreign,
                 ))
     # a seeded shuffle: every shard and row group mixes classes and defect types, so a reader
     # streaming a few row groups at a time still sees all of them
@@ -203,15 +184,6 @@ def _tile_sources(spec: SampleSpec, pre: Preprocess) -> tuple[np.ndarray, np.nda
     corner = pre.corner_around(region)
     return normal, pre.crop(shot, *corner), pre.crop(region, *corner)  # padded alike: a mirrored defect is in the region
 
-
-def load_donors(spec: SampleSpec, vocab: Vocabulary, size: int) -> dict[str, np.ndarray]:
-    """The other normal images a zero-shot spec may crop, by appearance name, at ``size``."""
-    pre = vocab.preprocess(size)
-    paths = {"other_normal": spec.donor_path, "other_class": spec.foreign_path}
-    if pre.tiled:  # a seeded native-resolution tile of each
-        natives = {kind: _native(pre, path) for kind, path in paths.items() if path}
-        return {kind: pre.crop(im, *pre.random_corner(im.shape, _tile_rng(spec, 1 + i))) for i, (kind, im) in enumerate(natives.items())}
-    return {kind: _image(pre, path) for kind, path in paths.items() if path}
 
 
 def is_gray(image: np.ndarray) -> bool:

@@ -2,10 +2,7 @@
 
 Zero-shot: a mask from the defect type's shape prior, an appearance change blended softly into a
 normal image: a change of the image itself (darken, lighten, its own texture moved, blur, noise,
-colour), a procedural texture (``perlin_texture``: fractal noise; ``stripes``; ``gabor``: an
-oriented wave under a Gaussian envelope; ``fill``: one flat gray), or a crop of another normal
-image (``other_normal``: of the same class; ``other_class``: of another class), as DRAEM found the
-diversity of the anomaly source mattered more than where it came from.
+colour).
 Few-shot: the real defect region of an anomaly shot, cut by its mask, geometrically and
 photometrically augmented, and pasted with a soft edge onto the foreground of a normal image.
 
@@ -25,10 +22,9 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from uniadc_core.config import SynthesizeConfig
-from uniadc_core.data.vocabulary import DONOR_APPEARANCES, DefectPrior, Vocabulary
-from uniadc_core.synthesis import masks
+from uniadc_core.data.vocabulary import DefectPrior, Vocabulary
 from uniadc_core.synthesis.masks import estimate_foreground
-from uniadc_core.synthesis.plan import SampleSpec, is_gray, load_donors, load_foreground, load_sources, shard_row
+from uniadc_core.synthesis.plan import SampleSpec, is_gray, load_foreground, load_sources, shard_row
 from uniadc_core.synthesis.priors import sample_mask
 
 
@@ -74,13 +70,6 @@ def _quality(out8: np.ndarray, base: np.ndarray, mask: np.ndarray) -> float:
     return float(diff[mask].mean() / 255.0) if mask.any() else 0.0
 
 
-def _wave(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """An oriented sinusoid (H, W) in [-1, 1], period 3..16 px."""
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    theta, period = rng.uniform(0, np.pi), rng.uniform(3.0, 16.0)
-    return np.sin(2 * np.pi * (xx * np.cos(theta) + yy * np.sin(theta)) / period + rng.uniform(0, 2 * np.pi))
-
-
 def _moved(src: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """``src`` rolled, turned and contrast-shifted: a texture that does not line up with the image under it."""
     h, w = src.shape[:2]
@@ -92,11 +81,8 @@ def _moved(src: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip((src - mean) * gain + mean * rng.uniform(0.7, 1.3), 0, 255)
 
 
-def _appearance(kind: str, img: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
-                donors: dict[str, np.ndarray] | None = None) -> np.ndarray:
-    """The changed image (float32, H x W x 3) the mask will reveal; ``donors`` holds the other normal
-    images the donor appearances crop (``other_normal``, ``other_class``), at the image's size."""
-    h, w = mask.shape
+def _appearance(kind: str, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The changed image (float32, H x W x 3) the mask will reveal."""
     if kind == "darken":
         return img * rng.uniform(0.2, 0.6)
     if kind == "lighten":
@@ -107,30 +93,6 @@ def _appearance(kind: str, img: np.ndarray, mask: np.ndarray, rng: np.random.Gen
         return img * 0.3 + colour[None, None] * 0.7
     if kind == "texture":  # texture from elsewhere in the same image, flipped/rotated, contrast-shifted
         return _moved(img, rng)
-    if kind in DONOR_APPEARANCES:
-        donor = (donors or {}).get(kind)
-        if donor is None:
-            msg = f"appearance '{kind}' needs a donor image; the synthesis plan gives one (SampleSpec donor_path / foreign_path)"
-            raise ValueError(msg)
-        return _moved(donor.astype(np.float32), rng)
-    if kind == "perlin_texture":
-        noise = masks.fractal_noise((h, w), int(rng.integers(2, 8)), rng, octaves=4)
-        tint = rng.uniform(0.6, 1.4, 3) if rng.random() < 0.5 else np.ones(3)
-        tex = rng.uniform(40, 215) + rng.uniform(40, 100) * noise
-        return np.clip(tex[..., None] * tint[None, None], 0, 255).astype(np.float32)
-    if kind == "stripes":
-        level = img.mean() * rng.uniform(0.6, 1.4)
-        return np.clip(level + rng.uniform(40, 110) * _wave(rng, h, w), 0, 255)[..., None].repeat(3, axis=2).astype(np.float32)
-    if kind == "gabor":  # an oriented wave under a Gaussian envelope centred on the defect, added to the image
-        ys, xs = np.nonzero(mask) if mask.any() else (np.array([h / 2]), np.array([w / 2]))
-        sigma = max(1.5, float(np.sqrt(max(1, mask.sum()) / np.pi)) / 2)  # half the radius of a disc of the same area
-        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-        envelope = np.exp(-((yy - ys.mean()) ** 2 + (xx - xs.mean()) ** 2) / (2 * sigma ** 2))
-        return np.clip(img + (rng.uniform(50, 120) * _wave(rng, h, w) * envelope)[..., None], 0, 255).astype(np.float32)
-    if kind == "fill":  # one flat gray, 40..120 levels away from the image's mean (a fill like the surface is no defect)
-        mean, step = float(img.mean()), rng.uniform(40, 120)
-        up = mean + step <= 255 and (mean - step < 0 or rng.random() < 0.5)
-        return np.full(img.shape, np.clip(mean + step if up else mean - step, 0, 255), np.float32)
     if kind == "blur":
         blurred = ndimage.gaussian_filter(img, (rng.uniform(2, 4), rng.uniform(2, 4), 0))
         return blurred * rng.uniform(0.75, 1.25)
@@ -145,13 +107,12 @@ def _foreground(normal: np.ndarray, foreground: str | np.ndarray) -> np.ndarray:
     return estimate_foreground(normal, foreground) if isinstance(foreground, str) else foreground
 
 
-def synthesize_zero_shot(normal: np.ndarray, prior: DefectPrior, rng: np.random.Generator, foreground: str | np.ndarray = "border",
-                         donors: dict[str, np.ndarray] | None = None) -> Synthetic:
-    """Paint a defect drawn from ``prior`` into a normal image (H, W, 3) uint8 (``donors``: see ``_appearance``;
-    ``foreground``: see ``_foreground``)."""
+def synthesize_zero_shot(normal: np.ndarray, prior: DefectPrior, rng: np.random.Generator,
+                         foreground: str | np.ndarray = "border") -> Synthetic:
+    """Paint a defect drawn from ``prior`` into a normal image (H, W, 3) uint8 (``foreground``: see ``_foreground``)."""
     img = normal.astype(np.float32)
     mask = sample_mask(prior, rng, img.shape[:2], _foreground(normal, foreground))
-    changed = _appearance(str(rng.choice(prior.appearances)), img, mask, rng, donors)
+    changed = _appearance(str(rng.choice(prior.appearances)), img, rng)
     win = _window(mask)  # blended only around the mask: the same pixels as over the whole image
     alpha = (_soft(mask[win], rng) * rng.uniform(0.75, 1.0))[..., None]
     return _blend(normal, changed[win], mask, alpha, win)
@@ -217,10 +178,8 @@ def make_sample(spec: SampleSpec, vocab: Vocabulary, image_size: int, foreground
         out = synthesize_cut_paste(normal, shot, shot_mask, rng, fg)
         settings = {"shot": Path(spec.shot_path).name, "foreground": foreground}
     else:
-        donors = load_donors(spec, vocab, image_size)
-        out = synthesize_zero_shot(normal, prior, rng, fg, donors)
+        out = synthesize_zero_shot(normal, prior, rng, fg)
         settings = {"shape": prior.shape, "size": prior.size, "foreground": foreground}
-        settings.update({f"donor_{k}": Path(p).name for k, p in (("same_class", spec.donor_path), ("other_class", spec.foreign_path)) if p})
     return shard_row(spec, out.image, out.mask, out.quality, settings)
 
 
