@@ -30,6 +30,7 @@ from uniadc_core.io import atomic_path  # noqa: E402
 from uniadc_core.model.cnn import default_layers  # noqa: E402
 from uniadc_core.model.discriminator import Discriminator, ModelConfig  # noqa: E402
 from uniadc_core.model.memory import NormalMemory  # noqa: E402
+from uniadc_core.model.terms import DISCRIMINATOR_ONLY, memory_terms  # noqa: E402
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -65,9 +66,9 @@ def main() -> None:
     rows.append(("no memory (discriminator only)", base))
     for size in [int(s) for s in a.sizes.split(",")]:
         model.memory = NormalMemory(torch.randn(size, channels))
-        model.config.memory = {"weight": 0.5, "k": 1, "smooth": 4.0, "stats": [0.0, 1.0, 0.0, 1.0]}
+        model.config.memory, model.config.terms = {"k": 1, "smooth": 4.0}, memory_terms(0.5)
         rows.append((f"memory of {size} patches, fused", median_seconds(lambda: model.predict(images), a.repeats)))
-    model.memory, model.config.memory = None, {}
+    model.memory, model.config.memory, model.config.terms = None, {}, DISCRIMINATOR_ONLY
 
     pool = torch.randn(200000, channels)
     size = MemoryConfig().size

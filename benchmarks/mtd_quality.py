@@ -29,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import polars as pl
@@ -44,6 +45,7 @@ from uniadc_core.data.shards import read_samples  # noqa: E402
 from uniadc_core.evaluation.evaluate import evaluate  # noqa: E402
 from uniadc_core.io import atomic_path  # noqa: E402
 from uniadc_core.model.discriminator import load_model, save_model  # noqa: E402
+from uniadc_core.model.terms import DISCRIMINATOR_ONLY  # noqa: E402
 from uniadc_core.model.train import train  # noqa: E402
 from uniadc_core.serving.detector import Detector  # noqa: E402
 from uniadc_core.synthesis.synthesize import load_inputs, synthesize  # noqa: E402
@@ -65,9 +67,9 @@ COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "type_accuracy", "miou")
 def with_memory_weight(model, weight: float):
     """The trained model with another share of the memory in its map (0: the discriminator alone, no memory)."""
     if weight <= 0:
-        model.memory, model.config.memory = None, {}
-    else:
-        model.config.memory = {**model.config.memory, "weight": weight}
+        model.memory, model.config.memory, model.config.terms = None, {}, DISCRIMINATOR_ONLY
+    else:  # the same standardisers, other weights
+        model.config.terms = tuple(replace(t, weight=weight if t.name == "memory" else 1.0 - weight) for t in model.config.terms)
     return model
 
 

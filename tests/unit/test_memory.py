@@ -15,6 +15,7 @@ from uniadc_core.config import MemoryConfig, TorchvisionConfig
 from uniadc_core.model.discriminator import MEMORY_FILE, load_model, save_model
 from uniadc_core.model.fusion import FEW_NORMALS, _patches, attach_memory, class_groups, resolve_augment, views
 from uniadc_core.model.memory import NormalMemory, coverage_radius, gaussian_blur, greedy_coreset
+from uniadc_core.model.terms import DISCRIMINATOR_ONLY
 from uniadc_core.model.train import load_train_data, train_discriminator
 from uniadc_core.synthesis.synthesize import load_inputs
 from uniadc_core.weights import load_torchvision
@@ -169,9 +170,9 @@ def test_torchvision_backbone_is_frozen_and_trains_its_neck(tv_model, tiny_datas
 
 def test_memory_and_fusion_round_trip_to_identical_maps(tv_model, tmp_path):
     model, data = tv_model
-    assert len(model.memory) == 300 and model.config.memory["weight"] == 0.5
-    mu_m, sd_m, mu_d, sd_d = model.config.memory["stats"]
-    assert sd_m > 0 and sd_d > 0
+    disc, mem = model.config.terms
+    assert len(model.memory) == 300 and (disc.name, disc.weight, mem.name, mem.weight) == ("discriminator", 0.5, "memory", 0.5)
+    assert disc.std > 0 and mem.std > 0 and disc.pixels == mem.pixels == data.holdout.images[:, 0].numel()
     save_model(model, tmp_path / "m")
     assert (tmp_path / "m" / MEMORY_FILE).is_file()
     again = load_model(tmp_path / "m", device="cpu")
@@ -179,14 +180,19 @@ def test_memory_and_fusion_round_trip_to_identical_maps(tv_model, tmp_path):
     a, b = model.predict(images), again.predict(images)
     torch.testing.assert_close(a.anomaly_map, b.anomaly_map)
     torch.testing.assert_close(a.score, b.score)
+    assert again.config.terms == model.config.terms  # typed records through config.json
     # the fused map is the weighted sum of the two standardised terms
-    _, _, log_odds, distance = model.component_maps(images)
-    expected = 0.5 * (distance - mu_m) / sd_m + 0.5 * (log_odds - mu_d) / sd_d
+    _, _, maps = model.component_maps(images)
+    expected = 0.5 * (maps["memory"] - mem.mean) / mem.std + 0.5 * (maps["discriminator"] - disc.mean) / disc.std
     torch.testing.assert_close(a.anomaly_map, expected)
-    # the score: the same fusion, with the log-odds window-averaged first (a lone pixel is noise) and the distance as it is
-    pooled = torch.nn.functional.avg_pool2d(log_odds[:, None], 7, stride=1, padding=3, count_include_pad=False)[:, 0]
-    score_map = 0.5 * (distance - mu_m) / sd_m + 0.5 * (pooled - mu_d) / sd_d
-    torch.testing.assert_close(a.score, score_map.flatten(1).max(1).values)
+    # the score: the fused map window-averaged (a lone pixel is noise), then its maximum
+    pooled = torch.nn.functional.avg_pool2d(expected[:, None], 7, stride=1, padding=3, count_include_pad=False)[:, 0]
+    torch.testing.assert_close(a.score, pooled.flatten(1).max(1).values)
+    # the standardisers are each map's mean and spread over the held-out normal pixels
+    _, _, held_maps = model.component_maps(data.holdout.images)
+    for term in (disc, mem):
+        m = held_maps[term.name].double()
+        assert term.mean == pytest.approx(float(m.mean()), rel=1e-6) and term.std == pytest.approx(float(m.std(correction=0)), rel=1e-5)
     # held-out normals sit near 0 on the fused scale, training normals too (their patches are in the memory)
     held = model.predict(data.holdout.images).anomaly_map
     assert abs(float(held.mean())) < 0.5
@@ -209,14 +215,15 @@ def test_memory_patches_are_drawn_batch_by_batch_up_to_the_limit(tv_model):
 
 def test_memory_only_flags_a_pasted_foreign_patch(tv_model):
     model, data = tv_model
-    model.config.memory = {**model.config.memory, "weight": 1.0}
+    fitted = model.config.terms
+    model.config.terms = tuple(replace(t, weight=float(t.name == "memory")) for t in fitted)
     try:
         normal = data.holdout.images[:1].clone()
         odd = normal.clone()
         odd[..., 16:40, 16:40] = torch.tensor([255, 0, 255], dtype=torch.uint8).view(1, 3, 1, 1)  # a magenta square
         maps = model.predict(torch.cat([normal, odd])).anomaly_map.numpy()
     finally:
-        model.config.memory = {**model.config.memory, "weight": 0.5}
+        model.config.terms = fitted
     inside = np.zeros(maps.shape[1:], bool)
     inside[20:36, 20:36] = True
     assert maps[1][inside].mean() > maps[0][inside].mean() + 1.0
@@ -302,7 +309,7 @@ def test_leave_item_out_scores_are_those_of_a_memory_that_never_saw_the_item(tv_
     mine = [i for i, x in enumerate(items) if x == item]
     others = [i for i, x in enumerate(items) if x != item]
     ref = attach_memory(copy.deepcopy(model), data.normals.images[others], data.holdout.images, everything, items=[items[i] for i in others])
-    ref.config.memory["stats"] = lio.config.memory["stats"]  # the same fusion scale, so the two scores compare
+    ref.config.terms = lio.config.terms  # the same fusion scale, so the two scores compare
     paths = shots["path"].to_list()
     expected = score_paths(ref, [paths[i] for i in mine]).score
     got = s.score[[rows["image_id"].to_list().index(shots["image_id"][i]) for i in mine]]
@@ -325,6 +332,6 @@ def test_leave_item_out_needs_a_memory_that_knows_its_items(tv_model, tiny_datas
     with pytest.raises(ValueError, match="does not record which item each row came from.*retrain it"):
         leave_item_out_scores(unnamed, shots)
     without = copy.deepcopy(model)
-    without.memory, without.config.memory = None, {}
+    without.memory, without.config.memory, without.config.terms = None, {}, DISCRIMINATOR_ONLY
     with pytest.raises(ValueError, match=r"needs a normal-feature memory.*train.memory.weight above 0"):
         leave_item_out_scores(without, shots)

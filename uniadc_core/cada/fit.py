@@ -57,7 +57,7 @@ def leave_item_out_scores(model: Discriminator, shots: pl.DataFrame) -> tuple[pl
     the other parts: out-of-sample as a held-out normal's, and there are many more of them, from many more
     items, so the class statistics and the threshold see how far a new part can sit from the known ones. Below
     weight 1 the discriminator's share is in-sample (it trained on these images), so these scores run low."""
-    weight = model.config.memory.get("weight", 0.0)
+    weight = sum(t.weight for t in model.config.terms if t.name == "memory")
     if model.memory is None or weight <= 0:
         msg = ("fit_cada.leave_item_out: true needs a normal-feature memory, but the model has none (train.memory.weight: 0); "
                "set train.memory.weight above 0, or fit_cada.leave_item_out: false")

@@ -5,8 +5,8 @@ features with one embedding per defect type (index 0 = normal), as in UniADC.
           -> logits (B, K+1, H, W) -> anomaly map (log-odds of not normal), type probabilities, image score
 
 With a normal-feature memory (``memory.py``), the anomaly map fuses the log-odds with the
-patches' distance to the nearest normal patch, each standardised on held-out normal pixels:
-``w * (dist - mu_m) / sd_m + (1 - w) * (log_odds - mu_d) / sd_d``; the defect type still comes from
+patches' distance to the nearest normal patch (``terms.py``: each map standardised on held-out normal
+pixels and weighted; the image score pooled from the fused map); the defect type still comes from
 the type head. Saved as ``model.safetensors`` + ``config.json`` (+ ``memory.safetensors``) and rebuilt from them.
 """
 
@@ -29,12 +29,11 @@ from uniadc_core.device import resolve_device
 from uniadc_core.io import read_weights_dir, save_weights_dir
 from uniadc_core.model.backbones import create_backbone
 from uniadc_core.model.memory import NormalMemory, distance_map
+from uniadc_core.model.terms import DISCRIMINATOR_ONLY, Term, as_terms, even_odds, fuse, image_score
 
-FORMAT_VERSION = 2  # 2: torchvision CNNs saved with BatchNorm folded; a memory's image score is the unpooled distance
+FORMAT_VERSION = 3  # 3: score terms as typed records, the image score pooled from the fused map
 NORMAL_CLASSES = ("explicit", "implicit")
 MEMORY_FILE = "memory.safetensors"  # the normal-feature memory bank, beside model.safetensors
-FUSED_TAIL = 3.0  # a fused z-score this far above the held-out normal pixels' mean counts as even odds of a defect
-SCORE_POOL = 7  # image score: the discriminator's log-odds are averaged over SCORE_POOL x SCORE_POOL windows before the max
 
 
 @dataclass
@@ -52,10 +51,15 @@ class ModelConfig:
     decode: dict = field(default_factory=dict)  # how files are decoded: bit_depth, max_pixels (from ingest); {} = defaults
     intensity: str = "none"  # per-image intensity rule: none | per_image (from ingest.intensity)
     normal_class: str = "explicit"  # explicit: normal is type embedding 0 | implicit: a learned constant normal logit
-    # the normal-feature memory: {} = none; else weight, k, smooth and stats [mu_m, sd_m, mu_d, sd_d] (held-out normal pixels)
+    # the normal-feature memory's scorer: {} = none; else k (neighbours averaged), smooth (Gaussian sigma, px) and
+    # items (the physical parts its rows were drawn from, for fit_cada.leave_item_out)
     memory: dict = field(default_factory=dict)
+    terms: tuple[Term, ...] = DISCRIMINATOR_ONLY  # the score terms and their standardisers (``terms.py``)
     package_version: str = uniadc_core.__version__
     format_version: int = FORMAT_VERSION
+
+    def __post_init__(self):
+        self.terms = as_terms(self.terms)  # config.json holds them as records
 
     @property
     def num_types(self) -> int:
@@ -70,7 +74,7 @@ class ModelConfig:
 
 class Prediction(NamedTuple):
     score: torch.Tensor  # (B,) raw image anomaly score
-    anomaly_map: torch.Tensor  # (B, H, W) anomaly log-odds, log(a / (1 - a)) with a = 1 - p(normal); fused with a memory
+    anomaly_map: torch.Tensor  # (B, H, W) the fused map (``terms.fuse``); alone, the log-odds log(a / (1 - a)), a = 1 - p(normal)
     type_probs: torch.Tensor  # (B, K) image-level defect-type distribution
     pixel_types: torch.Tensor  # (B, H, W) most likely defect index per pixel, 1..K
     embedding: torch.Tensor  # (B, E) global image embedding (for CADA)
@@ -143,16 +147,17 @@ class Discriminator(nn.Module):
         return logits, embedding
 
     @torch.no_grad()
-    def component_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """(logits, embedding, discriminator log-odds (B, H, W), memory distance (B, H, W) or None) of uint8 images."""
+    def component_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """(logits, embedding, each scorer's map (B, H, W) by term name) of uint8 images: ``discriminator`` (the
+        anomaly log-odds) and, with a memory, ``memory`` (the distance to the nearest normal patches)."""
         size = images.shape[-2:]
         if self.memory is None:
             logits, embedding = self(images)
-            return logits, embedding, anomaly_log_odds(logits), None
+            return logits, embedding, {"discriminator": anomaly_log_odds(logits)}
         feats, embedding, patches = self._forward_with_patches(images)
         logits, embedding = self.head(feats, embedding, size)
         distance = distance_map(self.memory, patches, size, self.config.memory.get("k", 1), self.config.memory.get("smooth", 0.0))
-        return logits, embedding, anomaly_log_odds(logits), distance
+        return logits, embedding, {"discriminator": anomaly_log_odds(logits), "memory": distance}
 
     def _forward_with_patches(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The backbone's (features, embedding, memory patches (B, C, h, w)) of uint8 images."""
@@ -165,8 +170,8 @@ class Discriminator(nn.Module):
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> Prediction:
-        logits, embedding, _, distance = self.component_maps(images)
-        return predict_from_logits(logits, embedding, distance, self.config.memory)
+        logits, embedding, maps = self.component_maps(images)
+        return predict_from_maps(logits, embedding, maps, self.config.terms)
 
 
 def anomaly_log_odds(logits: torch.Tensor) -> torch.Tensor:
@@ -174,37 +179,23 @@ def anomaly_log_odds(logits: torch.Tensor) -> torch.Tensor:
     return logits[:, 1:].logsumexp(1) - logits[:, 0]
 
 
-def fuse(log_odds: torch.Tensor, distance: torch.Tensor, fusion: dict) -> torch.Tensor:
-    """The fused anomaly map: both terms standardised on held-out normal pixels, weighted by ``fusion['weight']``."""
-    w = fusion["weight"]
-    mu_m, sd_m, mu_d, sd_d = fusion["stats"]
-    return w * (distance - mu_m) / sd_m + (1 - w) * (log_odds - mu_d) / sd_d
+def predict_from_maps(logits: torch.Tensor, embedding: torch.Tensor, maps: dict[str, torch.Tensor] | None = None,
+                      terms: tuple[Term, ...] = DISCRIMINATOR_ONLY) -> Prediction:
+    """The prediction of the scorers' ``maps`` (None: the discriminator's log-odds of ``logits`` alone) fused by
+    ``terms``. Scores stay in log-odds (or z-units of them): unlike probabilities they do not saturate on very
+    clean classes, so each class's normal scores keep a spread that CADA can measure and align.
 
-
-def predict_from_logits(logits: torch.Tensor, embedding: torch.Tensor, distance: torch.Tensor | None = None,
-                        fusion: dict | None = None) -> Prediction:
-    """Scores in log-odds: unlike probabilities they do not saturate at 0 on very clean classes, so
-    each class's normal scores keep a spread that CADA can measure and align. With a memory
-    ``distance`` map, the anomaly map and the score are the fused ones (``fuse``).
-
-    The score is the maximum of the map with the log-odds window-averaged (``SCORE_POOL``) first: a lone
-    confident pixel of the discriminator is noise. The memory distance enters as it is, already smoothed
-    (``memory.smooth``), as PatchCore scores an image by its most distant patch."""
-    log_odds = anomaly_log_odds(logits)  # (B, H, W)
-    pooled = F.avg_pool2d(log_odds[:, None], SCORE_POOL, stride=1, padding=SCORE_POOL // 2, count_include_pad=False)[:, 0]
-    if distance is None:
-        amap, score_map = log_odds, pooled
-    else:
-        amap, score_map = fuse(log_odds, distance, fusion), fuse(pooled, distance, fusion)
-    score = score_map.flatten(1).max(1).values  # (B,)
+    The defect type is the type head's distribution averaged over the most anomalous pixels, each weighted by its
+    anomaly probability read off the fused map (``terms.even_odds`` is its 50 % level)."""
+    maps = maps or {"discriminator": anomaly_log_odds(logits)}
+    amap = fuse(maps, terms)  # (B, H, W)
     type_pix = logits[:, 1:].softmax(1)  # (B, K, H, W) type distribution given anomalous
-    # image-level type: average over the most anomalous pixels, weighted by their anomaly probability; with a
-    # memory, the fused map says where the defect is (a fused z-score of FUSED_TAIL ~ even odds)
-    p_anom = torch.sigmoid(log_odds if distance is None else amap - FUSED_TAIL)
+    p_anom = torch.sigmoid(amap - even_odds(terms))
     peak = p_anom.flatten(1).max(1).values.view(-1, 1, 1)
     weight = p_anom * (p_anom >= 0.5 * peak)  # (B, H, W)
     type_probs = (type_pix * weight[:, None]).sum((2, 3)) / weight.sum((1, 2)).clamp(min=1e-12)[:, None]
-    return Prediction(score, amap, type_probs, type_pix.max(1).indices + 1, embedding)  # max().indices: argmax over dim 1 is 20x slower here
+    pixel_types = type_pix.max(1).indices + 1  # max().indices: argmax over dim 1 is 20x slower here
+    return Prediction(image_score(amap), amap, type_probs, pixel_types, embedding)
 
 
 # ---------------------------------------------------------------------------- losses
@@ -267,7 +258,7 @@ def load_model(directory: str | Path, device: str = "auto") -> Discriminator:
                f"other shape {sorted(wrong)[:5]}); save the model and its config together")
         raise ValueError(msg)
     model.load_state_dict(state)
-    if model.config.memory:
+    if any(t.name == "memory" for t in model.config.terms):
         bank = Path(directory) / MEMORY_FILE
         if not bank.is_file():
             msg = f"{bank}: not found, but {cfg_path} says the model has a normal-feature memory; save the model folder whole"

@@ -23,6 +23,7 @@ import torch
 from uniadc_core.config import MemoryConfig
 from uniadc_core.model.discriminator import Discriminator
 from uniadc_core.model.memory import NormalMemory
+from uniadc_core.model.terms import fit_terms, memory_terms
 
 log = logging.getLogger(__name__)
 
@@ -74,26 +75,17 @@ def _patches(model: Discriminator, normals: torch.Tensor, augment: str, limit: i
 
 
 @torch.no_grad()
-def _map_stats(model: Discriminator, images: torch.Tensor, batch_size: int = 16) -> list[float]:
-    """[mu_m, sd_m, mu_d, sd_d] over every pixel of ``images``: memory distance, then discriminator log-odds."""
+def calibrate(model: Discriminator, holdout: torch.Tensor, batch_size: int = 16) -> Discriminator:
+    """Fit the standardiser of each of the model's score terms on every pixel of ``holdout`` (N, 3, S, S) uint8
+    held-out normals, which neither the memory nor the discriminator saw (``terms.fit_terms``: one pass)."""
+    if len(model.config.terms) < 2:
+        return model
+    model.eval()
     device = model.mean.device
-    sums = torch.zeros(4, dtype=torch.float64)
-    count = 0
-    for i in range(0, len(images), batch_size):
-        _, _, log_odds, distance = model.component_maps(images[i:i + batch_size].to(device))
-        for j, m in enumerate((distance, log_odds)):
-            m = m.double().cpu()
-            sums[2 * j] += m.sum()
-            sums[2 * j + 1] += (m * m).sum()
-        count += log_odds.numel()
-    (mean_m, mean_d), (sd_m, sd_d) = _mean_sd(sums[0::2], sums[1::2], count)
-    return [float(mean_m), float(sd_m), float(mean_d), float(sd_d)]
-
-
-def _mean_sd(total: torch.Tensor, total_sq: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Means and standard deviations (at least 1e-6) from sums and sums of squares over ``count`` values."""
-    mean = total / count
-    return mean, (total_sq / count - mean**2).clamp(min=0).sqrt().clamp(min=1e-6)
+    maps = (model.component_maps(holdout[i:i + batch_size].to(device))[2] for i in range(0, len(holdout), batch_size))
+    model.config.terms = fit_terms(model.config.terms, maps)
+    log.info("train: score terms %s", [(t.name, t.weight, round(t.mean, 4), round(t.std, 4)) for t in model.config.terms])
+    return model
 
 
 def class_groups(classes: list[str] | None, n: int, budget: str) -> dict[str, torch.Tensor]:
@@ -112,9 +104,10 @@ def class_groups(classes: list[str] | None, n: int, budget: str) -> dict[str, to
 def attach_memory(model: Discriminator, normals: torch.Tensor, holdout: torch.Tensor, cfg: MemoryConfig, seed: int = 0,
                   classes: list[str] | None = None, items: list[str] | None = None) -> Discriminator:
     """Build the memory from ``normals`` (N, 3, S, S) uint8 of the object ``classes`` (one name per image;
-    None: one class) and the fusion statistics from ``holdout``. ``items`` (one name per image: the physical part
-    it shows) are recorded with the bank, row by row, as indices into ``config.memory["items"]``, so a part's own
-    rows can be left out when its images are scored (``NormalMemory.without``, fit_cada.leave_item_out)."""
+    None: one class), add its score term and fit the terms' standardisers on ``holdout`` (``calibrate``). ``items``
+    (one name per image: the physical part it shows) are recorded with the bank, row by row, as indices into
+    ``config.memory["items"]``, so a part's own rows can be left out when its images are scored
+    (``NormalMemory.without``, fit_cada.leave_item_out)."""
     if cfg.weight <= 0:
         return model
     model.eval()
@@ -133,14 +126,14 @@ def attach_memory(model: Discriminator, normals: torch.Tensor, holdout: torch.Te
         sources.append(memory.sources)
         drawn, total, channels = drawn + len(patches), total + n, patches.shape[1]
         if name:
-            log.info("train: memory of class %s: %d patches (%s of %d drawn from %d, views: %s)", name, len(banks[-1]), cfg.selection, len(patches), n, augment)
+            log.info("train: memory of class %s: %d patches (%s of %d drawn from %d, views: %s)", name, len(banks[-1]), cfg.selection,
+                     len(patches), n, augment)
     model.memory = NormalMemory(torch.cat(banks), torch.cat(sources) if items is not None else None)
-    model.config.memory = {"weight": cfg.weight, "k": cfg.k, "smooth": cfg.smooth, "stats": [0.0, 1.0, 0.0, 1.0],
-                           **({"items": names} if items is not None else {})}
+    model.config.memory = {"k": cfg.k, "smooth": cfg.smooth, **({"items": names} if items is not None else {})}
+    model.config.terms = memory_terms(cfg.weight)
+    log.info("train: normal memory of %d patches (%s of %d drawn from %d, %d channels, %d classes)",
+             len(model.memory), cfg.selection, drawn, total, channels, len(banks))
     if len(holdout) == 0:
-        log.warning("train: no held-out normals; the fusion statistics come from the training normals (memory distances biased low)")
+        log.warning("train: no held-out normals; the score terms are standardised on the training normals (memory distances biased low)")
         holdout = normals
-    model.config.memory["stats"] = _map_stats(model, holdout)
-    log.info("train: normal memory of %d patches (%s of %d drawn from %d, %d channels, %d classes); fusion stats %s",
-             len(model.memory), cfg.selection, drawn, total, channels, len(banks), [round(v, 4) for v in model.config.memory["stats"]])
-    return model
+    return calibrate(model, holdout)

@@ -30,7 +30,7 @@ from uniadc_core.io import atomic_dir, timings_path, write_json
 from uniadc_core.metrics import auroc
 from uniadc_core.model.backbones import text_type_embeddings
 from uniadc_core.model.cnn import default_layers
-from uniadc_core.model.discriminator import Discriminator, ModelConfig, discriminator_loss, predict_from_logits, save_model
+from uniadc_core.model.discriminator import Discriminator, ModelConfig, discriminator_loss, predict_from_maps, save_model
 from uniadc_core.model.fusion import attach_memory
 from uniadc_core.model.loader import Batch, MixedStream, make_loader
 from uniadc_core.model.train_data import TILE_MARK, TrainData, load_train_data  # noqa: F401  (load_train_data: part of this module's API)
@@ -109,7 +109,7 @@ def validate(model: Discriminator, val: Batch, cfg: TrainConfig, device: torch.d
                 logits, emb = model(images)
         logits = logits.float()
         losses.append(discriminator_loss(logits, masks, cfg.focal_gamma, cfg.type_loss_weight)["loss"].item() * len(images))
-        scores.append(predict_from_logits(logits, emb.float()).score.cpu())
+        scores.append(predict_from_maps(logits, emb.float()).score.cpu())
     labels = (val.masks.flatten(1).amax(1) > 0).numpy()
     out = {"val_loss": float(np.sum(losses) / max(1, len(val.classes)))}
     if 0 < labels.sum() < len(labels):

@@ -28,6 +28,8 @@ from uniadc_core.serving.overlay import heat_overlay
 from uniadc_core.serving.predict import predict_files
 from uniadc_core.synthesis.synthesize import load_inputs, synthesize
 
+pytestmark = pytest.mark.slow  # four tiny pipelines trained end to end
+
 WIDE = 64  # columns added to every 128 x 128 demo image: 128 x 192, so the resize policy matters
 
 
@@ -64,7 +66,8 @@ def test_evaluate_and_predict_give_the_same_scores_decisions_and_types(models, t
     models_dir, manifest, policy, memory = models
     detector = Detector.load(models_dir)
     assert detector.model.config.resize == policy and detector.threshold == detector.cada.config.calibrated_threshold
-    assert (detector.model.memory is not None) == (memory > 0) and detector.model.config.memory.get("weight", 0.0) == memory
+    weights = {t.name: t.weight for t in detector.model.config.terms}
+    assert (detector.model.memory is not None) == (memory > 0) and weights.get("memory", 0.0) == memory
     metrics = evaluate(detector, manifest, EvaluateConfig(overlays=0), tmp_path / "reports")
     report = pl.read_csv(tmp_path / "reports/predictions.csv")
     assert load_image(report["path"][0]).shape[:2] == (128, 128 + WIDE)
