@@ -93,3 +93,12 @@ def test_atomic_writes_get_the_usual_permissions(tmp_path):
         os.umask(mask)
     assert stat.S_IMODE((tmp_path / "f.json").stat().st_mode) == 0o644  # not mkstemp's private 0600
     assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755
+
+
+@pytest.mark.parametrize("section", [{"train": {"tile_context": 0.5}}, {"train": {"memory": {"route": "nearest_class"}}},
+                                     {"train": {"reconstruction": {"enabled": True}}}])
+def test_a_removed_option_says_so_and_how_to_fix_the_params(section):
+    from uniadc_core.config import ConfigError, parse_params
+
+    with pytest.raises(ConfigError, match=r"was removed: it was measured as not paying \(docs/results.md\); delete it from params.yaml"):
+        parse_params(section)

@@ -93,6 +93,9 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
 
 # keys that moved to another section: a params file still using the old place is told where
 MOVED = {"evaluate.threshold": "fit_cada.threshold"}  # the threshold is saved with the model, not chosen at evaluation
+# options measured as not paying and removed; their figures stay in docs/results.md ("Options tried and removed")
+REMOVED = ("train.test_views", "train.image_texture", "train.tile_context", "train.memory.route", "train.memory.features",
+           "train.reconstruction")
 
 
 # ---------------------------------------------------------------------------- parsing
@@ -164,6 +167,9 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
             full = f"{prefix}.{key}" if prefix else str(key)
             if full in MOVED:
                 msg = f"params key '{full}' has moved to '{MOVED[full]}'; set it there"
+                raise ConfigError(msg)
+            if full in REMOVED:
+                msg = f"params key '{full}' was removed: it was measured as not paying (docs/results.md); delete it from params.yaml"
                 raise ConfigError(msg)
             close = difflib.get_close_matches(str(key), sorted(fields), n=1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
