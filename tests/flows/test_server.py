@@ -4,6 +4,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # starts a Prefect server
+
 PROBE = ("import os, httpx; url = os.environ['PREFECT_API_URL']; "
          "print(url, httpx.get(url + '/health', timeout=10).status_code)")
 

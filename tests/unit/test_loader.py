@@ -43,6 +43,7 @@ def test_row_groups_cover_the_shards_and_validation_is_held_out(data, tiny_shard
     assert seen and not any(is_validation_sample(s) for s in seen)
 
 
+@pytest.mark.slow  # worker processes
 def test_two_workers_read_disjoint_row_groups_and_are_deterministic(data):
     stream = _stream(data, steps=8, p_syn=0.9, p_shot=0.0)
     first, again = _epoch(stream, 2), _epoch(stream, 2)

@@ -11,6 +11,8 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 from uniadc_core.tracking import log_run, provenance_tags  # noqa: E402
 
+pytestmark = pytest.mark.slow  # MLflow in the loop
+
 
 def _inputs(tmp_path, auroc=0.9):
     models = tmp_path / "models"

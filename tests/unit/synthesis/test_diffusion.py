@@ -15,6 +15,8 @@ from uniadc_core.data.shards import decode_row, read_samples
 from uniadc_core.synthesis.diffusion import composite, load_pipeline, mask_consistency
 from uniadc_core.synthesis.synthesize import synthesize
 
+pytestmark = pytest.mark.slow  # tiny diffusers pipelines built and run
+
 
 @pytest.fixture(scope="module")
 def tiny_pipeline_dir(tmp_path_factory):

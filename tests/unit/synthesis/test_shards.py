@@ -71,6 +71,7 @@ def test_corrupt_shard_is_detected_and_rewritten(tiny_dataset, tmp_path):
     assert not list(out.glob("*.tmp"))
 
 
+@pytest.mark.slow  # a synthesis subprocess killed and resumed
 def test_killed_synthesis_resumes_without_redoing_complete_shards(tiny_dataset, tmp_path):
     _, manifest_path, vocab_path = tiny_dataset
     out = tmp_path / "syn"
