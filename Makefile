@@ -1,5 +1,6 @@
 # make run  : create .venv if missing, install, run the demo pipeline (dvc repro, one Prefect server for all stages)
 # make test : create .venv if missing, install, run the tests
+# make lint : ruff, as CI runs it
 VENV   := .venv
 STAMP  := $(VENV)/.installed
 PYTHON ?= python3
@@ -10,7 +11,7 @@ export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: setup run test clean
+.PHONY: setup run test lint clean
 
 $(STAMP): pyproject.toml
 	@start=$$(date +%s); \
@@ -25,6 +26,9 @@ run: setup
 
 test: setup
 	pytest -q
+
+lint: setup
+	ruff check .
 
 clean:
 	rm -rf data/raw data/prepared data/synthetic data/models data/reports mlflow.db mlartifacts

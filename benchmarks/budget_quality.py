@@ -1,7 +1,7 @@
 """Quality on a fixed CPU budget: MTD after 10, 30 and 60 CPU-minutes of training on this machine.
 
     .venv/bin/python benchmarks/budget_quality.py [--budgets 10,30,60] [--seeds 0,1,2] [--settings full_0anom,2shot_0anom]
-        [--image-size 256] [--set train.reconstruction.enabled=true ...] [--label NAME]
+        [--image-size 256] [--set ingest.resize=tile ...] [--label NAME]
         [--resume [--probe-label NAME] [--probe-library TREE] [--probe-ignore KEY ...]]
 
 Each budget is its own training with a full schedule: a one-epoch run first measures the training

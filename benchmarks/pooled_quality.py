@@ -7,7 +7,8 @@ with no class label (CADA), against no alignment, the class-aware oracle, and ea
 Each seed runs ingest (``kind: sources``) -> synthesize -> train -> fit_cada -> evaluate with the library
 calls the flows use, in ``benchmarks/work/pooled/``; with ``--alone`` every class is also run by itself
 with the same params. Every row records the commit and the library tree it ran with; ``--resume`` skips a
-(run, seed) whose rows are logged with the same params and the same clean library tree. Results are appended to ``<out>.json`` and ``<out>.md`` is rewritten: per class
+(run, seed) whose rows are logged with the same params and the same clean library tree. Results are appended to
+``<out>.json`` and ``<out>.md`` is rewritten: per class
 and pooled, per variant (none / cada / oracle), mean +- std over the seeds of image AUROC, pixel AUROC,
 AUPRO, F1-max, type accuracy, mIoU and the false-positive and miss rates at the calibrated threshold.
 The first seed's per-class score histograms before and after alignment are copied beside the table.

@@ -179,10 +179,12 @@ def main() -> None:
             prec = "bf16" if amp else "fp32"
             for cache in (False, True):
                 rate = training_rate(clip_data, vocab, cfg, device, a.steps, a.repeats, amp, cache)
-                setting = f"open_clip {a.clip_model} (random init), {prec}, {'cached features (all hits)' if cache else 'no cache'}, batch {cfg.batch_size}, {size} px"
+                cached = "cached features (all hits)" if cache else "no cache"
+                setting = f"open_clip {a.clip_model} (random init), {prec}, {cached}, batch {cfg.batch_size}, {size} px"
                 row("training", device.type, setting, f"{rate:.1f} samples/s")
             ips, ms = inference_rates(clip_data, vocab, cfg, device, a.repeats, amp)
-            row("inference", device.type, f"open_clip {a.clip_model}, {prec}, {size} px", f"{ips:.1f} images/s (batch 32); {ms:.1f} ms/image (batch 1)")
+            row("inference", device.type, f"open_clip {a.clip_model}, {prec}, {size} px",
+                f"{ips:.1f} images/s (batch 32); {ms:.1f} ms/image (batch 1)")
     out = Path(a.out)
     command = "python benchmarks/throughput.py " + " ".join(sys.argv[1:])
     with atomic_path(out) as tmp:

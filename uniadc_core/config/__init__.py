@@ -28,5 +28,6 @@ from uniadc_core.config.schema import (
 )
 
 __all__ = ["MOVED", "ClipConfig", "ConfigError", "DemoConfig", "DiffusionConfig", "EvaluateConfig", "FitCadaConfig", "FolderClass",
-           "FolderConfig", "IngestConfig", "MemoryConfig", "MlflowConfig", "MtdConfig", "Params", "PromoteConfig", "SourceConfig", "SynthesizeConfig", "TorchvisionConfig", "TrainConfig",
+           "FolderConfig", "IngestConfig", "MemoryConfig", "MlflowConfig", "MtdConfig", "Params", "PromoteConfig", "SourceConfig",
+           "SynthesizeConfig", "TorchvisionConfig", "TrainConfig",
            "apply_overrides", "flatten", "load_params", "merge_params", "parse_params", "set_key", "to_dict"]

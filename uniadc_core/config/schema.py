@@ -76,7 +76,8 @@ class IngestConfig:
     root: str = "data/raw/demo"  # dataset root; for kind=demo the generated tree goes here
     on_error: Literal["fail", "skip"] = "fail"  # skip: leave bad files out, listed in quarantine.csv
     allow_missing_masks: bool = False  # anomalies without a mask are kept, and left out of pixel metrics
-    resize: Literal["stretch", "pad", "tile"] = "stretch"  # how images become model inputs: stretch | pad (aspect kept) | tile (native resolution, uniadc_core/data/preprocess.py)
+    # how images become model inputs: stretch | pad (aspect kept) | tile (native resolution, uniadc_core/data/preprocess.py)
+    resize: Literal["stretch", "pad", "tile"] = "stretch"
     intensity: Literal["none", "per_image"] = "none"  # per_image: every image to one mean and spread (uniadc_core/data/preprocess.py)
     bit_depth: Literal["full_scale", "per_image"] = "full_scale"  # 16-bit/float images to 8 bits (uniadc_core/decoding.py)
     max_pixels: int = 100_000_000  # larger images are rejected (quarantined under on_error: skip)

@@ -143,7 +143,8 @@ def ingest(cfg: IngestConfig, out_dir: str | Path = "data/prepared", raw_dir: st
     write_json(folder / "index.json", {"label_maps": len(keep), "rule": "labels" if canonical else "none"})
     paths = IngestResult(frame, out_dir / "manifest.parquet", out_dir / "vocabulary.json", out_dir / "quarantine.csv")
     with atomic_path(paths.quarantine_path) as tmp:
-        pl.DataFrame({"path": [p.path for p in problems], "reason": [p.reason for p in problems]}, schema={"path": pl.Utf8, "reason": pl.Utf8}).write_csv(tmp)
+        rows = {"path": [p.path for p in problems], "reason": [p.reason for p in problems]}
+        pl.DataFrame(rows, schema={"path": pl.Utf8, "reason": pl.Utf8}).write_csv(tmp)
     with atomic_path(paths.manifest_path) as tmp:
         frame.write_parquet(tmp)
     write_json(paths.vocabulary_path, vocab.to_dict())
@@ -154,5 +155,6 @@ def ingest(cfg: IngestConfig, out_dir: str | Path = "data/prepared", raw_dir: st
     if problems:
         log.warning("ingest: %d bad file(s) left out, listed in %s", len(problems), paths.quarantine_path)
     counts = frame.group_by("object_class", "role").len().sort("object_class", "role")
-    log.info("ingest: %d images from %s (%s layout) -> %s, %s\n%s", frame.height, cfg.root, cfg.kind, paths.manifest_path, paths.vocabulary_path, counts)
+    log.info("ingest: %d images from %s (%s layout) -> %s, %s\n%s", frame.height, cfg.root, cfg.kind, paths.manifest_path,
+             paths.vocabulary_path, counts)
     return paths

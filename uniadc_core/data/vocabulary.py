@@ -61,7 +61,8 @@ _KEYWORDS: list[tuple[tuple[str, ...], str, str, tuple[str, ...]]] = [
     # "uneven" as a polygon, not a Perlin blob: 81.7 against 74.7 image AUROC on MTD (benchmarks/results/mtd_quality_ablation.md)
     (("chip", "missing", "broken", "cut", "bent", "squeeze", "dent", "uneven"), "polygon", "medium", ("texture", "blur", "darken")),
     (("rough", "texture"), "perlin", "medium", ("texture", "blur", "darken")),
-    (("stain", "spot", "contamination", "dirt", "color", "colour", "oil", "glue", "liquid", "print"), "perlin", "small", ("colour", "darken", "texture")),
+    (("stain", "spot", "contamination", "dirt", "color", "colour", "oil", "glue", "liquid", "print"), "perlin", "small",
+     ("colour", "darken", "texture")),
 ]
 PRIOR_KEYS = ("shape", "size", "appearances", "prompts", "negative_prompt", "foreground_only")
 

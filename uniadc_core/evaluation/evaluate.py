@@ -259,4 +259,5 @@ def write_report(out_dir: Path, test: EvalSet, scores: Scores, decisions: dict[s
         plot_roc({v: (decisions[v].score, test.labels > 0) for v in VARIANTS}, plots / "roc.png")
     plot_confusion(confusion_matrix(test.labels, d.label, len(names)), names, plots / "confusion.png")
     plot_score_histograms(scores.score, d.score, test.classes, test.labels > 0, plots / "scores.png")
-    plot_overlays(test.images if test.views is None else test.views, d.anomaly_map, test.masks, test.labels, d.label, d.score, names, threshold, overlays, plots / "overlays.png")
+    plot_overlays(test.images if test.views is None else test.views, d.anomaly_map, test.masks, test.labels, d.label, d.score, names,
+                  threshold, overlays, plots / "overlays.png")

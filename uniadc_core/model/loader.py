@@ -47,7 +47,8 @@ class MixedStream(IterableDataset):
 
     Normals are visited in a fresh random order each epoch (cycled when the epoch needs more);
     synthetic row groups are shuffled per epoch and dealt to the workers, and each worker draws at
-    random from a buffer of ``buffer_rows`` rows filled from several of its row groups. Random horizontal and vertical flips are applied per sample and recorded in the key.
+    random from a buffer of ``buffer_rows`` rows filled from several of its row groups. Random horizontal and vertical
+    flips are applied per sample and recorded in the key.
     """
 
     def __init__(self, normals: Batch, shots: Batch, units: list[RowGroup], pre: Preprocess, batch_size: int, steps: int,

@@ -79,7 +79,8 @@ def prepare(out_dir: str | Path, specs: list[SampleSpec], cfg: SynthesizeConfig,
         index = _read_index(out_dir)
         if index.get("fingerprint") != fingerprint:
             if index.get("shards"):
-                log.info("synthesize: plan changed (%s -> %s); discarding %d old shard(s)", index.get("fingerprint"), fingerprint, len(index["shards"]))
+                log.info("synthesize: plan changed (%s -> %s); discarding %d old shard(s)", index.get("fingerprint"), fingerprint,
+                         len(index["shards"]))
             index = {"fingerprint": fingerprint, "shards": {}, "complete": False}
         kept = {}
         for name, entry in index["shards"].items():

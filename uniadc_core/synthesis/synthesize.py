@@ -20,7 +20,8 @@ from uniadc_core.synthesis.store import finalize, prepare, write_shard
 from uniadc_core.synthesis.synthesizers import get_synthesizer
 
 
-def load_inputs(manifest_path: str | Path, vocab_path: str | Path, priors: str | Path = "", root: str | Path = ".") -> tuple[pl.DataFrame, Vocabulary]:
+def load_inputs(manifest_path: str | Path, vocab_path: str | Path, priors: str | Path = "",
+                root: str | Path = ".") -> tuple[pl.DataFrame, Vocabulary]:
     """The manifest (image paths taken from ``root``) and the vocabulary, with a priors file (relative to
     ``root``) laid over the name-based priors when given."""
     vocab = read_vocabulary(vocab_path)
