@@ -1,7 +1,7 @@
 """Where the pipeline's files live under a repository root: the paths ``dvc.yaml`` names.
 
 Flows take a root and build a ``Layout`` from it, so nothing depends on the working directory;
-``tests/test_dvc_deps.py`` checks that every path here is the one ``dvc.yaml`` uses.
+``tests/test_layout.py`` checks that every path here is the one ``dvc.yaml`` uses.
 """
 
 from __future__ import annotations

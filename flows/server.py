@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 
-STARTUP_TIMEOUT_S = 90  # Prefect's own 20 s default is too tight on a loaded 2-core machine (STACK_NOTES)
+STARTUP_TIMEOUT_S = 90  # Prefect's own 20 s default is too tight on a loaded 2-core machine (first start 17-23 s seen here)
 
 
 def run_with_server(command: list[str]) -> int:

@@ -2,7 +2,7 @@
 
 import os
 
-# the temporary local server needs more than Prefect's 20 s default to start on 2 cores (STACK_NOTES.md)
+# the temporary local server needs more than Prefect's 20 s default to start on 2 cores (17-23 s seen on a fresh PREFECT_HOME)
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # library logs (uniadc_core uses plain logging) show up in flow-run logs

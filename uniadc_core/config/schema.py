@@ -117,7 +117,7 @@ class DiffusionConfig:
 @dataclass(frozen=True)
 class SynthesizeConfig:
     backend: Literal["procedural", "diffusion"] = "procedural"
-    priors: str = ""  # anomaly priors file (YAML; see uniadc_core/priors.py); '' = priors from the defect names
+    priors: str = ""  # anomaly priors file (YAML; see uniadc_core/synthesis/priors.py); '' = priors from the defect names
     foreground: str = "border"  # foreground estimator masks are clipped to (border | none | a registered one)
     seed: int = 0
     image_size: int = 128  # synthetic samples are stored at this square size
