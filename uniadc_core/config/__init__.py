@@ -23,11 +23,12 @@ from uniadc_core.config.schema import (
     PromoteConfig,
     SourceConfig,
     SynthesizeConfig,
+    TimmConfig,
     TorchvisionConfig,
     TrainConfig,
 )
 
 __all__ = ["MOVED", "ClipConfig", "ConfigError", "DemoConfig", "DiffusionConfig", "EvaluateConfig", "FitCadaConfig", "FolderClass",
            "FolderConfig", "IngestConfig", "MemoryConfig", "MlflowConfig", "MtdConfig", "Params", "PromoteConfig", "SourceConfig",
-           "SynthesizeConfig", "TorchvisionConfig", "TrainConfig",
+           "SynthesizeConfig", "TimmConfig", "TorchvisionConfig", "TrainConfig",
            "apply_overrides", "flatten", "load_params", "merge_params", "parse_params", "set_key", "to_dict"]

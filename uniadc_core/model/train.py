@@ -34,7 +34,7 @@ from uniadc_core.model.discriminator import Discriminator, ModelConfig, discrimi
 from uniadc_core.model.fusion import attach_memory
 from uniadc_core.model.loader import Batch, MixedStream, make_loader
 from uniadc_core.model.train_data import TILE_MARK, TrainData, load_train_data  # noqa: F401  (load_train_data: part of this module's API)
-from uniadc_core.weights import create_clip
+from uniadc_core.weights import create_clip, resolve_timm_weights
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +189,10 @@ def build_model(data: TrainData, vocab: Vocabulary, cfg: TrainConfig) -> Discrim
         tv = cfg.torchvision
         options = {**dataclasses.asdict(tv), "layers": tv.layers or default_layers(tv.arch)}  # the layers used, recorded
         mean, std = list(tv.mean), list(tv.std)
+    if cfg.backbone == "timm":  # the weights' identity is recorded with the model
+        _, identity = resolve_timm_weights(cfg.timm.model, cfg.timm.weights)
+        options = {**dataclasses.asdict(cfg.timm), "levels": sorted(cfg.timm.levels), "weights_sha256": identity["sha256"]}
+        mean, std = list(cfg.timm.mean), list(cfg.timm.std)
     if cfg.backbone == "open_clip":
         options = {**dataclasses.asdict(cfg.clip)}
         loaded = create_clip(cfg.clip.model_name, cfg.clip.pretrained, cfg.clip.offline, cfg.clip.config_dir)  # read once
