@@ -74,7 +74,7 @@ def with_memory_weight(model, weight: float):
 
 
 def run_setting(name: str, root: Path, work: Path, epochs: int, image_size: int, overrides: list[str] = (),
-                weights: list[float] = ()) -> list[dict]:
+                weights: list[float] = (), calibrations: list[bool] = ()) -> list[dict]:
     """One training, then CADA and evaluation once per memory weight in ``weights`` (none: the params' weight)."""
     shots = SETTINGS[name]
     raw = {
@@ -84,16 +84,18 @@ def run_setting(name: str, root: Path, work: Path, epochs: int, image_size: int,
         "train": {"image_size": image_size, "epochs": epochs, "min_epoch_samples": 256},
         "fit_cada": {"threshold": "auto"},  # decide at the threshold calibrated on held-out normals (what a line acts on)
     }
-    results = run_pipeline(raw, work, overrides, weights)
+    results = run_pipeline(raw, work, overrides, weights, calibrations)
     for r in results:
         r.pop("reports")
         r.update({"setting": name, **shots})
     return results
 
 
-def run_pipeline(raw: dict, work: Path, overrides: list[str] = (), weights: list[float] = ()) -> list[dict]:
+def run_pipeline(raw: dict, work: Path, overrides: list[str] = (), weights: list[float] = (),
+                 calibrations: list[bool] = ()) -> list[dict]:
     """ingest -> synthesize -> train -> fit_cada -> evaluate in ``work`` for the params ``raw`` (+ ``overrides``),
-    CADA and evaluation once per memory weight in ``weights`` (none: the params' weight); one result per weight
+    CADA and evaluation once per memory weight in ``weights`` (none: the params' weight) and per
+    ``fit_cada.leave_item_out`` value in ``calibrations`` (none: the params' own); one result per pair
     with the metrics, the stage seconds and the reports folder."""
     base = load_params(ROOT / "params.yaml")
     apply_overrides(raw, list(overrides), create=True)
@@ -119,17 +121,20 @@ def run_pipeline(raw: dict, work: Path, overrides: list[str] = (), weights: list
     timed("train", train, manifest, vocab, work / "synthetic", params.train, work / "models/discriminator")
     results = []
     for w in weights or [None]:
-        models = work / ("models" if w is None else f"models_w{w}")
-        model = load_model(work / "models/discriminator")
-        if w is not None:
-            save_model(with_memory_weight(model, w), models / "discriminator")
-        timed("fit_cada", fit, model, manifest, samples, params.fit_cada, models / "cada")
-        metrics = timed("evaluate", evaluate, Detector.load(models), manifest, params.evaluate, work / f"reports_{models.name}")
-        extra = [] if w is None else [f"train.memory.weight={w} (at evaluation)"]
-        reports = work / f"reports_{models.name}"
-        per_type = pl.read_csv(reports / "per_type.csv").to_dicts()  # each type's image AUROC, pixel share and pixel AUROC
-        results.append({"overrides": [*overrides, *extra], "metrics": metrics, "per_type": per_type, "seconds": dict(times),
-                        "memory_weight": w, "reports": str(reports)})
+        for lio in calibrations or [None]:
+            models = work / ("models" + ("" if w is None else f"_w{w}") + ("" if lio is None else f"_lio{int(lio)}"))
+            model = load_model(work / "models/discriminator")
+            if w is not None:
+                save_model(with_memory_weight(model, w), models / "discriminator")
+            fit_cfg = params.fit_cada if lio is None else replace(params.fit_cada, leave_item_out=lio)
+            timed("fit_cada", fit, model, manifest, samples, fit_cfg, models / "cada")
+            metrics = timed("evaluate", evaluate, Detector.load(models), manifest, params.evaluate, work / f"reports_{models.name}")
+            extra = ([] if w is None else [f"train.memory.weight={w} (at evaluation)"]) + (
+                [] if lio is None else [f"fit_cada.leave_item_out={str(lio).lower()} (at calibration)"])
+            reports = work / f"reports_{models.name}"
+            per_type = pl.read_csv(reports / "per_type.csv").to_dicts()  # each type's image AUROC, pixel share and pixel AUROC
+            results.append({"overrides": [*overrides, *extra], "metrics": metrics, "per_type": per_type, "seconds": dict(times),
+                            "memory_weight": w, "leave_item_out": lio, "reports": str(reports)})
     return results
 
 
@@ -186,7 +191,7 @@ def logged_runs(out: Path, label: str, setting: str, epochs: int, image_size: in
             return None
         found.append(match[-1])
     return found
-SUMMARY = (*COLUMNS, "false_positive_rate", "miss_rate")
+SUMMARY = (*COLUMNS, "false_positive_rate", "miss_rate", "recall_at_1pct_fpr")
 
 
 def log_seeds(out: Path, label: str, setting: str, overrides: list[str], runs: list[dict]) -> None:
@@ -254,6 +259,8 @@ def main() -> None:
                    "goes to <out>_seeds.md ('' = one run with the params' seeds)")
     p.add_argument("--memory-weights", default="", help="comma-separated train.memory.weight values evaluated from one "
                    "training (train with a memory: --set train.memory.weight=1); each is its own row, labelled LABEL-wW")
+    p.add_argument("--calibrations", default="", help="comma-separated fit_cada.leave_item_out values (false,true) calibrated "
+                   "and evaluated from one training; true rows are labelled LABEL[-wW]-lio")
     p.add_argument("--resume", action="store_true", help="with --seeds: reuse the seeds the ablation log already holds "
                    "for this configuration at this commit")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/mtd_quality"))
@@ -267,6 +274,9 @@ def main() -> None:
     results = []
     seeds = [int(x) for x in a.seeds.split(",")] if a.seeds else [None]
     weights = [float(x) for x in a.memory_weights.split(",")] if a.memory_weights else []
+    calibrations = [x.strip().lower() == "true" for x in a.calibrations.split(",")] if a.calibrations else []
+    if calibrations and a.resume:
+        sys.exit("--calibrations: not with --resume (the ablation log does not key rows by calibration)")
     label = a.label or "baseline"
     for name in names:
         runs: dict[str, list[dict]] = {}
@@ -279,9 +289,10 @@ def main() -> None:
                 for r in kept:
                     runs.setdefault(r["label"], []).append(r)
                 continue
-            for r in run_setting(name, root, ROOT / "benchmarks/work" / name, a.epochs, a.image_size, overrides, weights):
-                w = r.pop("memory_weight")
-                r.update({"label": label if w is None else f"{label}-w{w:g}", "epochs": a.epochs, "image_size": a.image_size, "seed": seed,
+            for r in run_setting(name, root, ROOT / "benchmarks/work" / name, a.epochs, a.image_size, overrides, weights, calibrations):
+                w, lio = r.pop("memory_weight"), r.pop("leave_item_out")
+                run_label = label + ("" if w is None else f"-w{w:g}") + ("-lio" if lio else "")
+                r.update({"label": run_label, "epochs": a.epochs, "image_size": a.image_size, "seed": seed,
                           **code})
                 runs.setdefault(r["label"], []).append(r)
                 log_ablation(Path(a.out), r)
@@ -297,7 +308,7 @@ def main() -> None:
     text = table(results)
     print(text)
     out = Path(a.out)
-    if names != list(SETTINGS) or a.set or weights:
+    if names != list(SETTINGS) or a.set or weights or calibrations:
         print(f"partial or modified run: logged in {out.name}_ablation.md; {out.name}.md (all four settings) left as it is")
         return
     command = "python benchmarks/mtd_quality.py " + " ".join(sys.argv[1:])

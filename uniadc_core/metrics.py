@@ -38,6 +38,14 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(np.trapezoid(tpr, fpr))
 
 
+def recall_at_fpr(scores: np.ndarray, labels: np.ndarray, max_fpr: float = 0.01) -> float:
+    """The largest share of positives found at any threshold that flags at most ``max_fpr`` of the negatives
+    (ties share one point, so a threshold inside a tie is never assumed). For reporting how good the ranking is
+    at a line's operating point, apart from where a calibrated threshold happens to sit; it reads the test labels."""
+    fpr, tpr, _ = roc_curve(scores, labels)
+    return float(tpr[fpr <= max_fpr + 1e-12].max())
+
+
 def auroc_by_group(scores: np.ndarray, groups: np.ndarray, negative: int = 0) -> dict[int, float]:
     """For every group other than ``negative``, the AUROC of its scores against the ``negative`` group's: the
     chance that one of its samples outscores a negative one, ties counting half (``auroc`` on that subset,

@@ -100,3 +100,16 @@ def test_aupro_over_valid_pixels_equals_aupro_of_the_cropped_maps():
     assert aupro(maps, masks) < aupro(maps, masks, 0.3, 400, valid)
     with pytest.raises(ValueError, match="no normal pixel"):
         aupro(maps, masks, 0.3, 400, masks)
+
+
+def test_recall_at_fpr_counts_positives_above_the_strictest_allowed_negative():
+    from uniadc_core.metrics import recall_at_fpr
+
+    negatives = np.arange(100, dtype=float)  # one negative may be flagged at 1 %: threshold just under 99
+    positives = np.array([99.5, 98.5, 150.0, 10.0])
+    scores = np.concatenate([negatives, positives])
+    labels = np.concatenate([np.zeros(100), np.ones(4)])
+    assert recall_at_fpr(scores, labels, 0.01) == 0.75  # 150, 99.5 and 98.5 at fpr 1/100
+    assert recall_at_fpr(scores, labels, 0.0) == 0.5  # 150 and 99.5 beat every negative
+    tied = np.array([1.0, 1.0, 0.0])  # a positive tied with a negative is found only with that negative
+    assert recall_at_fpr(tied, np.array([1, 0, 0]), 0.0) == 0.0

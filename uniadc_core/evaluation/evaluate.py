@@ -27,7 +27,7 @@ from uniadc_core.data.preprocess import Preprocess
 from uniadc_core.evaluation.plots import plot_confusion, plot_overlays, plot_roc, plot_score_histograms
 from uniadc_core.evaluation.report import METRICS, VARIANTS
 from uniadc_core.io import atomic_path, write_json
-from uniadc_core.metrics import accuracy, aupro, auroc, auroc_by_group, confusion_matrix, f1_max, mean_iou
+from uniadc_core.metrics import accuracy, aupro, auroc, auroc_by_group, confusion_matrix, f1_max, mean_iou, recall_at_fpr
 from uniadc_core.model.scoring import Scores, score_images
 from uniadc_core.serving.detector import Decision, Detector, decide
 
@@ -116,6 +116,7 @@ def compute_metrics(d: Decision, test: EvalSet, max_fpr: float, num_types: int) 
         "pixel_auroc": _safe(auroc, counted(maps), counted(gt_pix)),
         "aupro": _safe(aupro, maps, gt_pix, max_fpr, 400, shown),
         "f1_max": _safe(f1_max, d.score, is_anom),
+        "recall_at_1pct_fpr": _safe(recall_at_fpr, d.score, is_anom, 0.01),  # the ranking at a line's operating point (test ROC)
         "type_accuracy": _safe(type_accuracy, test, d.label),
         "miou": _safe(mean_iou, pix_conf, present),
         # the decision at the threshold: normals flagged, anomalies missed

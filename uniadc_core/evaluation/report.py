@@ -5,10 +5,12 @@ The variant and metric names live here (evaluate imports them), so `uniadc repor
 from __future__ import annotations
 
 VARIANTS = ("none", "cada", "oracle")
-METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "type_accuracy", "miou", "false_positive_rate", "miss_rate")
+METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "type_accuracy", "miou", "false_positive_rate", "miss_rate",
+           "recall_at_1pct_fpr")
 
 SHORT = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO", "f1_max": "F1-max",
-         "type_accuracy": "type acc.", "miou": "mIoU", "false_positive_rate": "FP rate", "miss_rate": "miss rate"}
+         "type_accuracy": "type acc.", "miou": "mIoU", "false_positive_rate": "FP rate", "miss_rate": "miss rate",
+         "recall_at_1pct_fpr": "recall@1%FP"}
 ROW_NAMES = {"none": "none (one global level)", "cada": "CADA (production)", "oracle": "oracle (true class)"}
 
 
