@@ -117,6 +117,9 @@ def apply_few_shot(
     raises that count to at least this many for a small class, never past half its normal shots: the threshold
     of a class with n held-out normals can promise no false-positive rate below 1 / (n + 1).
 
+    Normals on a ``validation`` split (a layout's own held-out normals, e.g. MVTec 3D-AD's ``validation/good``)
+    are all ``normal_holdout`` as well, beside the share drawn from the training normals.
+
     Each class draws from its own generator seeded with ``seed``, so adding a class to a line (or pooling
     another dataset) leaves the other classes' shots, holdout and test images as they were. Where the manifest
     names items (``group``), the holdout is whole items, taken in the order of the shuffled shots until it
@@ -137,6 +140,8 @@ def apply_few_shot(
         held = holdout_items(shots, [items[i] for i in shots], n_hold)
         role[shots] = Role.NORMAL_SHOT
         role[held] = Role.NORMAL_HOLDOUT
+        role[np.flatnonzero(((frame["object_class"] == cls) & (frame["split"] == "validation") & ~frame["is_anomaly"]).to_numpy())] = \
+            Role.NORMAL_HOLDOUT
         if len(held) and k - len(held) <= 1:
             log.warning("class '%s': %d normal shot(s), %d held out: training sees %d normal image(s); with this few, "
                         "ingest.holdout_fraction: 0 trains on all of them (then the threshold is calibrated on training "

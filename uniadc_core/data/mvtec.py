@@ -1,6 +1,7 @@
 """The MVTec AD folder layout as a manifest (VisA converted to it reads the same way).
 
     <root>/<class>/train/good/*.png
+    <root>/<class>/validation/good/*.png     (optional, MVTec 3D-AD / AD 2: normals held out for calibration)
     <root>/<class>/test/good/*.png
     <root>/<class>/test/<defect>/*.png
     <root>/<class>/ground_truth/<defect>/<stem>_mask.png
@@ -31,6 +32,9 @@ def make_mvtec_records(root: str | Path) -> list[ImageRecord]:
             msg = f"{good}: no normal training images; every class needs train/good/"
             raise ValueError(msg)
         records += [ImageRecord(p, "train", cls, None, None) for p in list_files(good)]
+        validation = cls_dir / "validation" / "good"  # never trained on: extra held-out normals for the threshold
+        if validation.is_dir():
+            records += [ImageRecord(p, "validation", cls, None, None) for p in list_files(validation)]
         test = cls_dir / "test"
         if not test.is_dir():
             continue

@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 class ImageRecord(NamedTuple):
     path: Path
-    split: str  # train | test
+    split: str  # train | test | validation (normals a layout sets aside: held out for calibration, never trained on)
     object_class: str
     defect_type: str | None  # None for normal
     mask_path: Path | None

@@ -143,3 +143,20 @@ def test_mask_of_wrong_size_is_refused(tmp_path):
     Image.fromarray(np.zeros((64, 64), np.uint8)).save(root / "tile/ground_truth/stain/000_mask.png")
     with pytest.raises(ValueError, match="stain/000.png: mask .*000_mask.png is 64x64 but the image is 128x128"):
         records_to_frame(make_mvtec_records(root))
+
+
+def test_a_layouts_validation_normals_are_held_out_for_calibration(tmp_path):
+    import shutil
+
+    root = generate_demo(tmp_path / "d", classes=["tile"], train_normals=6, test_normals=2, test_per_defect=2)
+    extra = root / "tile" / "validation" / "good"
+    extra.mkdir(parents=True)
+    for i, src in enumerate(sorted((root / "tile" / "test" / "good").iterdir())):
+        shutil.move(src, extra / f"val_{i}.png")  # the test normals become the layout's validation normals
+    frame, problems = records_to_frame(make_mvtec_records(root))
+    assert problems == [] and (frame["split"] == "validation").sum() == 2
+    roles = apply_few_shot(frame, normal_shots="all", anomaly_shots=0, seed=0, holdout_fraction=0.25)
+    val = roles.filter(pl.col("split") == "validation")
+    assert val["role"].to_list() == ["normal_holdout"] * 2  # never trained on, never tested
+    counts = dict(roles.filter(pl.col("split") != "validation").group_by("role").len().iter_rows())
+    assert counts == {"normal_shot": 4, "normal_holdout": 2, "test": 6}  # the training normals split as without them
