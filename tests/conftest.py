@@ -11,7 +11,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
-from uniadc_core.config import DemoConfig, IngestConfig, SynthesizeConfig, TrainConfig  # noqa: E402
+from uniadc_core.config import DemoConfig, IngestConfig, MemoryConfig, SynthesizeConfig, TrainConfig  # noqa: E402
 
 TINY_DEMO = DemoConfig(classes=["tile", "fabric"], image_size=128, train_normals=8, test_normals=3, test_per_defect=3)
 
@@ -21,7 +21,9 @@ def tiny_ingest_config(root: Path, **kw) -> IngestConfig:
 
 
 TINY_SYNTH = SynthesizeConfig(samples_per_type=4, shard_size=8, row_group_size=4, image_size=64, workers=2)
-TINY_TRAIN = TrainConfig(image_size=64, width=8, embed_dim=8, epochs=2, batch_size=8, threads=2, min_epoch_samples=0)
+# the scratch discriminator alone: tests that want the pretrained backbone or a memory say so
+TINY_TRAIN = TrainConfig(backbone="scratch", image_size=64, width=8, embed_dim=8, epochs=2, batch_size=8, threads=2, min_epoch_samples=0,
+                         memory=MemoryConfig(weight=0.0))
 
 
 @pytest.fixture(scope="session")

@@ -122,6 +122,16 @@ def test_timm_backbone_levels_and_folded_norms_give_the_same_features():
         TimmBackbone(timm.create_model("test_efficientnet"), [5], embed_dim=8)
 
 
+def test_normalized_levels_have_unit_length_each():
+    import timm
+
+    backbone = TimmBackbone(timm.create_model("test_efficientnet"), [2, 3], embed_dim=8, grid=8, normalize=True)
+    (patches,) = backbone.encode_frozen(torch.randn(2, 3, 64, 64))
+    per_level = patches.split([32, 48], dim=1)
+    for level in per_level:
+        torch.testing.assert_close(level.norm(dim=1), torch.ones(2, 8, 8))
+
+
 def test_folding_is_refused_when_it_would_change_the_outputs():
     net = torch.nn.Module()
     net.conv, net.bn = torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4).eval()  # registered together, not applied together
@@ -134,7 +144,7 @@ def test_folding_is_refused_when_it_would_change_the_outputs():
 def timm_model(tiny_dataset, tiny_shards):
     _, manifest_path, vocab_path = tiny_dataset
     manifest, vocab = load_inputs(manifest_path, vocab_path)
-    cfg = replace(TINY_TRAIN, backbone="timm", epochs=1, timm=TimmConfig(model="test_efficientnet", weights="", levels=[2, 3]),
+    cfg = replace(TINY_TRAIN, backbone="timm", epochs=1, timm=TimmConfig(model="test_efficientnet", weights="", levels=[2, 3], grid=8),
                   memory=MemoryConfig(weight=1.0, size=200, smooth=2.0))
     data = load_train_data(manifest, vocab, tiny_shards, cfg.image_size)
     model, _ = train_discriminator(data, vocab, cfg, progress=False)
@@ -145,9 +155,11 @@ def test_timm_detector_trains_saves_and_loads_to_identical_predictions(timm_mode
     model, data = timm_model
     options = model.config.backbone_options
     assert options["model"] == "test_efficientnet" and options["levels"] == [2, 3] and options["weights_sha256"] == ""
+    assert options["normalize"] is True and model.backbone.normalize  # recorded, and rebuilt from the record
     assert model.config.mean == [0.5, 0.5, 0.5] and len(model.memory) == 200
     save_model(model, tmp_path / "m")
     again = load_model(tmp_path / "m", device="cpu")
     a, b = model.predict(data.val.images[:4]), again.predict(data.val.images[:4])
     torch.testing.assert_close(a.anomaly_map, b.anomaly_map)
     torch.testing.assert_close(a.type_probs, b.type_probs)
+    assert again.backbone.normalize

