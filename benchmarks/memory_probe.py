@@ -32,7 +32,7 @@ from uniadc_core.config import parse_params  # noqa: E402
 from uniadc_core.data.ingest import ingest  # noqa: E402
 from uniadc_core.data.manifest import Role  # noqa: E402
 from uniadc_core.data.preprocess import Preprocess  # noqa: E402
-from uniadc_core.io import atomic_path  # noqa: E402
+from uniadc_core.io import write_text  # noqa: E402
 from uniadc_core.metrics import auroc  # noqa: E402
 from uniadc_core.model.cnn import TimmBackbone, TorchvisionBackbone  # noqa: E402
 from uniadc_core.model.memory import NormalMemory, gaussian_blur  # noqa: E402
@@ -150,10 +150,8 @@ def main() -> None:
         lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {cell('image_max')} | {cell('image_pooled')} | {cell('pixel')} | "
                      f"{statistics.median(r['extract_ms'] for r in group):.1f} | {statistics.median(r['build_s'] for r in group):.1f} | "
                      f"{statistics.median(r['query_ms'] for r in group):.1f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    with atomic_path(a.out) as tmp:
-        tmp.write_text(text)
+    print("\n".join(lines))
+    write_text(a.out, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

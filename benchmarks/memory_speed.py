@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from uniadc_core.config import MemoryConfig, TimmConfig  # noqa: E402
 from uniadc_core.data.preprocess import Preprocess  # noqa: E402
-from uniadc_core.io import atomic_path  # noqa: E402
+from uniadc_core.io import write_text  # noqa: E402
 from uniadc_core.model.cnn import default_layers  # noqa: E402
 from uniadc_core.model.discriminator import Discriminator, ModelConfig  # noqa: E402
 from uniadc_core.model.fusion import _patches  # noqa: E402
@@ -113,10 +113,8 @@ def main() -> None:
         lines.append(f"| {what} | {patches.shape[1]} | {per_image} | {extract:.1f} | {build:.1f} | {extract + build:.1f} | "
                      f"{1000 * base / a.batch:.1f} | {1000 * fused / a.batch:.1f} |")
         print(lines[-1], flush=True)
-    text = "\n".join(lines) + "\n"
-    print(text)
-    with atomic_path(a.out) as tmp:
-        tmp.write_text(text)
+    print("\n".join(lines))
+    write_text(a.out, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

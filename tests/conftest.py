@@ -44,3 +44,16 @@ def tiny_shards(tiny_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("synthetic")
     synthesize(manifest_path, vocab_path, out, TINY_SYNTH)
     return out
+
+
+def train_with_memory(tiny_dataset, tiny_shards, cfg: TrainConfig):
+    """(a tiny model trained with ``cfg`` and given its memory, its TrainData) on the tiny demo."""
+    from uniadc_core.model.fusion import attach_memory
+    from uniadc_core.model.train import load_train_data, train_discriminator
+    from uniadc_core.synthesis.synthesize import load_inputs
+
+    _, manifest_path, vocab_path = tiny_dataset
+    manifest, vocab = load_inputs(manifest_path, vocab_path)
+    data = load_train_data(manifest, vocab, tiny_shards, cfg.image_size)
+    model, _ = train_discriminator(data, vocab, cfg, progress=False)
+    return attach_memory(model, data.normals.images, data.holdout.images, cfg.memory), data

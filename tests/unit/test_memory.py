@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import TINY_TRAIN
+from tests.conftest import TINY_TRAIN, train_with_memory
 from uniadc_core.config import MemoryConfig, TorchvisionConfig
 from uniadc_core.model.discriminator import MEMORY_FILE, load_model, save_model
 from uniadc_core.model.fusion import FEW_NORMALS, _patches, attach_memory, class_groups, resolve_augment, views
 from uniadc_core.model.memory import NormalMemory, coverage_radius, gaussian_blur, greedy_coreset
 from uniadc_core.model.terms import DISCRIMINATOR_ONLY
-from uniadc_core.model.train import load_train_data, train_discriminator
 from uniadc_core.synthesis.synthesize import load_inputs
 from uniadc_core.weights import load_torchvision
 
@@ -144,13 +143,9 @@ def test_the_shared_mobilenet_file_loads_and_gives_patch_features():
 
 @pytest.fixture(scope="module")
 def tv_model(tiny_dataset, tiny_shards):
-    _, manifest_path, vocab_path = tiny_dataset
-    manifest, vocab = load_inputs(manifest_path, vocab_path)
     cfg = replace(TINY_TRAIN, backbone="torchvision", epochs=1, torchvision=TorchvisionConfig(arch="mobilenet_v2", grid=8),
                   memory=MemoryConfig(weight=0.5, size=300, smooth=2.0))
-    data = load_train_data(manifest, vocab, tiny_shards, cfg.image_size)
-    model, _ = train_discriminator(data, vocab, cfg, progress=False)
-    return attach_memory(model, data.normals.images, data.holdout.images, cfg.memory), data
+    return train_with_memory(tiny_dataset, tiny_shards, cfg)
 
 
 def test_torchvision_backbone_is_frozen_and_trains_its_neck(tv_model, tiny_dataset):

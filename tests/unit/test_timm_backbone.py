@@ -10,14 +10,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.conftest import TINY_TRAIN
+from tests.conftest import TINY_TRAIN, train_with_memory
 from uniadc_core import weights as weights_mod
 from uniadc_core.config import MemoryConfig, TimmConfig
 from uniadc_core.model.cnn import TimmBackbone, fold_norm_act
 from uniadc_core.model.discriminator import load_model, save_model
-from uniadc_core.model.fusion import attach_memory
-from uniadc_core.model.train import load_train_data, train_discriminator
-from uniadc_core.synthesis.synthesize import load_inputs
 from uniadc_core.weights import BUILTIN, efficientnet_pytorch_to_timm, load_timm
 
 SHARED_LITE2 = Path(__file__).resolve().parents[3] / "shared/weights/efficientnet_lite2_imagenet_timm.safetensors"
@@ -142,13 +139,9 @@ def test_folding_is_refused_when_it_would_change_the_outputs():
 
 @pytest.fixture(scope="module")
 def timm_model(tiny_dataset, tiny_shards):
-    _, manifest_path, vocab_path = tiny_dataset
-    manifest, vocab = load_inputs(manifest_path, vocab_path)
     cfg = replace(TINY_TRAIN, backbone="timm", epochs=1, timm=TimmConfig(model="test_efficientnet", weights="", levels=[2, 3], grid=8),
                   memory=MemoryConfig(weight=1.0, size=200, smooth=2.0))
-    data = load_train_data(manifest, vocab, tiny_shards, cfg.image_size)
-    model, _ = train_discriminator(data, vocab, cfg, progress=False)
-    return attach_memory(model, data.normals.images, data.holdout.images, cfg.memory), data
+    return train_with_memory(tiny_dataset, tiny_shards, cfg)
 
 
 def test_timm_detector_trains_saves_and_loads_to_identical_predictions(timm_model, tmp_path):
