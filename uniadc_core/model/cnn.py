@@ -59,7 +59,7 @@ def fold_norm_act(model: nn.Module, check) -> nn.Module:
     """``model`` with every BatchNorm (timm's BatchNormAct2d included, its activation kept) folded into the
     convolution registered just before it, in any module, if ``check(model)`` (a probe's outputs) stays the
     same to 1e-4; else ``model`` as it was. Registration order is not call order in every network, hence the check.
-    On EfficientNet-Lite2 (strides 8/16, 256 px, channels-last) it halves the time of the frozen part."""
+    On EfficientNet-Lite2 (strides 8/16, 256 px, channels-last, batch 16) patch features took 20 ms/image against 31."""
     import copy
 
     from torch.nn.utils.fusion import fuse_conv_bn_eval
