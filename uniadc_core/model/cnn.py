@@ -120,7 +120,8 @@ class CNNBackbone(nn.Module):
         """Patch features (B, C, S/grid, S/grid) of the frozen CNN: each level averaged over 3x3
         neighbourhoods, then resized to the grid (area-averaged when finer, bilinear when coarser), and with
         ``normalize`` scaled to unit length per level: distances then compare the pattern of the activations,
-        not their strength (exposure and contrast change it; on MTD, Lite2: image AUROC 97.0 against 93.9)."""
+        not their strength (exposure and contrast change it; MTD, Lite2 stride 16, memory alone: image AUROC 98.0
+        against 94.1, benchmarks/results/memory_probe.md)."""
         size = (x.shape[-2] // self.grid, x.shape[-1] // self.grid)
         maps = []
         for f in self.levels(x):
