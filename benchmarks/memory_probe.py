@@ -35,7 +35,7 @@ from uniadc_core.data.preprocess import Preprocess  # noqa: E402
 from uniadc_core.io import write_text  # noqa: E402
 from uniadc_core.metrics import auroc  # noqa: E402
 from uniadc_core.model.cnn import TimmBackbone, TorchvisionBackbone  # noqa: E402
-from uniadc_core.model.memory import NormalMemory, gaussian_blur  # noqa: E402
+from uniadc_core.model.memory import NormalMemory, coverage_radius, gaussian_blur  # noqa: E402
 from uniadc_core.model.terms import image_score  # noqa: E402
 from uniadc_core.weights import load_timm, load_torchvision  # noqa: E402
 
@@ -87,7 +87,8 @@ def main() -> None:
     p.add_argument("--configs", default="lite2:2,3:8:raw;lite2:2,3:8:unit;lite2:3:16:raw;lite2:3:16:unit;"
                    "mobilenet_v2:features.3,features.6,features.10:8:raw",
                    help="backbone:levels:grid:raw|unit (unit: each level's patch features to unit length), ';'-separated")
-    p.add_argument("--memories", default="greedy:4096")
+    p.add_argument("--memories", default="greedy:4096",
+                   help="method:size[:projection dims of the greedy selection, default 128], ';'-separated")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/memory_probe.md"))
     a = p.parse_args()
     pre = Preprocess(a.size, "stretch", (0.5,) * 3, (0.5,) * 3)
@@ -114,11 +115,12 @@ def main() -> None:
             gen = torch.Generator().manual_seed(seed)
             drawn = pool[torch.randperm(len(pool), generator=gen)[:200000]]
             for mem in a.memories.split(";"):
-                method, k = mem.split(":")
+                method, k, *dim = mem.split(":")
                 t0 = time.perf_counter()
                 source = pool[torch.randperm(len(pool), generator=gen)[:int(k)]] if method == "random" else drawn
-                memory = NormalMemory.build(source, int(k), method, seed)
+                memory = NormalMemory.build(source, int(k), method, seed, projection_dim=int(dim[0]) if dim else 128)
                 build = time.perf_counter() - t0
+                radius = coverage_radius(drawn, memory.bank)
                 for smooth in (4.0,):
                     t0 = time.perf_counter()
                     maps = score(memory, test_f, a.size, smooth)
@@ -129,14 +131,14 @@ def main() -> None:
                                  "image_max": auroc(flat.reshape(len(flat), -1).max(1), labels),
                                  "image_pooled": auroc(image_score(maps).numpy(), labels),
                                  "pixel": auroc(flat[known].ravel(), masks[known].ravel()),
-                                 "extract_ms": 1000 * extract, "build_s": build, "query_ms": 1000 * query})
+                                 "radius": radius, "extract_ms": 1000 * extract, "build_s": build, "query_ms": 1000 * query})
                     print(rows[-1], flush=True)
     lines = [f"# Memory probe on MTD (no training)\n\nCommand: `python benchmarks/memory_probe.py {' '.join(sys.argv[1:])}`  ",
              f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads; {a.size} px, all train normals less a quarter "
              f"held out; test = the development copy's test half. AUROC in %, mean ± std over seeds {a.seeds}.\n",
              "| backbone | levels, grid, features | memory | image AUROC (max) | image AUROC (7x7 pooled max) | pixel AUROC "
-             "| extract ms/img | build s | query ms/img |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| coverage radius | extract ms/img | build s | query ms/img |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     keys = list(dict.fromkeys((r["backbone"], r["taps"], r["memory"]) for r in rows))  # in the order they ran
     for key in keys:
         group = [r for r in rows if (r["backbone"], r["taps"], r["memory"]) == key]
@@ -147,7 +149,8 @@ def main() -> None:
             return f"{statistics.mean(vals):.{digits}f} ± {sd:.{digits}f}"
 
         lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {cell('image_max')} | {cell('image_pooled')} | {cell('pixel')} | "
-                     f"{statistics.median(r['extract_ms'] for r in group):.1f} | {statistics.median(r['build_s'] for r in group):.1f} | "
+                     f"{cell('radius', 1.0, 3)} | {statistics.median(r['extract_ms'] for r in group):.1f} | "
+                     f"{statistics.median(r['build_s'] for r in group):.1f} | "
                      f"{statistics.median(r['query_ms'] for r in group):.1f} |")
     print("\n".join(lines))
     write_text(a.out, "\n".join(lines) + "\n")

@@ -35,7 +35,7 @@ def test_coreset_keeps_its_size_and_covers_better_than_random():
     picks = greedy_coreset(x, 40, seed=0)
     assert len(picks) == 40 and len(set(picks.tolist())) == 40
     rand = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:40]
-    greedy_r, random_r = coverage_radius(x, picks), coverage_radius(x, rand)
+    greedy_r, random_r = coverage_radius(x, x[picks]), coverage_radius(x, x[rand])
     assert greedy_r < 0.5 * random_r, (greedy_r, random_r)  # every cluster gets a memory point
     assert len(NormalMemory.build(x, 40, "random", 0)) == 40 and len(NormalMemory.build(x[:10], 40)) == 10
     with pytest.raises(ValueError, match="unknown memory selection 'best'"):

@@ -4,8 +4,8 @@
     d = memory.distances(query, k=1)                                     # (M,) distance to the nearest normal patch
 
 The memory holds a subset of the normal training patches: ``greedy`` picks it by k-centre
-(farthest-point) selection on a random projection, so every normal patch has a memory patch
-near it; ``random`` draws it uniformly, for comparison. A patch far from every memory patch looks
+(farthest-point) selection (on a random projection to 128 dimensions when the features are wider), so
+every normal patch has a memory patch near it; ``random`` draws it uniformly, for comparison. A patch far from every memory patch looks
 like nothing normal the model has seen. Distances are computed in chunks with one matrix product
 per chunk (``[q, 1] @ [-2 m; |m|^2]``) to find the nearest rows, whose distances are then taken
 directly (``|q - m|``, exact to float32 whatever the batch), so memory stays bounded whatever the
@@ -40,10 +40,13 @@ def _sq_distances(query: torch.Tensor, augmented: torch.Tensor) -> torch.Tensor:
 
 def greedy_coreset(features: torch.Tensor, size: int, seed: int = 0, projection_dim: int = 128) -> torch.Tensor:
     """Indices (size,) of a k-centre subset of ``features`` (N, C): each pick is the row farthest from
-    those already picked, measured on a random projection to ``projection_dim`` (Johnson-Lindenstrauss).
+    those already picked, measured on a random projection to ``projection_dim`` (Johnson-Lindenstrauss)
+    when C is larger.
 
-    Each step is one matrix-vector product (``|x - c|^2 = |x|^2 - 2 x.c + |c|^2``), so a pick costs
-    about N * projection_dim multiply-adds and no temporary of the size of the data."""
+    Each step is one vector-matrix product over the features stored channel-major (C, N), which reads
+    memory in order (about 3x faster here than the row-major matrix-vector product), then
+    ``|x - c|^2 = |x|^2 - 2 x.c + |c|^2`` in place: a pick costs about N * C multiply-adds and no
+    temporary of the size of the data."""
     n, c = features.shape
     if size >= n:
         return torch.arange(n)
@@ -51,23 +54,23 @@ def greedy_coreset(features: torch.Tensor, size: int, seed: int = 0, projection_
     x = features.float()
     if c > projection_dim:
         x = x @ (torch.randn(c, projection_dim, generator=gen) / math.sqrt(projection_dim))  # (N, d)
-    x = x.contiguous()
-    sq = (x * x).sum(1)  # (N,)
+    xt = x.T.contiguous()  # (d, N)
+    sq = (xt * xt).sum(0)  # (N,)
     picks = torch.empty(size, dtype=torch.long)
     picks[0] = int(torch.randint(n, (), generator=gen))
     nearest = torch.full((n,), float("inf"))  # squared distance of every row to its nearest pick
     for i in range(1, size + 1):
-        j = picks[i - 1]
-        d = sq - 2 * (x @ x[j]) + sq[j]  # (N,) squared distances to the newest pick
+        j = int(picks[i - 1])
+        d = (xt[:, j] @ xt).mul_(-2).add_(sq).add_(sq[j])  # (N,) squared distances to the newest pick
         torch.minimum(nearest, d, out=nearest)
         if i < size:
             picks[i] = int(nearest.argmax())
     return picks
 
 
-def coverage_radius(features: torch.Tensor, subset: torch.Tensor, chunk: int = 4096) -> float:
-    """The largest distance of any row of ``features`` to its nearest row of ``subset``: what a coreset minimises."""
-    augmented = _augmented_bank(features[subset].float())
+def coverage_radius(features: torch.Tensor, bank: torch.Tensor, chunk: int = 4096) -> float:
+    """The largest distance of any row of ``features`` to its nearest row of ``bank``: what a coreset minimises."""
+    augmented = _augmented_bank(bank.float())
     worst = 0.0
     for start in range(0, len(features), chunk):
         d = _sq_distances(features[start:start + chunk].float(), augmented).min(1).values
@@ -96,16 +99,16 @@ class NormalMemory:
 
     @classmethod
     def build(cls, features: torch.Tensor, size: int, method: str = "greedy", seed: int = 0,
-              sources: torch.Tensor | None = None) -> NormalMemory:
+              sources: torch.Tensor | None = None, projection_dim: int = 128) -> NormalMemory:
         """A memory of at most ``size`` rows of ``features`` (N, C), chosen by ``method``; ``sources`` (N,):
-        each row's item, kept for the rows chosen."""
+        each row's item, kept for the rows chosen; ``projection_dim``: the greedy selection's projection."""
         if method not in SELECTIONS:
             msg = f"unknown memory selection '{method}'; valid: {', '.join(SELECTIONS)}"
             raise ValueError(msg)
         if size >= len(features):
             return cls(features, sources=sources)
         if method == "greedy":
-            picks = greedy_coreset(features, size, seed)
+            picks = greedy_coreset(features, size, seed, projection_dim)
         else:
             picks = torch.randperm(len(features), generator=torch.Generator().manual_seed(seed))[:size]
         return cls(features[picks], sources=None if sources is None else sources[picks])
