@@ -5,7 +5,8 @@
     uniadc check-params        # validate params.yaml and print the parsed config
     uniadc report              # data/reports/metrics.json as a table: one row per variant
     uniadc promote [--rollback]                      # gated promotion of @challenger to @champion
-    uniadc predict IMAGES_OR_FOLDERS [--model M] [--out predictions.csv] [--overlays DIR]
+    uniadc predict IMAGES_OR_FOLDERS [--model M] [--out predictions.csv] [--overlays DIR] [--masks DIR]
+                   [--threshold T | --false-alarm-rate R]   # the line's own operating point
     uniadc retrain                                   # dvc repro, promotion, dvc push: once
     uniadc serve [--cron "0 2 * * *"]                # the same on a schedule (Prefect flow.serve)
 """
@@ -39,6 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
                          "(with discriminator/ and cada/, e.g. data/models); default models:/<registered model>@champion")
     predict.add_argument("--out", default="predictions.csv", help="a .csv or .json file")
     predict.add_argument("--overlays", default="", help="write an overlay PNG per image into this folder")
+    predict.add_argument("--masks", default="", help="write a label PNG per image, at its own size, into this folder "
+                         "(0 normal, k the k-th defect type)")
+    point = predict.add_mutually_exclusive_group()
+    point.add_argument("--threshold", type=float, default=None, help="decide at this aligned score instead of the model's")
+    point.add_argument("--false-alarm-rate", type=float, default=None, metavar="R",
+                       help="decide at the threshold expected to flag this fraction of new normals (e.g. 0.01), from the "
+                       "held-out normal scores saved with the model")
     predict.add_argument("--batch-size", type=int, default=32)
     sub.add_parser("retrain", help="dvc repro, then gated promotion, then dvc push (once)")
     serve = sub.add_parser("serve", help="run the retraining flow on a cron schedule (flow.serve)")
@@ -114,7 +122,7 @@ def _predict(args, params) -> int:
     model = args.model or f"models:/{params.evaluate.mlflow.registered_model}@champion"
     try:
         files = list_images(args.inputs)
-        detector = load_detector(model, params)
+        detector = load_detector(model, params).with_threshold(args.threshold, args.false_alarm_rate)
     except (FileNotFoundError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -122,12 +130,12 @@ def _predict(args, params) -> int:
         print(f"error: could not load {model}: {exc}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    rows = predict_files(detector, files, args.batch_size, args.overlays or None)
+    rows = predict_files(detector, files, args.batch_size, args.overlays or None, mask_dir=args.masks or None)
     seconds = time.perf_counter() - t0
     out = write_rows(rows, args.out)
     bad = sum(1 for r in rows if r.get("error"))
     flagged = sum(1 for r in rows if r.get("is_anomaly"))
-    print(f"{len(rows)} images ({flagged} anomalous, {bad} unreadable) scored with {model} -> {out} "
+    print(f"{len(rows)} images ({flagged} anomalous, {bad} unreadable) scored with {model} at threshold {detector.threshold:.4g} -> {out} "
           f"in {seconds:.1f} s ({len(rows) / max(seconds, 1e-9):.1f} images/s)")
     return 0
 

@@ -59,7 +59,7 @@ def test_missing_class_statistics_is_an_error():
 
 
 def test_per_class_calibration_keeps_every_class_false_positive_rate_within_budget():
-    from uniadc_core.cada.fit import calibrate
+    from uniadc_core.cada.calibration import calibrate
 
     rng = np.random.default_rng(0)
     low, high = rng.normal(0.0, 0.1, 900), rng.normal(0.3, 0.1, 100)  # a class whose aligned normals sit higher
@@ -75,7 +75,7 @@ def test_per_class_calibration_keeps_every_class_false_positive_rate_within_budg
 
 
 def test_conformal_threshold_holds_its_false_positive_rate_on_new_normals():
-    from uniadc_core.cada.fit import class_threshold, conformal_rank, min_normals
+    from uniadc_core.cada.calibration import class_threshold, conformal_rank, min_normals
 
     assert [conformal_rank(n, 99.0) for n in (98, 99, 200, 21)] == [99, 99, 199, 22]
     assert conformal_rank(19, 95.0) == 19 and conformal_rank(18, 95.0) == 19
@@ -93,7 +93,7 @@ def test_conformal_threshold_holds_its_false_positive_rate_on_new_normals():
 
 
 def test_too_few_held_out_normals_keep_their_maximum_and_say_so(caplog):
-    from uniadc_core.cada.fit import calibrate
+    from uniadc_core.cada.calibration import calibrate
 
     rng = np.random.default_rng(2)
     aligned = np.concatenate([rng.normal(0, 1, 300), rng.normal(0, 1, 21)])

@@ -13,7 +13,7 @@ Saved as ``model.safetensors`` + ``config.json`` like the discriminator.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -49,6 +49,10 @@ class CadaConfig:
     min_spread: float = MIN_SPREAD
     calibrated_threshold: float = 1.0  # the conformal fit_cada.threshold_percentile of the aligned held-out normal scores
     threshold: float = 1.0  # the decision threshold in force (fit_cada.threshold: a number, or auto = calibrated)
+    # the aligned out-of-sample normal scores per class, sorted: a line's own false-alarm rate becomes a threshold at
+    # prediction time (calibration.threshold_for_rate, ``uniadc predict --false-alarm-rate``); empty in older models
+    calibration_scores: dict[str, list[float]] = field(default_factory=dict)
+    calibration_scope: str = "per_class"  # fit_cada.calibrate: how the classes' thresholds combine
 
 
 class Regressor(nn.Module):

@@ -6,7 +6,8 @@
 ``decide`` is the one decision function: evaluation calls it for each normalisation variant and
 prediction (``uniadc predict``, the MLflow pyfunc) calls it through ``Detector.detect``, so what
 is evaluated is what is served. The threshold is read from the models folder (``cada/config.json``,
-written by fit_cada), never from the params of the process that loads it.
+written by fit_cada), never from the params of the process that loads it; a line sets its own with
+``detector.with_threshold(t)`` or ``with_threshold(false_alarm_rate=0.01)``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from uniadc_core.cada.calibration import threshold_for_rate
 from uniadc_core.cada.regressor import Cada, align, load_cada
 from uniadc_core.data.preprocess import Preprocess
 from uniadc_core.model.discriminator import Discriminator, load_model
@@ -74,24 +76,38 @@ def find_models_dir(path: str | Path) -> Path:
 class Detector:
     """The discriminator and CADA together: scores any image with no class label."""
 
-    def __init__(self, model: Discriminator, cada: Cada):
-        self.model, self.cada = model, cada
+    def __init__(self, model: Discriminator, cada: Cada, threshold: float | None = None):
+        """``threshold``: the line's own decision threshold (aligned-score units); None: the one saved with the model."""
+        self.model, self.cada, self.override = model, cada, threshold
 
     @classmethod
     def load(cls, models_dir: str | Path) -> Detector:
         root = find_models_dir(models_dir)
         return cls(load_model(root / "discriminator"), load_cada(root / "cada"))
 
+    def with_threshold(self, threshold: float | None = None, false_alarm_rate: float | None = None) -> Detector:
+        """This detector deciding at ``threshold``, or at the threshold whose expected false-alarm rate on new normals
+        is ``false_alarm_rate`` (from the held-out normal scores saved with the model); neither: the saved one."""
+        if threshold is not None and false_alarm_rate is not None:
+            raise ValueError("give a threshold or a false-alarm rate, not both")
+        if false_alarm_rate is not None:
+            threshold = threshold_for_rate(self.cada.config.calibration_scores, false_alarm_rate, self.cada.config.calibration_scope)
+        return Detector(self.model, self.cada, threshold)
+
     @property
     def threshold(self) -> float:
-        return self.cada.config.threshold
+        return self.cada.config.threshold if self.override is None else float(self.override)
 
     @property
     def preprocess(self) -> Preprocess:
         return self.model.preprocess
 
+    @property
+    def defect_types(self) -> list[str]:
+        return self.model.config.defect_types
+
     def decide(self, scores: Scores) -> Decision:
-        return decide(scores, *self.cada.predict_stats(scores.embedding), self.threshold, self.model.config.defect_types)
+        return decide(scores, *self.cada.predict_stats(scores.embedding), self.threshold, self.defect_types)
 
     def detect(self, images: list[np.ndarray], batch_size: int = 32, progress: bool = False) -> Decision:
         return self.decide(score_images(self.model, images, batch_size, progress))

@@ -1,7 +1,10 @@
 """Score new image files with a detector: one row per file, a corrupt file gets a row with its error.
 
-    rows = predict_files(detector, list_images(["line3/", "odd.png"]), overlay_dir="overlays/")
-    write_rows(rows, "predictions.csv")
+    rows = predict_files(detector, list_images(["line3/", "odd.png"]), overlay_dir="overlays/", mask_dir="masks/")
+    write_rows(rows, "predictions.csv")      # also predictions.regions.csv: one row per defect region
+
+Each row carries the threshold it was decided at and its defect regions (``regions.find_regions``, at the
+image's own size); ``mask_dir`` gets one label PNG per image (0 normal, k the k-th defect type).
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ from tqdm import tqdm
 from uniadc_core.io import atomic_path
 from uniadc_core.serving.detector import Detector
 from uniadc_core.serving.overlay import labelled_overlay
+from uniadc_core.serving.regions import find_regions, label_png, to_native
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
-COLUMNS = ["path", "score", "raw_score", "is_anomaly", "defect_type", "defect_prob", "threshold", "error"]
+COLUMNS = ["path", "score", "raw_score", "is_anomaly", "defect_type", "defect_prob", "threshold", "regions", "error"]
+REGION_COLUMNS = ["path", "region", "defect_type", "x0", "y0", "x1", "y1", "area", "max_score", "mean_score", "threshold"]
 
 
 def list_images(inputs: list[str | Path]) -> list[Path]:
@@ -35,12 +40,13 @@ def list_images(inputs: list[str | Path]) -> list[Path]:
 
 
 def predict_files(detector: Detector, paths: list[str | Path], batch_size: int = 32, overlay_dir: str | Path | None = None,
-                  progress: bool = True) -> list[dict]:
-    """One row per path, in the order given; overlays are named by that order and the file's stem."""
+                  progress: bool = True, mask_dir: str | Path | None = None) -> list[dict]:
+    """One row per path, in the order given; overlays and masks are named by that order and the file's stem."""
     paths = [Path(p) for p in paths]
     rows: list[dict] = []
-    if overlay_dir is not None:
-        Path(overlay_dir).mkdir(parents=True, exist_ok=True)
+    for folder in (overlay_dir, mask_dir):
+        if folder is not None:
+            Path(folder).mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(paths), desc="predict", unit="img", disable=not progress)
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
@@ -54,9 +60,15 @@ def predict_files(detector: Detector, paths: list[str | Path], batch_size: int =
         if images:
             d = detector.detect(images, batch_size=batch_size)
             for i, (n, path) in enumerate(ok):
+                amap, labels = to_native(detector.preprocess, d.anomaly_map[i], d.pixel_labels[i], images[i].shape[:2])
+                regions = find_regions(labels, amap, detector.defect_types) if d.is_anomaly[i] else []
                 rows.append({"path": str(path), "score": float(d.score[i]), "raw_score": float(d.raw_score[i]),
                              "is_anomaly": bool(d.is_anomaly[i]), "defect_type": d.defect_type[i],
-                             "defect_prob": float(d.defect_prob[i]), "threshold": detector.threshold, "error": ""})
+                             "defect_prob": float(d.defect_prob[i]), "threshold": detector.threshold,
+                             "regions": [r.as_row() for r in regions], "error": ""})
+                if mask_dir is not None:
+                    with atomic_path(Path(mask_dir) / f"{n:05d}_{path.stem}.png") as tmp:
+                        label_png(labels if d.is_anomaly[i] else labels * 0).save(tmp, format="PNG")
                 if overlay_dir is not None:
                     verdict = f"{d.defect_type[i]} {d.defect_prob[i]:.2f}" if d.is_anomaly[i] else "normal"
                     label = f"{verdict}  score {d.score[i]:.2f}"
@@ -69,15 +81,24 @@ def predict_files(detector: Detector, paths: list[str | Path], batch_size: int =
 
 
 def write_rows(rows: list[dict], out: str | Path) -> Path:
-    """CSV (by default) or JSON (``.json``), written atomically."""
+    """CSV (by default) or JSON (``.json``, each row with its list of regions), written atomically; a CSV row gives its
+    region count, and ``<out stem>.regions.csv`` beside it one row per region."""
     out = Path(out)
     with atomic_path(out) as tmp:
         if out.suffix.lower() == ".json":
-            tmp.write_text(json.dumps([{k: r.get(k, "") for k in COLUMNS} for r in rows], indent=2))
+            tmp.write_text(json.dumps([{k: r.get(k, [] if k == "regions" else "") for k in COLUMNS} for r in rows], indent=2))
         else:
-            with open(tmp, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=COLUMNS)
-                writer.writeheader()
-                for r in rows:
-                    writer.writerow({k: r.get(k, "") for k in COLUMNS})
+            _write_csv(tmp, COLUMNS, [{**r, "regions": len(r.get("regions", []))} for r in rows])
+    region_rows = [{"path": r["path"], "region": n, "threshold": r["threshold"], **reg}
+                   for r in rows for n, reg in enumerate(r.get("regions", []))]
+    with atomic_path(out.with_suffix(".regions.csv")) as tmp:
+        _write_csv(tmp, REGION_COLUMNS, region_rows)
     return out
+
+
+def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: r.get(k, "") for k in columns})

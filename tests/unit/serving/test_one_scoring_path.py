@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import TINY_DEMO, TINY_SYNTH, TINY_TRAIN
+from uniadc_core.cada.calibration import threshold_for_rate
 from uniadc_core.cada.fit import fit
 from uniadc_core.config import EvaluateConfig, FitCadaConfig, IngestConfig, MemoryConfig
 from uniadc_core.data.demo import generate_demo
@@ -132,3 +133,28 @@ def test_predict_gives_unreadable_truncated_and_oversized_files_their_own_error_
     scored = [rows[Path(good[0]).name], rows["gray8.png"], rows["deep.png"]]
     assert all(r["error"] == "" and np.isfinite(r["score"]) for r in scored)
     assert rows["deep.png"]["raw_score"] == pytest.approx(rows["gray8.png"]["raw_score"], rel=1e-5, abs=1e-6)
+
+
+def test_predict_writes_regions_and_label_masks_at_the_images_own_size(models, tmp_path):
+    models_dir, manifest, *_ = models
+    saved = Detector.load(models_dir)
+    detector = saved.with_threshold(false_alarm_rate=0.25)  # the line's own operating point
+    assert detector.threshold == threshold_for_rate(saved.cada.config.calibration_scores, 0.25)
+    assert saved.with_threshold(0.5).threshold == 0.5 and saved.with_threshold().threshold == saved.threshold
+    paths = manifest.filter(pl.col("role") == "test")["path"].to_list()
+    rows = predict_files(detector, paths, mask_dir=tmp_path / "masks", progress=False)
+    masks = sorted((tmp_path / "masks").glob("*.png"))
+    assert len(masks) == len(paths) and any(r["regions"] for r in rows)
+    for row, mask_path in zip(rows, masks, strict=True):
+        mask = np.asarray(Image.open(mask_path))
+        assert mask.shape == (128, 128 + WIDE) and row["threshold"] == detector.threshold
+        assert row["is_anomaly"] == (row["score"] > detector.threshold)
+        if not row["is_anomaly"]:
+            assert not mask.any() and row["regions"] == []
+            continue
+        assert sum(r["area"] for r in row["regions"]) == int((mask > 0).sum())
+        for r in row["regions"]:
+            assert 0 <= r["x0"] < r["x1"] <= 128 + WIDE and 0 <= r["y0"] < r["y1"] <= 128
+            assert r["defect_type"] in detector.defect_types and r["max_score"] > detector.threshold
+            box = mask[r["y0"]:r["y1"], r["x0"]:r["x1"]]
+            assert (box == detector.defect_types.index(r["defect_type"]) + 1).any()
