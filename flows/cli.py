@@ -7,6 +7,7 @@
     uniadc promote [--rollback]                      # gated promotion of @challenger to @champion
     uniadc predict IMAGES_OR_FOLDERS [--model M] [--out predictions.csv] [--overlays DIR] [--masks DIR]
                    [--threshold T | --false-alarm-rate R]   # the line's own operating point
+    uniadc serve-api [--model M] [--host 127.0.0.1] [--port 8000]  # HTTP: POST image bytes to /predict
     uniadc retrain                                   # dvc repro, promotion, dvc push: once
     uniadc serve [--cron "0 2 * * *"]                # the same on a schedule (Prefect flow.serve)
 """
@@ -42,16 +43,22 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--overlays", default="", help="write an overlay PNG per image into this folder")
     predict.add_argument("--masks", default="", help="write a label PNG per image, at its own size, into this folder "
                          "(0 normal, k the k-th defect type)")
-    point = predict.add_mutually_exclusive_group()
-    point.add_argument("--threshold", type=float, default=None, help="decide at this aligned score instead of the model's")
-    point.add_argument("--false-alarm-rate", type=float, default=None, metavar="R",
-                       help="decide at the threshold expected to flag this fraction of new normals (e.g. 0.01), from the "
-                       "held-out normal scores saved with the model")
+    api = sub.add_parser("serve-api", help="serve a model over HTTP: POST image bytes to /predict, GET /health")
+    api.add_argument("--model", default="", help="as for predict; default models:/<registered model>@champion")
+    api.add_argument("--host", default="127.0.0.1", help="the address to bind (0.0.0.0: every interface; mind the network)")
+    api.add_argument("--port", type=int, default=8000)
+    api.add_argument("--max-mb", type=float, default=20.0, help="largest request body accepted, in MB")
+    for p in (predict, api):
+        point = p.add_mutually_exclusive_group()
+        point.add_argument("--threshold", type=float, default=None, help="decide at this aligned score instead of the model's")
+        point.add_argument("--false-alarm-rate", type=float, default=None, metavar="R",
+                           help="decide at the threshold expected to flag this fraction of new normals (e.g. 0.01), from "
+                           "the held-out normal scores saved with the model")
     predict.add_argument("--batch-size", type=int, default=32)
     sub.add_parser("retrain", help="dvc repro, then gated promotion, then dvc push (once)")
     serve = sub.add_parser("serve", help="run the retraining flow on a cron schedule (flow.serve)")
     serve.add_argument("--cron", default="0 2 * * *")
-    for p in (stage, check, promote, predict):
+    for p in (stage, check, promote, predict, api):
         p.add_argument("--params", default="params.yaml")
     return parser
 
@@ -97,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "predict":
         return _predict(args, params)
+    if args.command == "serve-api":
+        return _serve_api(args, params)
     import importlib
 
     module = importlib.import_module(f"flows.{args.name}")
@@ -116,18 +125,38 @@ def load_detector(model: str, params):
     return Detector.load(model)
 
 
+def _detector_or_error(args, params):
+    """(model, detector at the asked threshold), or (model, None) after printing why it cannot be loaded."""
+    model = args.model or f"models:/{params.evaluate.mlflow.registered_model}@champion"
+    try:
+        return model, load_detector(model, params).with_threshold(args.threshold, args.false_alarm_rate)
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001  (MLflow: unknown model or alias)
+        print(f"error: could not load {model}: {exc}", file=sys.stderr)
+    return model, None
+
+
+def _serve_api(args, params) -> int:
+    from uniadc_core.serving.api import serve
+
+    model, detector = _detector_or_error(args, params)
+    if detector is None:
+        return 2
+    serve(detector, model, args.host, args.port, int(args.max_mb * 1024 * 1024))
+    return 0
+
+
 def _predict(args, params) -> int:
     from uniadc_core.serving.predict import list_images, predict_files, write_rows
 
-    model = args.model or f"models:/{params.evaluate.mlflow.registered_model}@champion"
     try:
         files = list_images(args.inputs)
-        detector = load_detector(model, params).with_threshold(args.threshold, args.false_alarm_rate)
-    except (FileNotFoundError, ValueError, OSError) as exc:
+    except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:  # noqa: BLE001  (MLflow: unknown model or alias)
-        print(f"error: could not load {model}: {exc}", file=sys.stderr)
+    model, detector = _detector_or_error(args, params)
+    if detector is None:
         return 2
     t0 = time.perf_counter()
     rows = predict_files(detector, files, args.batch_size, args.overlays or None, mask_dir=args.masks or None)

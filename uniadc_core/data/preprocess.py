@@ -207,6 +207,10 @@ class Preprocess:
         """The file's pixels by this model's decoding rules, at their own size (``image`` makes them an input)."""
         return load_image(path, options=self.decode)
 
+    def decode_bytes(self, data: bytes, source: str = "<bytes>") -> np.ndarray:
+        """``decode_image`` of bytes received from elsewhere (an HTTP body); errors name ``source``."""
+        return decoding.decode(data, source, "RGB", self.decode)
+
     def load_image(self, path: str | Path) -> np.ndarray:
         return self.image(self.decode_image(path))
 

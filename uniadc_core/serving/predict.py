@@ -13,10 +13,11 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from uniadc_core.io import atomic_path
-from uniadc_core.serving.detector import Detector
+from uniadc_core.serving.detector import Decision, Detector
 from uniadc_core.serving.overlay import labelled_overlay
 from uniadc_core.serving.regions import find_regions, label_png, to_native
 
@@ -37,6 +38,19 @@ def list_images(inputs: list[str | Path]) -> list[Path]:
             msg = f"{item}: no such file or folder"
             raise FileNotFoundError(msg)
     return out
+
+
+def result(detector: Detector, d: Decision, i: int, shape: tuple[int, int]) -> tuple[dict, np.ndarray]:
+    """Image ``i`` of a decision as a row (scores, verdict, type, the threshold in force, its regions) and its (H, W)
+    uint8 label map at the image's own ``shape`` (all 0 for an image decided normal): what ``uniadc predict`` writes
+    and the HTTP service returns."""
+    amap, labels = to_native(detector.preprocess, d.anomaly_map[i], d.pixel_labels[i], shape)
+    if not d.is_anomaly[i]:
+        labels = np.zeros_like(labels)
+    regions = find_regions(labels, amap, detector.defect_types)
+    return {"score": float(d.score[i]), "raw_score": float(d.raw_score[i]), "is_anomaly": bool(d.is_anomaly[i]),
+            "defect_type": d.defect_type[i], "defect_prob": float(d.defect_prob[i]), "threshold": detector.threshold,
+            "regions": [r.as_row() for r in regions]}, labels
 
 
 def predict_files(detector: Detector, paths: list[str | Path], batch_size: int = 32, overlay_dir: str | Path | None = None,
@@ -60,15 +74,11 @@ def predict_files(detector: Detector, paths: list[str | Path], batch_size: int =
         if images:
             d = detector.detect(images, batch_size=batch_size)
             for i, (n, path) in enumerate(ok):
-                amap, labels = to_native(detector.preprocess, d.anomaly_map[i], d.pixel_labels[i], images[i].shape[:2])
-                regions = find_regions(labels, amap, detector.defect_types) if d.is_anomaly[i] else []
-                rows.append({"path": str(path), "score": float(d.score[i]), "raw_score": float(d.raw_score[i]),
-                             "is_anomaly": bool(d.is_anomaly[i]), "defect_type": d.defect_type[i],
-                             "defect_prob": float(d.defect_prob[i]), "threshold": detector.threshold,
-                             "regions": [r.as_row() for r in regions], "error": ""})
+                row, labels = result(detector, d, i, images[i].shape[:2])
+                rows.append({"path": str(path), **row, "error": ""})
                 if mask_dir is not None:
                     with atomic_path(Path(mask_dir) / f"{n:05d}_{path.stem}.png") as tmp:
-                        label_png(labels if d.is_anomaly[i] else labels * 0).save(tmp, format="PNG")
+                        label_png(labels).save(tmp, format="PNG")
                 if overlay_dir is not None:
                     verdict = f"{d.defect_type[i]} {d.defect_prob[i]:.2f}" if d.is_anomaly[i] else "normal"
                     label = f"{verdict}  score {d.score[i]:.2f}"

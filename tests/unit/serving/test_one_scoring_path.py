@@ -1,15 +1,22 @@
-"""Evaluation and prediction are one scoring path: the same scores, decisions and defect types for the same
-images and models folder, with every resize policy (tile: native-resolution tiles merged back); overlays lie on
-the image the model saw."""
+"""Evaluation, prediction and the HTTP service are one scoring path: the same scores, decisions, defect types and
+regions for the same images and models folder, with every resize policy (tile: native-resolution tiles merged
+back); overlays lie on the image the model saw; regions and masks come back at the image's own size."""
 
 from __future__ import annotations
 
+import base64
+import io
+import threading
+import time
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
+import httpx
 import numpy as np
 import polars as pl
 import pytest
+import uvicorn
 from PIL import Image
 
 from tests.conftest import TINY_DEMO, TINY_SYNTH, TINY_TRAIN
@@ -24,6 +31,7 @@ from uniadc_core.evaluation.evaluate import evaluate
 from uniadc_core.io import load_image
 from uniadc_core.model.discriminator import load_model
 from uniadc_core.model.train import train
+from uniadc_core.serving.api import create_app
 from uniadc_core.serving.detector import Detector
 from uniadc_core.serving.overlay import heat_overlay
 from uniadc_core.serving.predict import predict_files
@@ -158,3 +166,70 @@ def test_predict_writes_regions_and_label_masks_at_the_images_own_size(models, t
             assert r["defect_type"] in detector.defect_types and r["max_score"] > detector.threshold
             box = mask[r["y0"]:r["y1"], r["x0"]:r["x1"]]
             assert (box == detector.defect_types.index(r["defect_type"]) + 1).any()
+
+
+@contextmanager
+def _serving(app):
+    """The app served by uvicorn on 127.0.0.1 and a free port, in a thread, for the block."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(500):
+        if server.started:
+            break
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_the_http_service_answers_as_predict_does_and_refuses_bad_requests(models, tmp_path):
+    models_dir, manifest, *_ = models
+    detector = Detector.load(models_dir)
+    paths = manifest.filter((pl.col("role") == "test") & pl.col("is_anomaly"))["path"].to_list()
+    rows = predict_files(detector, paths, mask_dir=tmp_path, progress=False)
+    pick = next((i for i, r in enumerate(rows) if r["regions"]), 0)  # an image with regions, where there is one
+    expected, mask_file, png = rows[pick], sorted(tmp_path.glob("*.png"))[pick], Path(paths[pick]).read_bytes()
+    buf = io.BytesIO()
+    Image.open(paths[pick]).convert("RGB").save(buf, format="JPEG", quality=95)
+    with _serving(create_app(detector, str(models_dir), max_bytes=100_000)) as url, httpx.Client(base_url=url, timeout=60) as http:
+        info = http.get("/health").json()
+        assert info["threshold"] == detector.threshold and info["defect_types"] == detector.defect_types
+        assert info["model"] == str(models_dir) and info["max_bytes"] == 100_000
+
+        got = http.post("/predict?mask=true", content=png, headers={"content-type": "image/png"})
+        assert got.status_code == 200, got.text
+        body = got.json()
+        assert body["score"] == pytest.approx(expected["score"], rel=1e-5, abs=1e-6)
+        verdict = ("is_anomaly", "defect_type", "threshold")
+        assert {k: body[k] for k in verdict} == {k: expected[k] for k in verdict}
+        assert [r["defect_type"] for r in body["regions"]] == [r["defect_type"] for r in expected["regions"]]
+        assert [r["area"] for r in body["regions"]] == [r["area"] for r in expected["regions"]]
+        mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["mask_png"]))))
+        assert (body["height"], body["width"]) == mask.shape == (128, 128 + WIDE)
+        assert np.array_equal(mask, np.asarray(Image.open(mask_file)))
+
+        jpeg = http.post("/predict", content=buf.getvalue(), headers={"content-type": "image/jpeg"}).json()
+        assert (jpeg["height"], jpeg["width"]) == (128, 128 + WIDE) and "mask_png" not in jpeg
+        form = http.post("/predict", files={"file": ("part.png", png, "image/png")}).json()
+        assert form["score"] == pytest.approx(body["score"], rel=1e-6) and form["regions"] == body["regions"]
+        strict = http.post("/predict?threshold=1e9", content=png, headers={"content-type": "image/png"}).json()
+        assert strict["threshold"] == 1e9 and not strict["is_anomaly"] and strict["regions"] == []
+
+        bad = {
+            "not an image": (http.post("/predict", content=b"\x89PNG\r\n\x1a\n not really", headers={"content-type": "image/png"}),
+                             422, "cannot be decoded"),
+            "too large": (http.post("/predict", content=b"\0" * 100_001, headers={"content-type": "image/png"}), 413, "over the limit"),
+            "wrong type": (http.post("/predict", content=png, headers={"content-type": "text/plain"}), 415, "content type 'text/plain'"),
+            "empty": (http.post("/predict", content=b"", headers={"content-type": "image/png"}), 400, "empty body"),
+            "form without a file": (http.post("/predict", content=b'--b\r\nContent-Disposition: form-data; name="note"\r\n\r\nx\r\n--b--\r\n',
+                                              headers={"content-type": "multipart/form-data; boundary=b"}), 400, "no file part"),
+            "form, url-encoded": (http.post("/predict", data={"note": "x"}), 415, "content type"),
+        }
+        for what, (answer, status, message) in bad.items():
+            assert answer.status_code == status and message in answer.json()["detail"], (what, answer.status_code, answer.text)
+        again = http.post("/predict", content=png, headers={"content-type": "image/png"})
+        assert again.status_code == 200 and again.json()["score"] == pytest.approx(body["score"], rel=1e-6)
