@@ -1,8 +1,11 @@
 """The whole pipeline as Prefect flows on a tiny demo, then the registered model loaded back from MLflow."""
 
+import base64
 import json
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import polars as pl
 import pytest
 import yaml
@@ -81,11 +84,19 @@ def test_registered_challenger_scores_like_the_local_model(pipeline_run):
     assert version.tags["image_auroc_cada"]
     manifest = pl.read_parquet(work / "data/prepared/manifest.parquet")
     paths = [str(work / p) for p in manifest.filter(pl.col("role") == "test")["path"].to_list()[:6]]
-    remote = predict_paths(load_pyfunc("models:/uniadc-test@challenger", uri), paths)
+    model = load_pyfunc("models:/uniadc-test@challenger", uri)
+    remote = predict_paths(model, paths)
     local = Detector.load(work / "data/models").detect([load_image(p) for p in paths])
     np.testing.assert_allclose(remote["score"].to_numpy(), local.score, rtol=1e-5, atol=1e-6)
     assert remote["defect_type"].tolist() == local.defect_type
     assert remote["is_anomaly"].tolist() == local.is_anomaly.tolist()
+    # image bytes in base64 (what `mlflow models serve` receives over HTTP), a bad row answered in its own row
+    assert model.metadata.signature.inputs.input_names() == ["path", "image"]
+    sent = [base64.b64encode(Path(p).read_bytes()).decode() for p in paths[:2]] + ["not base64!", base64.b64encode(b"GIF89 junk").decode()]
+    encoded = model.predict(pd.DataFrame({"image": sent}))
+    np.testing.assert_allclose(encoded["score"][:2].to_numpy(float), local.score[:2], rtol=1e-5, atol=1e-6)
+    assert encoded["error"][:2].tolist() == ["", ""] and all(isinstance(json.loads(r), list) for r in encoded["regions"])
+    assert "row 2: 'image' is not base64" in encoded["error"][2] and "row 3 image: cannot be decoded" in encoded["error"][3]
 
 
 def test_promote_flow_makes_the_first_passing_challenger_champion(pipeline_run):
@@ -145,3 +156,14 @@ def test_predict_command_scores_a_folder_with_a_corrupt_file(pipeline_run, tmp_p
     assert main(["predict", str(folder / "img0.png"), "--model", "data/models", "--out", str(tmp_path / "p.json")]) == 0
     assert json.loads((tmp_path / "p.json").read_text())[0]["defect_type"] == expected.defect_type[0]
     assert main(["predict", str(tmp_path / "missing")]) == 2
+    # the line's own operating point, label masks at each image's size, one CSV row per region
+    assert main(["predict", str(folder), "--model", "data/models", "--out", str(tmp_path / "at.csv"), "--masks", str(tmp_path / "masks"),
+                 "--threshold", "-100"]) == 0
+    at = pl.read_csv(tmp_path / "at.csv").filter(pl.col("error").is_null())
+    assert at["threshold"].unique().to_list() == [-100.0] and at["is_anomaly"].all() and (at["regions"] >= 1).all()
+    regions = pl.read_csv(tmp_path / "at.regions.csv")
+    assert regions.columns[:3] == ["path", "region", "defect_type"] and regions.height == at["regions"].sum()
+    assert sorted(p.name.split("_", 1)[1] for p in (tmp_path / "masks").glob("*.png")) == [f"img{i}.png" for i in range(4)]
+    with pytest.raises(SystemExit) as refused:  # one or the other
+        main(["predict", str(folder), "--model", "data/models", "--threshold", "1", "--false-alarm-rate", "0.1"])
+    assert refused.value.code == 2

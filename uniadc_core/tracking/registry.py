@@ -9,6 +9,8 @@ version decides exactly as the folder it was logged from.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import logging
@@ -46,8 +48,23 @@ def tracking_uri(default: str, root: str | Path = ".") -> str:
     return uri
 
 
+OUTPUT_COLUMNS = ["score", "raw_score", "is_anomaly", "defect_type", "defect_prob", "threshold", "regions", "error"]
+
+
+def signature():
+    """What the pyfunc takes and gives: a ``path`` or an ``image`` (base64 of the file's bytes) per row; one row out per
+    row in, the regions as a JSON list, an unreadable image as a row with its ``error``."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, Schema
+
+    inputs = Schema([ColSpec("string", "path", required=False), ColSpec("string", "image", required=False)])
+    types = {"score": "double", "raw_score": "double", "is_anomaly": "boolean", "defect_prob": "double", "threshold": "double"}
+    return ModelSignature(inputs=inputs, outputs=Schema([ColSpec(types.get(c, "string"), c) for c in OUTPUT_COLUMNS]))
+
+
 class UniadcModel(mlflow.pyfunc.PythonModel):
-    """Scores images with no class label: input a DataFrame with a ``path`` column."""
+    """Scores images with no class label: input a DataFrame with a ``path`` column of image files, or an ``image``
+    column of their bytes in base64 (what ``mlflow models serve`` receives over HTTP)."""
 
     def load_context(self, context) -> None:
         from uniadc_core.cada.regressor import load_cada
@@ -56,15 +73,42 @@ class UniadcModel(mlflow.pyfunc.PythonModel):
 
         self.detector = Detector(load_model(context.artifacts["discriminator"]), load_cada(context.artifacts["cada"]))
 
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        if "path" not in model_input.columns:
-            msg = f"input needs a 'path' column of image files; got columns {list(model_input.columns)}"
+    def _decode(self, n: int, record: dict):
+        pre = self.detector.preprocess
+        image = record.get("image")
+        if isinstance(image, str) and image:
+            try:
+                data = base64.b64decode(image, validate=True)
+            except (binascii.Error, ValueError):
+                msg = f"row {n}: 'image' is not base64; send base64.b64encode(file bytes).decode()"
+                raise ValueError(msg) from None
+            return pre.decode_bytes(data, f"row {n} image")
+        path = record.get("path")
+        if not isinstance(path, str) or not path:
+            msg = f"row {n}: neither an 'image' (base64 bytes) nor a 'path'"
             raise ValueError(msg)
-        d = self.detector.detect([self.detector.preprocess.decode_image(p) for p in model_input["path"]])
-        return pd.DataFrame({
-            "score": d.score, "raw_score": d.raw_score, "is_anomaly": d.is_anomaly,
-            "defect_type": d.defect_type, "defect_prob": d.defect_prob,
-        })
+        return pre.decode_image(path)
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        from uniadc_core.serving.predict import result
+
+        if not {"path", "image"} & set(model_input.columns):
+            msg = f"input needs a 'path' column of image files or an 'image' column of base64 bytes; got columns {list(model_input.columns)}"
+            raise ValueError(msg)
+        rows: list[dict] = [{} for _ in range(len(model_input))]
+        images, ok = [], []
+        for n, record in enumerate(model_input.to_dict("records")):
+            try:
+                images.append(self._decode(n, record))
+                ok.append(n)
+            except (ValueError, OSError) as exc:
+                rows[n] = {"error": str(exc), "regions": "[]"}
+        if images:
+            d = self.detector.detect(images)
+            for i, n in enumerate(ok):
+                row, _ = result(self.detector, d, i, images[i].shape[:2])
+                rows[n] = {**row, "regions": json.dumps(row["regions"]), "error": ""}
+        return pd.DataFrame([{c: r.get(c) for c in OUTPUT_COLUMNS} for r in rows], columns=OUTPUT_COLUMNS)
 
 
 def _experiment_id(client: MlflowClient, name: str) -> str:
@@ -185,7 +229,7 @@ def _new_run(client: MlflowClient, experiment_id: str, key: str, params: dict, m
             client.log_artifacts(run_id, str(d), artifact_path=d.name)
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(tmp) / "model"
-            mlflow.pyfunc.save_model(str(local), python_model=str(ENTRY), pip_requirements=PIP_REQUIREMENTS,
+            mlflow.pyfunc.save_model(str(local), python_model=str(ENTRY), pip_requirements=PIP_REQUIREMENTS, signature=signature(),
                                      artifacts={"discriminator": str(models_dir / "discriminator"), "cada": str(models_dir / "cada")})
             client.log_artifacts(run_id, str(local), artifact_path="model")
         client.set_terminated(run_id)
