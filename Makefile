@@ -16,7 +16,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 $(STAMP): pyproject.toml
 	@start=$$(date +%s); \
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV); \
-	$(VENV)/bin/pip install -q --disable-pip-version-check -e ".[test]" && touch $(STAMP) && \
+	$(VENV)/bin/pip install -q --disable-pip-version-check -e ".[pipeline,serve,test]" && touch $(STAMP) && \
 	echo "set-up: $$(( $$(date +%s) - start )) s"
 
 setup: $(STAMP)

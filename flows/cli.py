@@ -7,6 +7,7 @@
     uniadc promote [--rollback]                      # gated promotion of @challenger to @champion
     uniadc predict IMAGES_OR_FOLDERS [--model M] [--out predictions.csv] [--overlays DIR] [--masks DIR]
                    [--threshold T | --false-alarm-rate R]   # the line's own operating point
+    uniadc export [--model data/models] [--out exported]   # ONNX + JSON: `uniadc predict --model exported` needs no torch
     uniadc serve-api [--model M] [--host 127.0.0.1] [--port 8000]  # HTTP: POST image bytes to /predict
     uniadc retrain                                   # dvc repro, promotion, dvc push: once
     uniadc serve [--cron "0 2 * * *"]                # the same on a schedule (Prefect flow.serve)
@@ -55,10 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
                            help="decide at the threshold expected to flag this fraction of new normals (e.g. 0.01), from "
                            "the held-out normal scores saved with the model")
     predict.add_argument("--batch-size", type=int, default=32)
+    export = sub.add_parser("export", help="export a model to ONNX for the slim runtime (model.onnx + runtime.json)")
+    export.add_argument("--model", default="data/models", help="a local models directory (with discriminator/ and cada/) "
+                        "or models:/NAME@ALIAS")
+    export.add_argument("--out", default="exported", help="the folder to write")
     sub.add_parser("retrain", help="dvc repro, then gated promotion, then dvc push (once)")
     serve = sub.add_parser("serve", help="run the retraining flow on a cron schedule (flow.serve)")
     serve.add_argument("--cron", default="0 2 * * *")
-    for p in (stage, check, promote, predict, api):
+    for p in (stage, check, promote, predict, api, export):
         p.add_argument("--params", default="params.yaml")
     return parser
 
@@ -87,6 +92,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         print(json.dumps(retrain_flow(), indent=2, default=str))
         return 0
+    if args.command == "predict":  # an exported model needs no params (nor torch)
+        return _predict(args)
+    if args.command == "serve-api":
+        return _serve_api(args)
+    if args.command == "export":
+        return _export(args)
     from uniadc_core.config import ConfigError, load_params
 
     try:
@@ -102,10 +113,6 @@ def main(argv: list[str] | None = None) -> int:
 
         print(json.dumps(promote_flow(".", args.params, rollback_champion=args.rollback), indent=2, default=str))
         return 0
-    if args.command == "predict":
-        return _predict(args, params)
-    if args.command == "serve-api":
-        return _serve_api(args, params)
     import importlib
 
     module = importlib.import_module(f"flows.{args.name}")
@@ -114,40 +121,73 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def load_detector(model: str, params):
-    """A detector from an MLflow model URI or a local models folder; its threshold is the one saved with it."""
+def load_detector(model: str, params_path: str = "params.yaml"):
+    """A detector from an exported folder (``uniadc export``: onnxruntime, no torch), an MLflow model URI (the tracking
+    server from ``params_path`` or MLFLOW_TRACKING_URI) or a local models folder; its threshold is the one saved with it."""
+    from uniadc_core.runtime import OnnxDetector, is_exported
+
+    if is_exported(model):
+        return OnnxDetector.load(model)
     if model.startswith(("models:/", "runs:/")):
+        from uniadc_core.config import load_params
         from uniadc_core.tracking import load_pyfunc, tracking_uri
 
+        params = load_params(params_path)
         return load_pyfunc(model, tracking_uri(params.evaluate.mlflow.tracking_uri)).unwrap_python_model().detector
     from uniadc_core.serving.detector import Detector
 
     return Detector.load(model)
 
 
-def _detector_or_error(args, params):
+def _model_uri(args) -> str:
+    """``--model``, or the registered model's @champion named in the params."""
+    if args.model:
+        return args.model
+    from uniadc_core.config import load_params
+
+    return f"models:/{load_params(args.params).evaluate.mlflow.registered_model}@champion"
+
+
+def _detector_or_error(args):
     """(model, detector at the asked threshold), or (model, None) after printing why it cannot be loaded."""
-    model = args.model or f"models:/{params.evaluate.mlflow.registered_model}@champion"
+    model = args.model or "models:/...@champion"
     try:
-        return model, load_detector(model, params).with_threshold(args.threshold, args.false_alarm_rate)
+        model = _model_uri(args)
+        return model, load_detector(model, args.params).with_threshold(args.threshold, args.false_alarm_rate)
     except (FileNotFoundError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-    except Exception as exc:  # noqa: BLE001  (MLflow: unknown model or alias)
+    except Exception as exc:  # noqa: BLE001  (MLflow: unknown model or alias; a bad params file)
         print(f"error: could not load {model}: {exc}", file=sys.stderr)
     return model, None
 
 
-def _serve_api(args, params) -> int:
+def _export(args) -> int:
+    from uniadc_core.export import export_model
+    from uniadc_core.serving.detector import Detector
+
+    try:
+        detector = load_detector(args.model, args.params)
+        if not isinstance(detector, Detector):
+            raise ValueError(f"{args.model}: already an exported model; export a models folder or models:/NAME@ALIAS")
+        out = export_model(detector, args.out, source=args.model)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"exported {args.model} -> {out} (model.onnx + runtime.json); score with: uniadc predict IMAGES --model {out}")
+    return 0
+
+
+def _serve_api(args) -> int:
     from uniadc_core.serving.api import serve
 
-    model, detector = _detector_or_error(args, params)
+    model, detector = _detector_or_error(args)
     if detector is None:
         return 2
     serve(detector, model, args.host, args.port, int(args.max_mb * 1024 * 1024))
     return 0
 
 
-def _predict(args, params) -> int:
+def _predict(args) -> int:
     from uniadc_core.serving.predict import list_images, predict_files, write_rows
 
     try:
@@ -155,7 +195,7 @@ def _predict(args, params) -> int:
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    model, detector = _detector_or_error(args, params)
+    model, detector = _detector_or_error(args)
     if detector is None:
         return 2
     t0 = time.perf_counter()

@@ -15,13 +15,13 @@ DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
 
 # uniadc_core's layers, lowest first: a module may import its own layer and those below it
 LAYERS = [
-    {"config", "io", "decoding", "device", "metrics"},
+    {"config", "io", "decoding", "device", "metrics", "decision"},
     {"data"},
     {"weights"},
     {"synthesis", "model"},
     {"cada"},
-    {"serving"},
-    {"evaluation"},
+    {"serving", "runtime"},
+    {"evaluation", "export"},
     {"tracking"},
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}

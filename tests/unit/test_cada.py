@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
-from uniadc_core.cada.regressor import ClassStats, align, class_statistics, fit_cada, load_cada, save_cada
+from uniadc_core.cada.regressor import ClassStats, class_statistics, fit_cada, load_cada, save_cada
 from uniadc_core.config import FitCadaConfig
+from uniadc_core.decision import align
 
 
 def _clusters(rng, n=40):

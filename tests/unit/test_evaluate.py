@@ -2,9 +2,8 @@ import numpy as np
 import pytest
 
 from uniadc_core.config import ConfigError, parse_params
+from uniadc_core.decision import Scores, decide
 from uniadc_core.evaluation.evaluate import EvalSet, compute_metrics, per_type_detection
-from uniadc_core.model.scoring import Scores
-from uniadc_core.serving.detector import decide
 
 TYPES = ["crack", "stain"]
 

@@ -11,12 +11,13 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from uniadc_core.cada.calibration import calibrate
-from uniadc_core.cada.regressor import ClassStats, align, class_statistics, fit_cada, save_cada
+from uniadc_core.cada.regressor import ClassStats, class_statistics, fit_cada, save_cada
 from uniadc_core.config import FitCadaConfig
 from uniadc_core.data.manifest import Role, item_names
 from uniadc_core.data.shards import decode_row
+from uniadc_core.decision import Scores, align
 from uniadc_core.model.discriminator import Discriminator
-from uniadc_core.model.scoring import Scores, concat_scores, score_images, score_paths
+from uniadc_core.model.scoring import concat_scores, score_images, score_paths
 
 log = logging.getLogger(__name__)
 

@@ -22,11 +22,11 @@ import torch
 from torch import nn
 
 from uniadc_core.config import FitCadaConfig
+from uniadc_core.decision import MIN_SPREAD
 from uniadc_core.io import read_weights_dir, save_weights_dir
 
 log = logging.getLogger(__name__)
 
-MIN_SPREAD = 1e-3  # default floor on gamma - u so the division is safe (fit_cada.min_spread sets it)
 
 
 class ClassStats(NamedTuple):
@@ -94,11 +94,6 @@ class Cada:
     def global_stats(self) -> tuple[float, float]:
         u, gamma = self.config.global_stats
         return u, max(gamma, u + self.config.min_spread)
-
-
-def align(scores: np.ndarray, u: np.ndarray, gamma: np.ndarray) -> np.ndarray:
-    """(s - u) / (gamma - u); ``u`` and ``gamma`` broadcast against ``scores``."""
-    return (scores - u) / np.maximum(gamma - u, MIN_SPREAD)
 
 
 def class_statistics(scores: np.ndarray, classes: list[str], in_sample: dict[str, bool] | None = None) -> dict[str, ClassStats]:

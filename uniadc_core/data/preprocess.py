@@ -34,13 +34,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from uniadc_core import decoding
 from uniadc_core.decoding import DEFAULT, DecodeOptions
 from uniadc_core.io import load_image, load_mask, resize
+
+if TYPE_CHECKING:
+    import torch
 
 POLICIES = ("stretch", "pad", "tile")
 TILE_OVERLAP = 0.25  # policy tile: neighbouring tiles share a quarter of their side
@@ -185,6 +188,8 @@ class Preprocess:
         side, top, left = _square_box(h, w)
         square = np.full((side, side), native_map.min(), np.float32)
         square[top:top + h, left:left + w] = native_map
+        import torch  # here, not at the top: the exported runtime preprocesses without torch
+
         t = torch.from_numpy(square)[None, None]  # antialiased: a thin line of a large image is averaged in, not skipped
         return torch.nn.functional.interpolate(t, size=(self.size, self.size), mode="bilinear", align_corners=False,
                                                antialias=side > self.size)[0, 0].numpy()
@@ -233,4 +238,6 @@ class Preprocess:
     @staticmethod
     def batch(images: list[np.ndarray]) -> torch.Tensor:
         """Preprocessed (S, S, 3) uint8 arrays -> (B, 3, S, S) uint8 tensor."""
+        import torch
+
         return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()

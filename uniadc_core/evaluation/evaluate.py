@@ -24,12 +24,13 @@ from uniadc_core.cada.regressor import Cada
 from uniadc_core.config import EvaluateConfig
 from uniadc_core.data.manifest import Role
 from uniadc_core.data.preprocess import Preprocess
+from uniadc_core.decision import Decision, Scores, decide
 from uniadc_core.evaluation.plots import plot_confusion, plot_overlays, plot_roc, plot_score_histograms
 from uniadc_core.evaluation.report import METRICS, VARIANTS
 from uniadc_core.io import atomic_path, write_json
 from uniadc_core.metrics import accuracy, aupro, auroc, auroc_by_group, confusion_matrix, f1_max, mean_iou, recall_at_fpr
-from uniadc_core.model.scoring import Scores, score_images
-from uniadc_core.serving.detector import Decision, Detector, decide
+from uniadc_core.model.scoring import score_images
+from uniadc_core.serving.detector import Detector
 
 log = logging.getLogger(__name__)
 

@@ -18,17 +18,8 @@ import torch
 from tqdm import tqdm
 
 from uniadc_core.data.preprocess import merge_tiles
+from uniadc_core.decision import Scores
 from uniadc_core.model.discriminator import Discriminator
-
-
-class Scores(NamedTuple):
-    """Discriminator outputs for N images, as numpy, at the model's input size S."""
-
-    score: np.ndarray  # (N,) raw image score
-    anomaly_map: np.ndarray  # (N, S, S) float32
-    type_probs: np.ndarray  # (N, K)
-    pixel_types: np.ndarray  # (N, S, S) uint8 defect index 1..K
-    embedding: np.ndarray  # (N, E)
 
 
 @torch.no_grad()

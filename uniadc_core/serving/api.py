@@ -21,15 +21,18 @@ import email.parser
 import email.policy
 import io
 import threading
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 
 from uniadc_core import __version__
 from uniadc_core.decoding import ImageTooLarge
-from uniadc_core.serving.detector import Detector
 from uniadc_core.serving.predict import result
 from uniadc_core.serving.regions import label_png
+
+if TYPE_CHECKING:  # or runtime.OnnxDetector
+    from uniadc_core.serving.detector import Detector
 
 MAX_BYTES = 20 * 1024 * 1024  # a 20 MB body: a large 16-bit TIFF frame fits, a runaway upload does not
 IMAGE_TYPES = ("image/", "application/octet-stream")

@@ -3,9 +3,9 @@
     detector = Detector.load("data/models")         # discriminator/ and cada/ inside
     d = detector.detect(images)                      # Decision: aligned score, is_anomaly, defect type, ...
 
-``decide`` is the one decision function: evaluation calls it for each normalisation variant and
-prediction (``uniadc predict``, the MLflow pyfunc) calls it through ``Detector.detect``, so what
-is evaluated is what is served. The threshold is read from the models folder (``cada/config.json``,
+``decide`` (``uniadc_core.decision``) is the one decision function: evaluation calls it for each
+normalisation variant and prediction (``uniadc predict``, the service, the MLflow pyfunc) calls it
+through ``Detector.detect``, so what is evaluated is what is served. The threshold is read from the models folder (``cada/config.json``,
 written by fit_cada), never from the params of the process that loads it; a line sets its own with
 ``detector.with_threshold(t)`` or ``with_threshold(false_alarm_rate=0.01)``.
 """
@@ -13,52 +13,15 @@ written by fit_cada), never from the params of the process that loads it; a line
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
 from uniadc_core.cada.calibration import threshold_for_rate
-from uniadc_core.cada.regressor import Cada, align, load_cada
+from uniadc_core.cada.regressor import Cada, load_cada
 from uniadc_core.data.preprocess import Preprocess
+from uniadc_core.decision import Decision, Scores, decide
 from uniadc_core.model.discriminator import Discriminator, load_model
-from uniadc_core.model.scoring import Scores, score_images
-
-
-class Decision(NamedTuple):
-    """What the detector says about N images, with no class label given."""
-
-    score: np.ndarray  # (N,) aligned image score; > threshold means anomalous
-    raw_score: np.ndarray  # (N,)
-    u: np.ndarray  # (N,) normal-score mean used for the alignment
-    gamma: np.ndarray  # (N,) normal-score max used for the alignment
-    anomaly_map: np.ndarray  # (N, S, S) aligned like the score
-    is_anomaly: np.ndarray  # (N,) bool
-    label: np.ndarray  # (N,) int: 0 normal, else the defect index (1..K) of the most likely type
-    defect_type: list[str]  # (N,) most likely defect type (whether or not the image is anomalous)
-    defect_prob: np.ndarray  # (N,) its probability
-    pixel_labels: np.ndarray  # (N, S, S) defect index where the aligned map exceeds the threshold, else 0
-
-
-def decide(scores: Scores, u: np.ndarray, gamma: np.ndarray, threshold: float, defect_types: list[str]) -> Decision:
-    """Align raw scores and maps with (u, gamma) per image, then threshold them and name the defect type."""
-    aligned = align(scores.score, u, gamma)
-    amap = align(scores.anomaly_map, u[:, None, None], gamma[:, None, None])
-    n = len(scores.score)
-    best = scores.type_probs.argmax(1) if n else np.zeros(0, int)
-    is_anomaly = aligned > threshold
-    return Decision(
-        score=aligned,
-        raw_score=scores.score,
-        u=u,
-        gamma=gamma,
-        anomaly_map=amap,
-        is_anomaly=is_anomaly,
-        label=np.where(is_anomaly, best + 1, 0),
-        defect_type=[defect_types[i] for i in best],
-        defect_prob=scores.type_probs[np.arange(n), best] if n else np.zeros(0),
-        pixel_labels=np.where(amap > threshold, scores.pixel_types, 0).astype(np.uint8),
-    )
-
+from uniadc_core.model.scoring import score_images
 
 MODEL_PARTS = ("discriminator", "cada")
 

@@ -12,14 +12,18 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
 
+from uniadc_core.decision import Decision
 from uniadc_core.io import atomic_path
-from uniadc_core.serving.detector import Decision, Detector
 from uniadc_core.serving.overlay import labelled_overlay
-from uniadc_core.serving.regions import find_regions, label_png, to_native
+from uniadc_core.serving.regions import label_png, native_regions
+
+if TYPE_CHECKING:  # or an exported model's runtime.OnnxDetector: the same interface, no torch
+    from uniadc_core.serving.detector import Detector
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 COLUMNS = ["path", "score", "raw_score", "is_anomaly", "defect_type", "defect_prob", "threshold", "regions", "error"]
@@ -44,10 +48,8 @@ def result(detector: Detector, d: Decision, i: int, shape: tuple[int, int]) -> t
     """Image ``i`` of a decision as a row (scores, verdict, type, the threshold in force, its regions) and its (H, W)
     uint8 label map at the image's own ``shape`` (all 0 for an image decided normal): what ``uniadc predict`` writes
     and the HTTP service returns."""
-    amap, labels = to_native(detector.preprocess, d.anomaly_map[i], d.pixel_labels[i], shape)
-    if not d.is_anomaly[i]:
-        labels = np.zeros_like(labels)
-    regions = find_regions(labels, amap, detector.defect_types)
+    view_labels = d.pixel_labels[i] if d.is_anomaly[i] else np.zeros_like(d.pixel_labels[i])
+    regions, labels = native_regions(detector.preprocess, d.anomaly_map[i], view_labels, shape, detector.defect_types)
     return {"score": float(d.score[i]), "raw_score": float(d.raw_score[i]), "is_anomaly": bool(d.is_anomaly[i]),
             "defect_type": d.defect_type[i], "defect_prob": float(d.defect_prob[i]), "threshold": detector.threshold,
             "regions": [r.as_row() for r in regions]}, labels

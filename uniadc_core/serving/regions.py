@@ -1,16 +1,16 @@
 """Defect regions as data: each connected region of a decided label map, at the image's own size.
 
-    amap, labels = to_native(detector.preprocess, d.anomaly_map[i], d.pixel_labels[i], image.shape[:2])
-    regions = find_regions(labels, amap, detector.model.config.defect_types)
+    regions, labels = native_regions(detector.preprocess, d.anomaly_map[i], d.pixel_labels[i], image.shape[:2], types)
     [Region(defect_type='crack', box=(x0, y0, x1, y1), area=412, max_score=3.1, mean_score=1.7), ...]
 
 The model decides on its square view of the image (``Preprocess``: stretched, or padded to a square for
-``pad`` and for ``tile``'s whole-image view). ``to_native`` undoes that geometry: the view's padding is
-cut off and the rest scaled to (H, W) by nearest neighbour, so a box is in the pixels of the file the user
-gave and each pixel keeps the label and score it was decided with (every region's peak is above the
-threshold). A region is a set of 8-connected defect pixels; its type
-is the type most of its pixels carry (the per-pixel argmax can split one defect between two types; the
-defect is still one region). Only numpy, Pillow and scipy: the same code serves every runtime.
+``pad`` and for ``tile``'s whole-image view). ``native_index`` undoes that geometry: each pixel of the
+original takes the view pixel it falls in (nearest neighbour, the view's padding cut off), with that
+pixel's label and score, so a box is in the pixels of the file the user gave and every region's peak is
+above the threshold. A region is a set of 8-connected defect pixels, found on the view (a few hundred
+pixels a side, whatever the file's size); its type is the type most of its pixels carry (the per-pixel
+argmax can split one defect between two types; the defect is still one region). numpy only: the exported
+runtime uses the same code.
 """
 
 from __future__ import annotations
@@ -19,11 +19,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 
 from uniadc_core.data.preprocess import Preprocess
 
-EIGHT = np.ones((3, 3), bool)  # diagonal neighbours join a region: a thin diagonal crack stays one defect
+_NONE = np.iinfo(np.int64).max
 
 
 @dataclass(frozen=True)
@@ -31,7 +30,7 @@ class Region:
     defect_type: str
     box: tuple[int, int, int, int]  # x0, y0, x1, y1 in the original image's pixels; x1, y1 exclusive
     area: int  # pixels of the original image
-    max_score: float  # aligned score: above the threshold everywhere in the region
+    max_score: float  # aligned score: above the threshold at the region's peak
     mean_score: float
 
     def as_row(self) -> dict:
@@ -40,44 +39,76 @@ class Region:
         return {**row, "x0": x0, "y0": y0, "x1": x1, "y1": y1}
 
 
-def _resize(arr: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Nearest neighbour, for uint8 labels and float32 scores alike."""
-    h, w = shape
-    if arr.shape == (h, w):
-        return arr
-    image = Image.fromarray(arr.astype(np.uint8)) if arr.dtype == np.uint8 else Image.fromarray(arr.astype(np.float32), mode="F")
-    return np.asarray(image.resize((w, h), Image.NEAREST))
+def components(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """(H, W) int64 labels of the 8-connected components of a bool mask (0 outside, 1..n in scan order of their
+    first pixel) and n: each pixel takes the smallest index in its 3x3 neighbourhood, then jumps to that
+    pixel's label (pointer jumping), until nothing changes."""
+    h, w = mask.shape
+    label = np.where(mask, np.arange(h * w, dtype=np.int64).reshape(h, w), _NONE)
+    while True:
+        padded = np.pad(label, 1, constant_values=_NONE)
+        low = label.copy()
+        for dy in range(3):
+            for dx in range(3):
+                np.minimum(low, padded[dy:dy + h, dx:dx + w], out=low)
+        low = np.where(mask, low, _NONE)
+        flat = low.ravel()
+        inside = flat != _NONE
+        flat[inside] = np.minimum(flat[inside], label.ravel()[flat[inside]])
+        if np.array_equal(low, label):
+            break
+        label = low
+    out = np.zeros((h, w), np.int64)
+    roots, dense = np.unique(label[mask], return_inverse=True)
+    out[mask] = dense + 1
+    return out, len(roots)
 
 
-def to_native(pre: Preprocess, view_map: np.ndarray, view_labels: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """The (S, S) aligned map and uint8 label map of the model's view -> (H, W) maps of an image of ``shape``."""
-    h, w = shape
-    if pre.policy != "stretch":  # pad, and tile's whole-image view: the image sits centred in a square of side max(h, w)
-        side = max(h, w)
-        top, left = (side - h) // 2, (side - w) // 2
-        square_map, square_labels = _resize(view_map, (side, side)), _resize(view_labels.astype(np.uint8), (side, side))
-        return square_map[top:top + h, left:left + w], square_labels[top:top + h, left:left + w]
-    return _resize(view_map, (h, w)), _resize(view_labels.astype(np.uint8), (h, w))
+def _measure(comp: np.ndarray, count: int, labels: np.ndarray, amap: np.ndarray, defect_types: list[str]) -> list[Region]:
+    """A Region per component of ``comp`` (1..count) with pixels, highest peak score first."""
+    ys, xs = np.nonzero(comp)
+    if count == 0 or not len(ys):
+        return []
+    which = comp[ys, xs]
+    order = np.argsort(which, kind="stable")
+    ys, xs, which = ys[order], xs[order], which[order]
+    scores, kinds = amap[ys, xs].astype(np.float64), labels[ys, xs].astype(np.int64)
+    present, starts, area = np.unique(which, return_index=True, return_counts=True)
+    k = len(defect_types) + 1
+    votes = np.bincount(which * k + kinds, minlength=(count + 1) * k).reshape(count + 1, k)[present, 1:]
+    boxes = zip(np.minimum.reduceat(xs, starts), np.minimum.reduceat(ys, starts), np.maximum.reduceat(xs, starts) + 1,
+                np.maximum.reduceat(ys, starts) + 1)
+    peaks, sums = np.maximum.reduceat(scores, starts), np.add.reduceat(scores, starts)
+    regions = [Region(defect_types[int(v.argmax())], tuple(int(c) for c in box), int(a), float(p), float(s / a))
+               for v, box, a, p, s in zip(votes, boxes, area, peaks, sums)]
+    return sorted(regions, key=lambda r: -r.max_score)
 
 
 def find_regions(labels: np.ndarray, amap: np.ndarray, defect_types: list[str]) -> list[Region]:
     """The connected regions of a (H, W) label map (0 normal, k the k-th defect type), highest score first."""
-    components, count = ndimage.label(labels > 0, structure=EIGHT)
-    if count == 0:
-        return []
-    index = np.arange(1, count + 1)
-    boxes = ndimage.find_objects(components)
-    areas = ndimage.sum_labels(np.ones_like(components), components, index)
-    peaks = ndimage.maximum(amap, components, index)
-    means = ndimage.mean(amap, components, index)
-    regions = []
-    for n, box in enumerate(boxes):
-        inside = components[box] == n + 1
-        votes = np.bincount(labels[box][inside], minlength=len(defect_types) + 1)[1:]
-        ys, xs = box
-        regions.append(Region(defect_types[int(votes.argmax())], (xs.start, ys.start, xs.stop, ys.stop), int(areas[n]),
-                              float(peaks[n]), float(means[n])))
-    return sorted(regions, key=lambda r: -r.max_score)
+    return _measure(*components(labels > 0), labels, amap, defect_types)
+
+
+def native_index(pre: Preprocess, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """For an image of ``shape`` (H, W): the view row of each of its rows and the view column of each column."""
+    h, w = shape
+    size = pre.size
+    if pre.policy == "stretch":
+        spans = ((h, 0, h), (w, 0, w))  # (count, offset in the square, square side) per axis
+    else:  # pad, and tile's whole-image view: the image sits centred in a square of side max(h, w)
+        side = max(h, w)
+        spans = ((h, (side - h) // 2, side), (w, (side - w) // 2, side))
+    return tuple(np.minimum(((np.arange(n) + off + 0.5) * size / side).astype(np.int64), size - 1) for n, off, side in spans)
+
+
+def native_regions(pre: Preprocess, view_map: np.ndarray, view_labels: np.ndarray, shape: tuple[int, int],
+                   defect_types: list[str]) -> tuple[list[Region], np.ndarray]:
+    """The regions of the (S, S) aligned map and uint8 label map of the model's view, measured on an image of
+    ``shape``, and that image's (H, W) uint8 label map."""
+    rows, cols = native_index(pre, shape)
+    comp, count = components(view_labels > 0)
+    labels = view_labels[rows][:, cols].astype(np.uint8)
+    return _measure(comp[rows][:, cols], count, labels, view_map[rows][:, cols], defect_types), labels
 
 
 def label_png(labels: np.ndarray) -> Image.Image:

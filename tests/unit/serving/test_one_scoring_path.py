@@ -28,9 +28,11 @@ from uniadc_core.data.ingest import ingest
 from uniadc_core.data.preprocess import Preprocess
 from uniadc_core.data.shards import read_samples
 from uniadc_core.evaluation.evaluate import evaluate
+from uniadc_core.export import export_model
 from uniadc_core.io import load_image
 from uniadc_core.model.discriminator import load_model
 from uniadc_core.model.train import train
+from uniadc_core.runtime import OnnxDetector
 from uniadc_core.serving.api import create_app
 from uniadc_core.serving.detector import Detector
 from uniadc_core.serving.overlay import heat_overlay
@@ -233,3 +235,21 @@ def test_the_http_service_answers_as_predict_does_and_refuses_bad_requests(model
             assert answer.status_code == status and message in answer.json()["detail"], (what, answer.status_code, answer.text)
         again = http.post("/predict", content=png, headers={"content-type": "image/png"})
         assert again.status_code == 200 and again.json()["score"] == pytest.approx(body["score"], rel=1e-6)
+
+
+def test_the_exported_runtime_gives_the_same_rows(models, tmp_path):
+    """The demo's scratch discriminator (with and without a memory) exported to ONNX: the same scores, decisions,
+    types and regions as torch; a tile model is refused with the reason."""
+    models_dir, manifest, policy, _ = models
+    detector = Detector.load(models_dir)
+    if policy == "tile":
+        with pytest.raises(ValueError, match="resize: tile model"):
+            export_model(detector, tmp_path / "exported", source=str(models_dir))
+        assert not (tmp_path / "exported").exists()
+        return
+    runtime = OnnxDetector.load(export_model(detector, tmp_path / "exported", source=str(models_dir)))
+    paths = manifest.filter(pl.col("role") == "test")["path"].to_list()
+    want, got = predict_files(detector, paths, progress=False), predict_files(runtime, paths, progress=False)
+    np.testing.assert_allclose([r["score"] for r in got], [r["score"] for r in want], rtol=0, atol=1e-4)
+    assert [(r["is_anomaly"], r["defect_type"], [(g["defect_type"], g["area"]) for g in r["regions"]]) for r in got] == \
+        [(r["is_anomaly"], r["defect_type"], [(g["defect_type"], g["area"]) for g in r["regions"]]) for r in want]

@@ -7,7 +7,7 @@ import pytest
 
 from uniadc_core.cada.calibration import calibrate, threshold_for_rate
 from uniadc_core.data.preprocess import Preprocess
-from uniadc_core.serving.regions import find_regions, to_native
+from uniadc_core.serving.regions import components, find_regions, native_regions
 
 TYPES = ["crack", "hole", "stain"]
 
@@ -43,9 +43,8 @@ def test_a_defect_comes_back_where_it_is_in_the_original_image(policy):
     native[30:70, 150:210] = 2
     view = pre.mask(native)
     view_map = np.where(view > 0, 3.0, -1.0).astype(np.float32)
-    amap, labels = to_native(pre, view_map, view, (h, w))
-    assert labels.shape == amap.shape == (h, w)
-    (region,) = find_regions(labels, amap, TYPES)
+    (region,), labels = native_regions(pre, view_map, view, (h, w), TYPES)
+    assert labels.shape == (h, w) and region.area == int((labels > 0).sum())
     assert region.defect_type == "hole"
     x0, y0, x1, y1 = region.box
     tolerance = max(h, w) / 64 + 1 if policy != "stretch" else w / 64 + 1  # one view pixel, in native pixels
@@ -69,3 +68,28 @@ def test_a_false_alarm_rate_becomes_the_conformal_threshold_of_the_saved_normals
         threshold_for_rate(scores, 2.0)
     with pytest.raises(ValueError, match="re-run fit_cada"):
         threshold_for_rate({}, 0.01)
+
+
+def test_components_match_a_flood_fill():
+    rng = np.random.default_rng(1)
+    mask = rng.random((60, 80)) < 0.35
+    comp, count = components(mask)
+    seen = np.zeros_like(mask)
+    found = 0
+    for y, x in zip(*np.nonzero(mask)):
+        if seen[y, x]:
+            continue
+        found += 1
+        stack, members = [(y, x)], []
+        seen[y, x] = True
+        while stack:
+            cy, cx = stack.pop()
+            members.append((cy, cx))
+            for ny in range(max(cy - 1, 0), min(cy + 2, 60)):
+                for nx in range(max(cx - 1, 0), min(cx + 2, 80)):
+                    if mask[ny, nx] and not seen[ny, nx]:
+                        seen[ny, nx] = True
+                        stack.append((ny, nx))
+        assert len({int(comp[p]) for p in members}) == 1 and comp[members[0]] > 0
+        assert int((comp == comp[members[0]]).sum()) == len(members)
+    assert count == found and comp[~mask].max() == 0
