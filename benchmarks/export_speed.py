@@ -7,6 +7,8 @@ In one process: ``uniadc export`` of the folder (seconds), then the same ``--cou
 ``Detector`` (batches of 1 and of 16) and by the ``OnnxDetector`` (one image at a time, as its graph takes them),
 medians of ``--repeats`` runs after a warm-up, decoding excluded, preprocessing, model and decision included. Also
 the largest difference of the aligned scores and the number of images whose decision, type or regions differ.
+Where ``openvino`` is installed (it is not a dependency), its CPU runtime runs the same model.onnx the same way, at
+float32 (its default here is bfloat16, which moved a raw score by 0.37), to tell whether it would earn its place.
 Run it alone.
 """
 
@@ -75,6 +77,21 @@ def main() -> None:
             "torch, batch 16": median_ms(lambda: detector.detect(images, batch_size=16), a.repeats, len(images)),
             "onnxruntime, one at a time": median_ms(lambda: runtime.detect(images), a.repeats, len(images)),
         }
+        try:
+            import openvino
+        except ImportError:
+            openvino = None
+        if openvino is not None:
+            compiled = openvino.Core().compile_model(str(Path(tmp) / "exported/model.onnx"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+            pre = runtime.preprocess
+
+            def run_openvino():
+                return [compiled(np.ascontiguousarray(pre.image(im).transpose(2, 0, 1)[None]))[0] for im in images]
+
+            ov_raw = np.concatenate(run_openvino())
+            ort_raw = np.array([r["raw_score"] for r in got])
+            timings[f"openvino {openvino.__version__.split('-')[0]}, one at a time (raw score within {np.abs(ov_raw - ort_raw).max():.1e})"] = \
+                median_ms(run_openvino, a.repeats, len(images))
     config = detector.model.config
     lines = [f"# Exported runtime against torch\n\nCommand: `python benchmarks/export_speed.py {' '.join(sys.argv[1:])}`  ",
              f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; model "
