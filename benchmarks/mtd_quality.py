@@ -191,7 +191,8 @@ def logged_runs(out: Path, label: str, setting: str, epochs: int, image_size: in
             return None
         found.append(match[-1])
     return found
-SUMMARY = (*COLUMNS, "false_positive_rate", "miss_rate", "recall_at_1pct_fpr")
+SUMMARY = (*COLUMNS, "type_accuracy_given_anomaly", "false_positive_rate", "miss_rate", "recall_at_1pct_fpr", "type_accuracy_uniadc_protocol",
+           "miou_uniadc_protocol")
 
 
 def log_seeds(out: Path, label: str, setting: str, overrides: list[str], runs: list[dict]) -> None:

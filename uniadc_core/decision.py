@@ -43,6 +43,8 @@ class Decision(NamedTuple):
     defect_type: list[str]  # (N,) most likely defect type (whether or not the image is anomalous)
     defect_prob: np.ndarray  # (N,) its probability
     pixel_labels: np.ndarray  # (N, S, S) defect index where the aligned map exceeds the threshold, else 0
+    type_index: np.ndarray  # (N,) int 1..K: the most likely type's index, whatever the verdict (a miss keeps its type)
+    pixel_types: np.ndarray  # (N, S, S) uint8 1..K: each pixel's most likely type, whatever its score
 
 
 def decide(scores: Scores, u: np.ndarray, gamma: np.ndarray, threshold: float, defect_types: list[str]) -> Decision:
@@ -63,4 +65,6 @@ def decide(scores: Scores, u: np.ndarray, gamma: np.ndarray, threshold: float, d
         defect_type=[defect_types[i] for i in best],
         defect_prob=scores.type_probs[np.arange(n), best] if n else np.zeros(0),
         pixel_labels=np.where(amap > threshold, scores.pixel_types, 0).astype(np.uint8),
+        type_index=best + 1,
+        pixel_types=scores.pixel_types,
     )

@@ -62,12 +62,15 @@ def test_pipeline_writes_every_stage_output(pipeline_run):
     on_disk = json.loads((work / "data/reports/metrics.json").read_text())
     assert on_disk == metrics
     for variant in ("none", "cada", "oracle"):
-        for key in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "type_accuracy", "miou", "false_positive_rate", "miss_rate"):
+        for key in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "type_accuracy", "miou", "false_positive_rate", "miss_rate",
+                    "type_accuracy_given_anomaly", "type_accuracy_uniadc_protocol", "miou_uniadc_protocol"):
             assert 0.0 <= on_disk[f"{key}_{variant}"] <= 1.0
     assert on_disk["threshold"] == 1.0 and np.isfinite(on_disk["calibrated_threshold"])
     assert on_disk["test_images"] == 2 * 3 + 2 * 3 * 2
     for plot in ("roc.png", "confusion.png", "scores.png", "overlays.png"):
         assert (work / "data/reports/plots" / plot).stat().st_size > 1000
+    confusion = pl.read_csv(work / "data/reports/confusion.csv")
+    assert confusion["images"].sum() == on_disk["test_images"] and confusion.columns[1] == "decided normal (a miss)"
     per_class = pl.read_csv(work / "data/reports/per_class.csv")
     assert sorted(per_class["object_class"].to_list()) == ["fabric", "tile"]
 

@@ -99,3 +99,36 @@ def test_per_type_table_says_which_type_holds_the_pooled_pixel_auroc_down():
     assert table["crack"]["pixel_auroc"] == 1.0 and table["stain"]["pixel_auroc"] == 0.0
     assert table["crack"]["pixel_share"] == pytest.approx(1 / 3) and table["stain"]["pixel_share"] == pytest.approx(2 / 3)
     assert table["crack"]["images"] == 1 and table["stain"]["images"] == 2
+
+
+def test_type_accuracy_three_ways_on_a_hand_counted_case():
+    """Six images: 2 normals, then a crack, a stain, a stain and a crack; the type head calls the four defects crack,
+    stain, crack (wrong), crack, and the last two defects score below the threshold (misses)."""
+    from uniadc_core.evaluation.evaluate import confusion_table
+    from uniadc_core.metrics import confusion_matrix
+
+    labels = [0, 0, 1, 2, 2, 1]
+    n, size = len(labels), 8
+    masks = np.zeros((n, size, size), np.uint8)
+    amap = np.full((n, size, size), -6.0, np.float32)
+    for i, lab in enumerate(labels):
+        if lab:
+            masks[i, 2:5, 2:5] = lab
+            amap[i, 2:5, 2:5] = 10.0 if i < 4 else -3.0  # images 4 and 5: defects scored below the threshold
+    probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.6, 0.4]])
+    pixel_types = np.where(masks > 0, masks, 1).astype(np.uint8)  # the pixel argmax is right on every defect pixel
+    scores = Scores(amap.reshape(n, -1).max(1), amap, probs, pixel_types, np.zeros((n, 4)))
+    test = EvalSet([None] * n, masks, np.ones(n, bool), np.asarray(labels), ["a"] * n, [f"{i}.png" for i in range(n)])
+    d = decide(scores, np.full(n, -5.0), np.full(n, -2.0), 1.0, TYPES)
+    assert d.is_anomaly.tolist() == [False, False, True, True, False, False]
+    m = compute_metrics(d, test, 0.3, len(TYPES))
+    # at the threshold: the 2 normals, the crack and the stain decided anomalous are right: 4 of 6
+    assert m["type_accuracy"] == pytest.approx(4 / 6) and m["miss_rate"] == 0.5
+    # given the defect: crack->crack, stain->stain, stain->crack (wrong), crack->crack: 3 of 4, misses included
+    assert m["type_accuracy_given_anomaly"] == pytest.approx(3 / 4)
+    # UniADC's rule: min-max over the test set puts only the 10.0 pixels above 0.5 and their argmax is right; the two
+    # low defects read as normal: right for the 2 normals and images 2 and 3, wrong for 4 and 5
+    assert m["type_accuracy_uniadc_protocol"] == pytest.approx(4 / 6)
+    table = confusion_table(confusion_matrix(test.labels, d.label, 3), TYPES)
+    assert table.columns == ["true", "decided normal (a miss)", "decided crack", "decided stain", "images"]
+    assert table.row(1) == ("crack", 1, 1, 0, 2) and table.row(2) == ("stain", 1, 0, 1, 2) and table.row(0) == ("normal", 2, 0, 0, 2)

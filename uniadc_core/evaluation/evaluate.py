@@ -119,11 +119,33 @@ def compute_metrics(d: Decision, test: EvalSet, max_fpr: float, num_types: int) 
         "f1_max": _safe(f1_max, d.score, is_anom),
         "recall_at_1pct_fpr": _safe(recall_at_fpr, d.score, is_anom, 0.01),  # the ranking at a line's operating point (test ROC)
         "type_accuracy": _safe(type_accuracy, test, d.label),
+        # classification alone: among the true anomalies, is the most likely type right (decided anomalous or not)
+        "type_accuracy_given_anomaly": _safe(type_accuracy, test, d.type_index, is_anom) if is_anom.any() else None,
         "miou": _safe(mean_iou, pix_conf, present),
         # the decision at the threshold: normals flagged, anomalies missed
         "false_positive_rate": float(d.is_anomaly[~is_anom].mean()) if (~is_anom).any() else None,
         "miss_rate": float((~d.is_anomaly[is_anom]).mean()) if is_anom.any() else None,
+        **uniadc_protocol(d, test, num_types),
     }
+
+
+def uniadc_protocol(d: Decision, test: EvalSet, num_types: int) -> dict:
+    """Type accuracy and mIoU by the rule of UniADC's released evaluation, for comparison with its figures only: it
+    uses the test set's own statistics (never use it for a choice). The maps are min-max normalised over the whole
+    test set, a pixel is a defect above 0.5 with the type its argmax gives, an image is normal when no pixel is a
+    defect and otherwise takes the most frequent type of its defect pixels; mIoU is macro over {background, types}."""
+    lo, hi = float(d.anomaly_map.min()), float(d.anomaly_map.max())
+    defect = (d.anomaly_map - lo) / max(hi - lo, 1e-12) > 0.5
+    labels = np.where(defect, d.pixel_types, 0).astype(np.uint8)
+    predicted = np.array([np.bincount(lab[lab > 0], minlength=num_types + 1)[1:].argmax() + 1 if (lab > 0).any() else 0
+                          for lab in labels], dtype=np.int64)
+    px = test.has_mask
+    truth, guess = test.masks[px], labels[px]
+    if test.valid is not None:
+        truth, guess = truth[test.valid[px]], guess[test.valid[px]]
+    conf = confusion_matrix(truth, guess, num_types + 1)
+    return {"type_accuracy_uniadc_protocol": _safe(type_accuracy, test, predicted),
+            "miou_uniadc_protocol": _safe(mean_iou, conf, np.flatnonzero(conf.sum(1) > 0))}
 
 
 def type_accuracy(test: EvalSet, predicted: np.ndarray, sel: np.ndarray | None = None) -> float:
@@ -205,6 +227,15 @@ def evaluate(detector: Detector, manifest: pl.DataFrame, cfg: EvaluateConfig, ou
     return flat
 
 
+def confusion_table(confusion: np.ndarray, types: list[str]) -> pl.DataFrame:
+    """The image-level confusion (rows: true normal + types; columns: decided) as a table whose first column,
+    ``decided normal``, holds the misses of every defect row apart from the confusions between types."""
+    names = ["normal", *types]
+    return pl.DataFrame({"true": names, "decided normal (a miss)": confusion[:, 0],
+                         **{f"decided {t}": confusion[:, k + 1] for k, t in enumerate(types)},
+                         "images": confusion.sum(1)})
+
+
 def per_type_detection(test: EvalSet, scores: Scores, d: Decision, types: list[str]) -> pl.DataFrame:
     """For each defect type, how well the model tells images holding it from all others: the AUROC of
     ``aligned score + log p(type)`` (anomalous, and of this type) against "this type is present"; and how
@@ -259,7 +290,10 @@ def write_report(out_dir: Path, test: EvalSet, scores: Scores, decisions: dict[s
     plots = out_dir / "plots"
     if 0 < (test.labels > 0).sum() < len(test.labels):  # a ROC curve needs both kinds of image
         plot_roc({v: (decisions[v].score, test.labels > 0) for v in VARIANTS}, plots / "roc.png")
-    plot_confusion(confusion_matrix(test.labels, d.label, len(names)), names, plots / "confusion.png")
+    confusion = confusion_matrix(test.labels, d.label, len(names))
+    plot_confusion(confusion, names, plots / "confusion.png")
+    with atomic_path(out_dir / "confusion.csv") as tmp:
+        confusion_table(confusion, types).write_csv(tmp)
     plot_score_histograms(scores.score, d.score, test.classes, test.labels > 0, plots / "scores.png")
     plot_overlays(test.images if test.views is None else test.views, d.anomaly_map, test.masks, test.labels, d.label, d.score, names,
                   threshold, overlays, plots / "overlays.png")

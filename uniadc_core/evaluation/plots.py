@@ -40,9 +40,10 @@ def plot_confusion(conf: np.ndarray, names: list[str], path: str | Path) -> None
     for i in range(len(names)):
         for j in range(len(names)):
             ax.text(j, i, str(conf[i, j]), ha="center", va="center", color="white" if rates[i, j] > 0.5 else "black", fontsize=8)
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_xticks(range(len(names)), ["normal / missed", *names[1:]], rotation=45, ha="right")
     ax.set_yticks(range(len(names)), names)
-    ax.set(xlabel="predicted", ylabel="true", title="Defect type (image level, CADA)")
+    ax.axvline(0.5, color="crimson", lw=1.5)  # left of it: a defect row's misses, apart from its confusions
+    ax.set(xlabel="decided", ylabel="true", title="Defect type (image level, CADA)")
     _save(fig, Path(path))
 
 
