@@ -10,8 +10,8 @@ METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "type_accuracy", "ty
 
 SHORT = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO", "f1_max": "F1-max",
          "type_accuracy": "type acc.", "miou": "mIoU", "false_positive_rate": "FP rate", "miss_rate": "miss rate",
-         "recall_at_1pct_fpr": "recall@1%FP", "type_accuracy_given_anomaly": "type | defect",
-         "type_accuracy_uniadc_protocol": "type, UniADC rule*", "miou_uniadc_protocol": "mIoU, UniADC rule*"}
+         "recall_at_1pct_fpr": "recall@1%FP", "type_accuracy_given_anomaly": "type|defect",
+         "type_accuracy_uniadc_protocol": "type*", "miou_uniadc_protocol": "mIoU*"}
 ROW_NAMES = {"none": "none (one global level)", "cada": "CADA (production)", "oracle": "oracle (true class)"}
 
 
@@ -31,6 +31,6 @@ def metrics_table(metrics: dict) -> str:
     out.append(f"(%) on {metrics.get('test_images', '?')} test images ({metrics.get('test_anomalies', '?')} anomalous); "
                f"decision threshold {metrics.get('threshold', float('nan')):.3f} on the aligned score "
                f"(calibrated on held-out normals: {metrics.get('calibrated_threshold', float('nan')):.3f}); type acc.: right type "
-               "and above the threshold; type | defect: the type among true defects; * normalised by the test set's own "
-               "min and max, as UniADC's released evaluation does: for comparison only")
+               "and above the threshold; type|defect: the type among true defects; * UniADC rule, maps normalised by the test set's own "
+               "min and max: for comparison only")
     return "\n".join(out)
