@@ -167,6 +167,13 @@ def test_predict_command_scores_a_folder_with_a_corrupt_file(pipeline_run, tmp_p
     regions = pl.read_csv(tmp_path / "at.regions.csv")
     assert regions.columns[:3] == ["path", "region", "defect_type"] and regions.height == at["regions"].sum()
     assert sorted(p.name.split("_", 1)[1] for p in (tmp_path / "masks").glob("*.png")) == [f"img{i}.png" for i in range(4)]
+    # exported, then scored by the runtime through the same command: the same rows
+    assert main(["export", "--model", "data/models", "--out", str(tmp_path / "exported")]) == 0
+    assert main(["predict", str(folder), "--model", str(tmp_path / "exported"), "--out", str(tmp_path / "onnx.csv"), "--threshold", "-100"]) == 0
+    onnx = pl.read_csv(tmp_path / "onnx.csv").filter(pl.col("error").is_null())
+    np.testing.assert_allclose(onnx["score"].to_numpy(), at["score"].to_numpy(), rtol=0, atol=1e-4)
+    assert onnx["defect_type"].to_list() == at["defect_type"].to_list() and onnx["regions"].to_list() == at["regions"].to_list()
+    assert main(["export", "--model", str(tmp_path / "exported"), "--out", str(tmp_path / "again")]) == 2  # already exported
     with pytest.raises(SystemExit) as refused:  # one or the other
         main(["predict", str(folder), "--model", "data/models", "--threshold", "1", "--false-alarm-rate", "0.1"])
     assert refused.value.code == 2
