@@ -1,12 +1,14 @@
 """Exported runtime against torch: ms/image and agreement, on one trained models folder.
 
-    .venv/bin/python benchmarks/export_speed.py [--model benchmarks/work/full_1anom/models_w1.0_lio0]
+    .venv/bin/python benchmarks/export_speed.py [--model benchmarks/work/full_1anom/models]
         [--images ../shared/datasets/mtd] [--count 32] [--repeats 5] [--out benchmarks/results/export_speed.md]
 
-In one process: ``uniadc export`` of the folder (seconds), then the same ``--count`` images decided by the torch
-``Detector`` (batches of 1 and of 16) and by the ``OnnxDetector`` (one image at a time, as its graph takes them),
-medians of ``--repeats`` runs after a warm-up, decoding excluded, preprocessing, model and decision included. Also
-the largest difference of the aligned scores and the number of images whose decision, type or regions differ.
+The default model is the one ``benchmarks/mtd_quality.py --settings full_1anom --image-size 256`` leaves in its work
+folder (the default Lite2 memory detector, last seed). In one process: ``uniadc export`` of the folder (seconds),
+then the same ``--count`` images decided by the torch ``Detector`` (batches of 1 and of 16) and by the
+``OnnxDetector`` (one image at a time, as its graph takes them), medians of ``--repeats`` runs after a warm-up,
+decoding excluded, preprocessing, model and decision included. Also the largest difference of the aligned scores
+and the number of images whose decision, type or regions differ.
 Where ``openvino`` is installed (it is not a dependency), its CPU runtime runs the same model.onnx the same way, at
 float32 (its default here is bfloat16, which moved a raw score by 0.37), to tell whether it would earn its place.
 Run it alone.
@@ -52,7 +54,7 @@ def rows(detector, images: list[np.ndarray], batch: int) -> list[dict]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default=str(ROOT / "benchmarks/work/full_1anom/models_w1.0_lio0"))
+    p.add_argument("--model", default=str(ROOT / "benchmarks/work/full_1anom/models"))
     p.add_argument("--images", default=str(ROOT.parent / "shared/datasets/mtd"))
     p.add_argument("--count", type=int, default=32)
     p.add_argument("--repeats", type=int, default=5)
