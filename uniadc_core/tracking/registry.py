@@ -62,6 +62,17 @@ def signature():
     return ModelSignature(inputs=inputs, outputs=Schema([ColSpec(types.get(c, "string"), c) for c in OUTPUT_COLUMNS]))
 
 
+def input_example() -> pd.DataFrame:
+    """What a request looks like, saved with the model (``input_example.json``): one 8 x 8 gray PNG in base64."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (8, 8), 128).save(buf, format="PNG")
+    return pd.DataFrame({"image": [base64.b64encode(buf.getvalue()).decode("ascii")]})
+
+
 class UniadcModel(mlflow.pyfunc.PythonModel):
     """Scores images with no class label: input a DataFrame with a ``path`` column of image files, or an ``image``
     column of their bytes in base64 (what ``mlflow models serve`` receives over HTTP)."""
@@ -230,6 +241,7 @@ def _new_run(client: MlflowClient, experiment_id: str, key: str, params: dict, m
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(tmp) / "model"
             mlflow.pyfunc.save_model(str(local), python_model=str(ENTRY), pip_requirements=PIP_REQUIREMENTS, signature=signature(),
+                                     input_example=input_example(),
                                      artifacts={"discriminator": str(models_dir / "discriminator"), "cada": str(models_dir / "cada")})
             client.log_artifacts(run_id, str(local), artifact_path="model")
         client.set_terminated(run_id)
