@@ -27,7 +27,8 @@ if TYPE_CHECKING:  # or an exported model's runtime.OnnxDetector: the same inter
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 COLUMNS = ["path", "score", "raw_score", "is_anomaly", "defect_type", "defect_prob", "threshold", "regions", "error"]
-REGION_COLUMNS = ["path", "region", "defect_type", "x0", "y0", "x1", "y1", "area", "max_score", "mean_score", "threshold"]
+REGION_COLUMNS = ["path", "region", "defect_type", "x0", "y0", "x1", "y1", "area", "max_score", "mean_score", "elongation", "orientation",
+                  "touches_border", "threshold"]
 
 
 def list_images(inputs: list[str | Path]) -> list[Path]:

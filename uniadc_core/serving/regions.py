@@ -32,6 +32,10 @@ class Region:
     area: int  # pixels of the original image
     max_score: float  # aligned score: above the threshold at the region's peak
     mean_score: float
+    # shape, from the pixels' second moments: a thin crack is long, a blowhole round, a fray or break at the edge
+    elongation: float = 1.0  # major / minor axis length (1 = round or square)
+    orientation: float = 0.0  # the major axis's angle to the image's x axis, degrees in (-90, 90], y pointing down
+    touches_border: bool = False  # the region reaches an edge of the image
 
     def as_row(self) -> dict:
         row = asdict(self)
@@ -79,9 +83,30 @@ def _measure(comp: np.ndarray, count: int, labels: np.ndarray, amap: np.ndarray,
     boxes = zip(np.minimum.reduceat(xs, starts), np.minimum.reduceat(ys, starts), np.maximum.reduceat(xs, starts) + 1,
                 np.maximum.reduceat(ys, starts) + 1)
     peaks, sums = np.maximum.reduceat(scores, starts), np.add.reduceat(scores, starts)
-    regions = [Region(defect_types[int(v.argmax())], tuple(int(c) for c in box), int(a), float(p), float(s / a))
-               for v, box, a, p, s in zip(votes, boxes, area, peaks, sums)]
+    shapes = _shapes(xs.astype(np.float64), ys.astype(np.float64), starts, area)
+    h, w = comp.shape
+    regions = []
+    for v, box, a, p, s, (elongation, angle) in zip(votes, boxes, area, peaks, sums, shapes):
+        box = tuple(int(c) for c in box)
+        edge = box[0] == 0 or box[1] == 0 or box[2] == w or box[3] == h
+        regions.append(Region(defect_types[int(v.argmax())], box, int(a), float(p), float(s / a), elongation, angle, edge))
     return sorted(regions, key=lambda r: -r.max_score)
+
+
+def _shapes(xs: np.ndarray, ys: np.ndarray, starts: np.ndarray, area: np.ndarray) -> list[tuple[float, float]]:
+    """(elongation, orientation in degrees) of each run of pixels starting at ``starts``: the square root of the ratio
+    of the covariance's eigenvalues, each plus 1/12 (a pixel's own variance: a one-pixel spot is round, a one-pixel
+    line finite), and the major axis's angle."""
+    def mean(v: np.ndarray) -> np.ndarray:
+        return np.add.reduceat(v, starts) / area
+
+    mx, my = mean(xs), mean(ys)
+    cxx, cyy, cxy = mean(xs * xs) - mx * mx, mean(ys * ys) - my * my, mean(xs * ys) - mx * my
+    half, root = (cxx + cyy) / 2, np.sqrt(((cxx - cyy) / 2) ** 2 + cxy ** 2)
+    major, minor = half + root + 1 / 12, np.maximum(half - root, 0) + 1 / 12
+    angle = np.degrees(0.5 * np.arctan2(2 * cxy, cxx - cyy))
+    angle = np.where(angle <= -90, angle + 180, angle)
+    return [(float(np.sqrt(a / b)), float(c)) for a, b, c in zip(major, minor, angle)]
 
 
 def find_regions(labels: np.ndarray, amap: np.ndarray, defect_types: list[str]) -> list[Region]:

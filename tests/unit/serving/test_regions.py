@@ -28,8 +28,10 @@ def test_regions_are_eight_connected_blobs_typed_by_their_majority():
     assert crack.mean_score == pytest.approx((17 * 2.0 + 5.0) / 18)
     assert stain.box == (10, 10, 13, 13) and stain.area == 3
     assert hole.box == (25, 15, 30, 17) and hole.area == 10
+    # a 2 x 5 block at the right edge: variances 2 (x) and 0.25 (y), each + 1/12: elongation sqrt(6.25)
     assert hole.as_row() == {"defect_type": "hole", "x0": 25, "y0": 15, "x1": 30, "y1": 17, "area": 10, "max_score": 2.0,
-                             "mean_score": 2.0}
+                             "mean_score": 2.0, "elongation": pytest.approx(2.5), "orientation": 0.0, "touches_border": True}
+    assert not crack.touches_border and stain.orientation == pytest.approx(45.0)  # the diagonal runs down-right
     assert find_regions(np.zeros((5, 5), np.uint8), np.zeros((5, 5), np.float32), TYPES) == []
 
 
@@ -93,3 +95,18 @@ def test_components_match_a_flood_fill():
         assert len({int(comp[p]) for p in members}) == 1 and comp[members[0]] > 0
         assert int((comp == comp[members[0]]).sum()) == len(members)
     assert count == found and comp[~mask].max() == 0
+
+
+def test_region_shapes_tell_lines_from_spots():
+    labels = np.zeros((60, 60), np.uint8)
+    labels[10, 5:45] = 1  # a horizontal crack one pixel thin
+    labels[20:50, 50] = 1  # a vertical one
+    labels[30:36, 20:26] = 2  # a round-ish blob
+    labels[55:60, 0:3] = 2  # a spot on the corner
+    amap = np.where(labels > 0, 2.0, 0.0).astype(np.float32)
+    amap[10, 6], amap[25, 50], amap[32, 22], amap[57, 1] = 9.0, 8.0, 7.0, 6.0
+    horizontal, vertical, blob, corner = find_regions(labels, amap, TYPES)
+    assert horizontal.elongation > 20 and horizontal.orientation == pytest.approx(0.0)
+    assert vertical.elongation > 15 and abs(vertical.orientation) == pytest.approx(90.0)
+    assert blob.elongation == pytest.approx(1.0) and not blob.touches_border
+    assert corner.touches_border and not horizontal.touches_border
