@@ -43,17 +43,12 @@ class _Graph(nn.Module):
 
     def __init__(self, detector: Detector):
         super().__init__()
-        self.model, self.regressor = detector.model.eval(), detector.cada.regressor.eval()
-        config = detector.cada.config
-        for name, values in (("x_mean", config.x_mean), ("x_std", config.x_std), ("y_mean", config.y_mean), ("y_std", config.y_std)):
-            self.register_buffer(name, torch.tensor(values, dtype=torch.float32))
-        self.min_spread = float(config.min_spread)
+        self.model, self.regressor = detector.model.eval(), detector.cada.regressor.eval()  # registered: exported as weights
+        self.cada = detector.cada
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         p = self.model.predict(images)
-        z = self.regressor((p.embedding - self.x_mean) / self.x_std) * self.y_std + self.y_mean
-        u = z[:, 0]
-        gamma = u + z[:, 1].exp().clamp(min=self.min_spread)
+        u, gamma = self.cada.stats(p.embedding)
         return p.score, p.anomaly_map, p.type_probs, p.pixel_types.to(torch.uint8), p.embedding, u, gamma
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from uniadc_core.cada.calibration import threshold_for_rate
+from uniadc_core.cada.calibration import line_threshold
 from uniadc_core.data.preprocess import Preprocess
 from uniadc_core.decision import Decision, Scores, decide
 from uniadc_core.decoding import DecodeOptions
@@ -66,11 +66,8 @@ class OnnxDetector:
         return cls(ort.InferenceSession(str(root / "model.onnx"), options, providers=["CPUExecutionProvider"]), config)
 
     def with_threshold(self, threshold: float | None = None, false_alarm_rate: float | None = None) -> OnnxDetector:
-        if threshold is not None and false_alarm_rate is not None:
-            raise ValueError("give a threshold or a false-alarm rate, not both")
-        if false_alarm_rate is not None:
-            threshold = threshold_for_rate(self.config["calibration_scores"], false_alarm_rate, self.config["calibration_scope"])
-        return OnnxDetector(self.session, self.config, threshold)
+        return OnnxDetector(self.session, self.config, line_threshold(threshold, false_alarm_rate, self.config["calibration_scores"],
+                                                                     self.config["calibration_scope"]))
 
     @property
     def threshold(self) -> float:

@@ -91,3 +91,12 @@ def threshold_for_rate(scores: dict[str, list[float]], rate: float, scope: str =
     classes = [c for c, v in scores.items() for _ in v]
     aligned = np.concatenate([np.asarray(v, np.float64) for v in scores.values()])
     return calibrate(aligned, classes, 100.0 * (1.0 - rate), scope)[0]
+
+
+def line_threshold(threshold: float | None, false_alarm_rate: float | None, scores: dict[str, list[float]],
+                   scope: str = "per_class") -> float | None:
+    """The threshold a line asks for: ``threshold`` as given, or the one for ``false_alarm_rate`` from the saved
+    held-out normal ``scores``; None (neither): the model's own."""
+    if threshold is not None and false_alarm_rate is not None:
+        raise ValueError("give a threshold or a false-alarm rate, not both")
+    return threshold_for_rate(scores, false_alarm_rate, scope) if false_alarm_rate is not None else threshold

@@ -129,11 +129,12 @@ def fit(model: Discriminator, manifest: pl.DataFrame, synthetic: pa.Table, cfg: 
     cada = fit_cada(stats, embeddings, classes, cfg, global_stats)
     # the calibrated decision threshold: a high percentile of the aligned out-of-sample normal scores (normal data only)
     aligned = align(held.score, *cada.predict_stats(held.embedding))
-    cada.config.calibrated_threshold, per_class = calibrate(aligned, held_rows["object_class"].to_list(), cfg.threshold_percentile,
+    held_classes = held_rows["object_class"].to_list()
+    cada.config.calibrated_threshold, per_class = calibrate(aligned, held_classes, cfg.threshold_percentile,
                                                             cfg.calibrate)
     cada.config.threshold = cada.config.calibrated_threshold if cfg.threshold == "auto" else float(cfg.threshold)
-    labels = np.asarray(held_rows["object_class"].to_list())
-    cada.config.calibration_scores = {c: sorted(float(v) for v in aligned[labels == c]) for c in sorted(set(labels.tolist()))}
+    labels = np.asarray(held_classes)
+    cada.config.calibration_scores = {c: sorted(float(v) for v in aligned[labels == c]) for c in sorted(set(held_classes))}
     cada.config.calibration_scope = cfg.calibrate
     log.info("calibrated threshold %.4f (%s) from the %.1fth percentiles of %d aligned out-of-sample normal scores %s; threshold in force %.4f",
              cada.config.calibrated_threshold, cfg.calibrate, cfg.threshold_percentile, len(aligned),

@@ -75,13 +75,16 @@ class Cada:
         self._x = (torch.tensor(config.x_mean), torch.tensor(config.x_std))
         self._y = (torch.tensor(config.y_mean), torch.tensor(config.y_std))
 
+    def stats(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(u, gamma) per image, each (B,), as tensors: the computation ``uniadc export`` puts in the graph."""
+        z = self.regressor((embedding - self._x[0]) / self._x[1]) * self._y[1] + self._y[0]  # (B, 2)
+        u = z[:, 0]
+        return u, u + z[:, 1].exp().clamp(min=self.config.min_spread)
+
     @torch.no_grad()
     def predict_stats(self, embedding: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(u, gamma) per image, each (B,)."""
-        x = torch.as_tensor(np.asarray(embedding), dtype=torch.float32)
-        z = self.regressor((x - self._x[0]) / self._x[1]) * self._y[1] + self._y[0]  # (B, 2)
-        u = z[:, 0]
-        gamma = u + z[:, 1].exp().clamp(min=self.config.min_spread)
+        u, gamma = self.stats(torch.as_tensor(np.asarray(embedding), dtype=torch.float32))
         return u.numpy(), gamma.numpy()
 
     def class_stats(self, object_class: str) -> tuple[float, float]:

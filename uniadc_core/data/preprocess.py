@@ -142,6 +142,18 @@ class Preprocess:
             return np.ones((self.size, self.size), bool)
         return self.mask(np.ones(shape, bool))
 
+    def view_index(self, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """For an image of ``shape`` (H, W): the view row each of its rows falls in and the view column of each column
+        (nearest neighbour; ``pad`` and ``tile``'s view: the image centred in its square, as ``image`` puts it)."""
+        h, w = shape
+        if self._view_policy == "stretch":
+            spans = ((h, 0, h), (w, 0, w))  # (pixels, offset in the square, square side) per axis
+        else:
+            side, top, left = _square_box(h, w)
+            spans = ((h, top, side), (w, left, side))
+        return tuple(np.minimum(((np.arange(n) + off + 0.5) * self.size / side).astype(np.int64), self.size - 1)
+                     for n, off, side in spans)
+
     def mask(self, mask: np.ndarray) -> np.ndarray:
         """(H, W) bool or uint8 defect indices -> (size, size), nearest neighbour (pad, tile: zeros)."""
         return resize(mask, self.size, nearest=True, policy=self._view_policy)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from uniadc_core.cada.calibration import threshold_for_rate
+from uniadc_core.cada.calibration import line_threshold
 from uniadc_core.cada.regressor import Cada, load_cada
 from uniadc_core.data.preprocess import Preprocess
 from uniadc_core.decision import Decision, Scores, decide
@@ -51,11 +51,8 @@ class Detector:
     def with_threshold(self, threshold: float | None = None, false_alarm_rate: float | None = None) -> Detector:
         """This detector deciding at ``threshold``, or at the threshold whose expected false-alarm rate on new normals
         is ``false_alarm_rate`` (from the held-out normal scores saved with the model); neither: the saved one."""
-        if threshold is not None and false_alarm_rate is not None:
-            raise ValueError("give a threshold or a false-alarm rate, not both")
-        if false_alarm_rate is not None:
-            threshold = threshold_for_rate(self.cada.config.calibration_scores, false_alarm_rate, self.cada.config.calibration_scope)
-        return Detector(self.model, self.cada, threshold)
+        config = self.cada.config
+        return Detector(self.model, self.cada, line_threshold(threshold, false_alarm_rate, config.calibration_scores, config.calibration_scope))
 
     @property
     def threshold(self) -> float:

@@ -3,7 +3,7 @@
     rows = predict_files(detector, list_images(["line3/", "odd.png"]), overlay_dir="overlays/", mask_dir="masks/")
     write_rows(rows, "predictions.csv")      # also predictions.regions.csv: one row per defect region
 
-Each row carries the threshold it was decided at and its defect regions (``regions.find_regions``, at the
+Each row carries the threshold it was decided at and its defect regions (``regions.native_regions``, at the
 image's own size); ``mask_dir`` gets one label PNG per image (0 normal, k the k-th defect type).
 """
 

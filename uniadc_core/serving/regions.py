@@ -4,7 +4,7 @@
     [Region(defect_type='crack', box=(x0, y0, x1, y1), area=412, max_score=3.1, mean_score=1.7), ...]
 
 The model decides on its square view of the image (``Preprocess``: stretched, or padded to a square for
-``pad`` and for ``tile``'s whole-image view). ``native_index`` undoes that geometry: each pixel of the
+``pad`` and for ``tile``'s whole-image view). ``Preprocess.view_index`` undoes that geometry: each pixel of the
 original takes the view pixel it falls in (nearest neighbour, the view's padding cut off), with that
 pixel's label and score, so a box is in the pixels of the file the user gave and every region's peak is
 above the threshold. A region is a set of 8-connected defect pixels, found on the view (a few hundred
@@ -114,23 +114,11 @@ def find_regions(labels: np.ndarray, amap: np.ndarray, defect_types: list[str]) 
     return _measure(*components(labels > 0), labels, amap, defect_types)
 
 
-def native_index(pre: Preprocess, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """For an image of ``shape`` (H, W): the view row of each of its rows and the view column of each column."""
-    h, w = shape
-    size = pre.size
-    if pre.policy == "stretch":
-        spans = ((h, 0, h), (w, 0, w))  # (count, offset in the square, square side) per axis
-    else:  # pad, and tile's whole-image view: the image sits centred in a square of side max(h, w)
-        side = max(h, w)
-        spans = ((h, (side - h) // 2, side), (w, (side - w) // 2, side))
-    return tuple(np.minimum(((np.arange(n) + off + 0.5) * size / side).astype(np.int64), size - 1) for n, off, side in spans)
-
-
 def native_regions(pre: Preprocess, view_map: np.ndarray, view_labels: np.ndarray, shape: tuple[int, int],
                    defect_types: list[str]) -> tuple[list[Region], np.ndarray]:
     """The regions of the (S, S) aligned map and uint8 label map of the model's view, measured on an image of
     ``shape``, and that image's (H, W) uint8 label map."""
-    rows, cols = native_index(pre, shape)
+    rows, cols = pre.view_index(shape)
     comp, count = components(view_labels > 0)
     labels = view_labels[rows][:, cols].astype(np.uint8)
     return _measure(comp[rows][:, cols], count, labels, view_map[rows][:, cols], defect_types), labels
