@@ -192,7 +192,7 @@ def logged_runs(out: Path, label: str, setting: str, epochs: int, image_size: in
         found.append(match[-1])
     return found
 SUMMARY = (*COLUMNS, "type_accuracy_given_anomaly", "false_positive_rate", "miss_rate", "recall_at_1pct_fpr", "type_accuracy_uniadc_protocol",
-           "miou_uniadc_protocol")
+           "miou_uniadc_protocol", "type_calibration_error", "type_named_share", "type_accuracy_named")
 
 
 def log_seeds(out: Path, label: str, setting: str, overrides: list[str], runs: list[dict]) -> None:

@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
         point.add_argument("--false-alarm-rate", type=float, default=None, metavar="R",
                            help="decide at the threshold expected to flag this fraction of new normals (e.g. 0.01), from "
                            "the held-out normal scores saved with the model")
+        p.add_argument("--abstain-below", type=float, default=0.0, metavar="P",
+                       help="report a defect type whose probability is below P as 'unknown' instead of guessing (e.g. 0.5)")
     predict.add_argument("--batch-size", type=int, default=32)
     export = sub.add_parser("export", help="export a model to ONNX for the slim runtime (model.onnx + runtime.json)")
     export.add_argument("--model", default="data/models", help="a local models directory (with discriminator/ and cada/) "
@@ -153,7 +155,7 @@ def _detector_or_error(args):
     model = args.model or "models:/...@champion"
     try:
         model = _model_uri(args)
-        return model, load_detector(model, args.params).with_threshold(args.threshold, args.false_alarm_rate)
+        return model, load_detector(model, args.params).with_threshold(args.threshold, args.false_alarm_rate).with_abstain(args.abstain_below)
     except (FileNotFoundError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
     except Exception as exc:  # noqa: BLE001  (MLflow: unknown model or alias; a bad params file)

@@ -19,11 +19,11 @@ import numpy as np
 
 from uniadc_core.cada.calibration import line_threshold
 from uniadc_core.data.preprocess import Preprocess
-from uniadc_core.decision import Decision, Scores, decide
+from uniadc_core.decision import Decision, Scores, check_probability, decide
 from uniadc_core.decoding import DecodeOptions
 from uniadc_core.io import sha256_file
 
-FORMAT = 1
+FORMAT = 2  # 2: pixel_type_prob output
 FILES = ("model.onnx", "runtime.json")
 
 
@@ -34,8 +34,8 @@ def is_exported(path: str | Path) -> bool:
 class OnnxDetector:
     """An exported detector: onnxruntime for the graph, numpy for the rest."""
 
-    def __init__(self, session, config: dict, threshold: float | None = None):
-        self.session, self.config, self.override = session, config, threshold
+    def __init__(self, session, config: dict, threshold: float | None = None, abstain_below: float = 0.0):
+        self.session, self.config, self.override, self.abstain_below = session, config, threshold, abstain_below
         p = config["preprocess"]
         self._preprocess = Preprocess(int(p["size"]), p["policy"], tuple(p["mean"]), tuple(p["std"]), DecodeOptions.from_dict(p["decode"]),
                                       p["intensity"])
@@ -67,7 +67,10 @@ class OnnxDetector:
 
     def with_threshold(self, threshold: float | None = None, false_alarm_rate: float | None = None) -> OnnxDetector:
         return OnnxDetector(self.session, self.config, line_threshold(threshold, false_alarm_rate, self.config["calibration_scores"],
-                                                                     self.config["calibration_scope"]))
+                                                                     self.config["calibration_scope"]), self.abstain_below)
+
+    def with_abstain(self, abstain_below: float) -> OnnxDetector:
+        return OnnxDetector(self.session, self.config, self.override, check_probability(abstain_below))
 
     @property
     def threshold(self) -> float:
@@ -90,8 +93,8 @@ class OnnxDetector:
         if not outs:
             size, k = self._preprocess.size, len(self.defect_types)
             empty = Scores(np.zeros(0), np.zeros((0, size, size), np.float32), np.zeros((0, k)), np.zeros((0, size, size), np.uint8),
-                           np.zeros((0, 0)))
-            return decide(empty, np.zeros(0), np.zeros(0), self.threshold, self.defect_types)
+                           np.zeros((0, 0)), np.zeros((0, size, size), np.uint8))
+            return decide(empty, np.zeros(0), np.zeros(0), self.threshold, self.defect_types, self.abstain_below)
         cat = {name: np.concatenate([o[name] for o in outs]) for name in self._outputs}
-        scores = Scores(cat["score"], cat["anomaly_map"], cat["type_probs"], cat["pixel_types"], cat["embedding"])
-        return decide(scores, cat["u"], cat["gamma"], self.threshold, self.defect_types)
+        scores = Scores(cat["score"], cat["anomaly_map"], cat["type_probs"], cat["pixel_types"], cat["embedding"], cat["pixel_type_prob"])
+        return decide(scores, cat["u"], cat["gamma"], self.threshold, self.defect_types, self.abstain_below)

@@ -22,7 +22,8 @@ def _case(labels, has_mask=None):
         if lab:
             masks[i, 2:5, 2:5] = lab
     amap = rng.normal(-5, 1, (n, size, size)).astype(np.float32) + 8 * (masks > 0)
-    scores = Scores(amap.reshape(n, -1).max(1), amap, np.tile([[0.8, 0.2]], (n, 1)), np.ones((n, size, size), np.uint8), np.zeros((n, 4)))
+    scores = Scores(amap.reshape(n, -1).max(1), amap, np.tile([[0.8, 0.2]], (n, 1)), np.ones((n, size, size), np.uint8), np.zeros((n, 4)),
+                    np.full((n, size, size), 204, np.uint8))
     has_mask = np.ones(n, bool) if has_mask is None else np.asarray(has_mask)
     test = EvalSet([None] * n, masks, has_mask, np.asarray(labels), ["a"] * n, [f"{i}.png" for i in range(n)])
     return scores, test
@@ -72,7 +73,8 @@ def test_pixel_metrics_leave_out_the_padding_of_a_padded_view():
     amap = scores.anomaly_map.copy()
     amap[:, :, 6:] = np.random.default_rng(1).normal(0, 20, (n, size, 2))  # any values on the padding
     with_padding = Scores(scores.score, amap, *scores[2:])
-    cropped = Scores(scores.score, np.ascontiguousarray(amap[:, :, :6]), scores.type_probs, scores.pixel_types[:, :, :6], scores.embedding)
+    cropped = Scores(scores.score, np.ascontiguousarray(amap[:, :, :6]), scores.type_probs, scores.pixel_types[:, :, :6], scores.embedding,
+                     scores.pixel_type_prob[:, :, :6])
     valid = test._replace(valid=shown)
     alone = test._replace(masks=np.ascontiguousarray(test.masks[:, :, :6]))
     m_valid, m_alone, m_all = _metrics(with_padding, valid), _metrics(cropped, alone), _metrics(with_padding, test)
@@ -117,7 +119,7 @@ def test_type_accuracy_three_ways_on_a_hand_counted_case():
             amap[i, 2:5, 2:5] = 10.0 if i < 4 else -3.0  # images 4 and 5: defects scored below the threshold
     probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.6, 0.4]])
     pixel_types = np.where(masks > 0, masks, 1).astype(np.uint8)  # the pixel argmax is right on every defect pixel
-    scores = Scores(amap.reshape(n, -1).max(1), amap, probs, pixel_types, np.zeros((n, 4)))
+    scores = Scores(amap.reshape(n, -1).max(1), amap, probs, pixel_types, np.zeros((n, 4)), np.full(pixel_types.shape, 255, np.uint8))
     test = EvalSet([None] * n, masks, np.ones(n, bool), np.asarray(labels), ["a"] * n, [f"{i}.png" for i in range(n)])
     d = decide(scores, np.full(n, -5.0), np.full(n, -2.0), 1.0, TYPES)
     assert d.is_anomaly.tolist() == [False, False, True, True, False, False]
@@ -126,6 +128,14 @@ def test_type_accuracy_three_ways_on_a_hand_counted_case():
     assert m["type_accuracy"] == pytest.approx(4 / 6) and m["miss_rate"] == 0.5
     # given the defect: crack->crack, stain->stain, stain->crack (wrong), crack->crack: 3 of 4, misses included
     assert m["type_accuracy_given_anomaly"] == pytest.approx(3 / 4)
+    # calibration over the 4 defects, probabilities 0.9, 0.8, 0.7, 0.6, right, right, wrong, right, one per bin:
+    # (|1 - 0.9| + |1 - 0.8| + |0 - 0.7| + |1 - 0.6|) / 4
+    assert m["type_calibration_error"] == pytest.approx(0.35)
+    assert m["type_named_share"] == 1.0 and m["type_accuracy_named"] == pytest.approx(3 / 4)
+    # abstaining below 0.75: images 4 and 5 (0.7, 0.6) are "unknown", the rest keep their type
+    sure = decide(scores, np.full(n, -5.0), np.full(n, -2.0), 1.0, TYPES, abstain_below=0.75)
+    assert sure.defect_type == ["crack", "crack", "crack", "stain", "unknown", "unknown"]
+    assert sure.type_known.tolist() == [True, True, True, True, False, False]
     # UniADC's rule: min-max over the test set puts only the 10.0 pixels above 0.5 and their argmax is right; the two
     # low defects read as normal: right for the 2 normals and images 2 and 3, wrong for 4 and 5
     assert m["type_accuracy_uniadc_protocol"] == pytest.approx(4 / 6)

@@ -330,3 +330,34 @@ def test_leave_item_out_needs_a_memory_that_knows_its_items(tv_model, tiny_datas
     without.memory, without.config.memory, without.config.terms = None, {}, DISCRIMINATOR_ONLY
     with pytest.raises(ValueError, match=r"needs a normal-feature memory.*train.memory.weight above 0"):
         leave_item_out_scores(without, shots)
+
+
+def test_shot_memory_names_types_from_the_real_shots_and_round_trips(tv_model, tmp_path):
+    import copy
+
+    from uniadc_core.model.discriminator import SHOTS_FILE
+    from uniadc_core.model.fusion import attach_shot_memory
+    from uniadc_core.model.shot_memory import TEMPERATURES
+
+    model, data = tv_model
+    model = attach_shot_memory(copy.deepcopy(model), data.shots, data.val)
+    shots = model.shot_memory
+    assert shots is not None and model.config.shots["temperature"] in TEMPERATURES
+    assert set(shots.labels.tolist()) == set(range(model.config.num_types))  # every type has defect patches
+    # each shot, seen as a new image, is named by its own patches: its type is the one at its peak
+    p = model.predict(data.shots.images)
+    truth = torch.stack([torch.bincount(m[m > 0].long() - 1, minlength=model.config.num_types).argmax() for m in data.shots.masks])
+    patches = model.patch_features(data.shots.images)
+    at_zero = shots.distances(patches).flatten(2).min(2).values.argmin(1)  # the type with the nearest patch anywhere
+    assert torch.equal(at_zero, truth)
+    assert torch.allclose(p.type_probs.sum(1), torch.ones(len(p.type_probs)), atol=1e-5)
+    peak = p.anomaly_map.flatten(1).argmax(1)
+    assert torch.equal(p.pixel_types.flatten(1)[torch.arange(len(peak)), peak] - 1, p.type_probs.argmax(1))  # the image's = its peak's
+    save_model(model, tmp_path / "m")
+    again = load_model(tmp_path / "m", device="cpu")
+    q = again.predict(data.shots.images)
+    torch.testing.assert_close(q.type_probs, p.type_probs)
+    assert torch.equal(q.pixel_types, p.pixel_types)
+    (tmp_path / "m" / SHOTS_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match="shot memory; save the model folder whole"):
+        load_model(tmp_path / "m")

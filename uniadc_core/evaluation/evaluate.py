@@ -121,6 +121,10 @@ def compute_metrics(d: Decision, test: EvalSet, max_fpr: float, num_types: int) 
         "type_accuracy": _safe(type_accuracy, test, d.label),
         # classification alone: among the true anomalies, is the most likely type right (decided anomalous or not)
         "type_accuracy_given_anomaly": _safe(type_accuracy, test, d.type_index, is_anom) if is_anom.any() else None,
+        # is the type probability honest: |accuracy - mean probability| over ten probability bins, weighted by their share
+        "type_calibration_error": _safe(calibration_error, d.defect_prob[is_anom], _right(test, d.type_index, is_anom)) if is_anom.any() else None,
+        # with --abstain-below 0.5: the share of true anomalies whose type is named, and how often it is right
+        **abstaining(test, d, is_anom, ABSTAIN_REPORTED),
         "miou": _safe(mean_iou, pix_conf, present),
         # the decision at the threshold: normals flagged, anomalies missed
         "false_positive_rate": float(d.is_anomaly[~is_anom].mean()) if (~is_anom).any() else None,
@@ -146,6 +150,41 @@ def uniadc_protocol(d: Decision, test: EvalSet, num_types: int) -> dict:
     conf = confusion_matrix(truth, guess, num_types + 1)
     return {"type_accuracy_uniadc_protocol": _safe(type_accuracy, test, predicted),
             "miou_uniadc_protocol": _safe(mean_iou, conf, np.flatnonzero(conf.sum(1) > 0))}
+
+
+ABSTAIN_REPORTED = 0.5  # the abstain_below level metrics.json reports
+
+
+def _right(test: EvalSet, predicted: np.ndarray, sel: np.ndarray) -> np.ndarray:
+    """(n,) bool: is each selected image's predicted type one present in it."""
+    idx = np.flatnonzero(sel)
+    if test.present is None:
+        return test.labels[idx] == np.asarray(predicted)[idx]
+    return test.present[idx, np.asarray(predicted)[idx]].astype(bool)
+
+
+def calibration_error(prob: np.ndarray, right: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error: over ``bins`` equal-width probability bins, |accuracy - mean probability| weighted
+    by the bin's share of the predictions."""
+    if len(prob) == 0:
+        msg = "calibration_error: no predictions"
+        raise ValueError(msg)
+    which = np.minimum((np.asarray(prob) * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in np.unique(which):
+        sel = which == b
+        total += sel.sum() * abs(float(right[sel].mean()) - float(prob[sel].mean()))
+    return total / len(prob)
+
+
+def abstaining(test: EvalSet, d: Decision, is_anom: np.ndarray, level: float) -> dict:
+    """Among the true anomalies: the share whose type probability reaches ``level`` (named, not "unknown") and the
+    type accuracy over those."""
+    if not is_anom.any():
+        return {"type_named_share": None, "type_accuracy_named": None}
+    named = is_anom & (d.defect_prob >= level)
+    return {"type_named_share": float(named.sum() / is_anom.sum()),
+            "type_accuracy_named": float(_right(test, d.type_index, named).mean()) if named.any() else None}
 
 
 def type_accuracy(test: EvalSet, predicted: np.ndarray, sel: np.ndarray | None = None) -> float:

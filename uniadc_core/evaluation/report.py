@@ -6,12 +6,14 @@ from __future__ import annotations
 
 VARIANTS = ("none", "cada", "oracle")
 METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "type_accuracy", "type_accuracy_given_anomaly", "miou",
-           "false_positive_rate", "miss_rate", "recall_at_1pct_fpr", "type_accuracy_uniadc_protocol", "miou_uniadc_protocol")
+           "false_positive_rate", "miss_rate", "recall_at_1pct_fpr", "type_accuracy_uniadc_protocol", "miou_uniadc_protocol",
+           "type_calibration_error", "type_named_share", "type_accuracy_named")
 
 SHORT = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO", "f1_max": "F1-max",
          "type_accuracy": "type acc.", "miou": "mIoU", "false_positive_rate": "FP rate", "miss_rate": "miss rate",
          "recall_at_1pct_fpr": "recall@1%FP", "type_accuracy_given_anomaly": "type|defect",
-         "type_accuracy_uniadc_protocol": "type*", "miou_uniadc_protocol": "mIoU*"}
+         "type_accuracy_uniadc_protocol": "type*", "miou_uniadc_protocol": "mIoU*", "type_calibration_error": "type ECE",
+         "type_named_share": "named@0.5", "type_accuracy_named": "type|named"}
 ROW_NAMES = {"none": "none (one global level)", "cada": "CADA (production)", "oracle": "oracle (true class)"}
 
 

@@ -29,11 +29,13 @@ from uniadc_core.device import resolve_device
 from uniadc_core.io import read_weights_dir, save_weights_dir
 from uniadc_core.model.backbones import create_backbone
 from uniadc_core.model.memory import NormalMemory, distance_map
-from uniadc_core.model.terms import DISCRIMINATOR_ONLY, Term, as_terms, even_odds, fuse, image_score
+from uniadc_core.model.shot_memory import ShotMemory
+from uniadc_core.model.terms import DISCRIMINATOR_ONLY, Term, as_terms, fuse, image_score
 
 FORMAT_VERSION = 3  # 3: score terms as typed records, the image score pooled from the fused map
 NORMAL_CLASSES = ("explicit", "implicit")
 MEMORY_FILE = "memory.safetensors"  # the normal-feature memory bank, beside model.safetensors
+SHOTS_FILE = "shots.safetensors"  # the real shots' defect patches by type (``shot_memory.py``), beside it
 
 
 @dataclass
@@ -55,6 +57,8 @@ class ModelConfig:
     # items (the physical parts its rows were drawn from, for fit_cada.leave_item_out)
     memory: dict = field(default_factory=dict)
     terms: tuple[Term, ...] = DISCRIMINATOR_ONLY  # the score terms and their standardisers (``terms.py``)
+    # the shot memory's settings: {} = none (types from the type head); else its temperature (types from the real shots)
+    shots: dict = field(default_factory=dict)
     package_version: str = uniadc_core.__version__
     format_version: int = FORMAT_VERSION
 
@@ -78,6 +82,7 @@ class Prediction(NamedTuple):
     type_probs: torch.Tensor  # (B, K) image-level defect-type distribution
     pixel_types: torch.Tensor  # (B, H, W) most likely defect index per pixel, 1..K
     embedding: torch.Tensor  # (B, E) global image embedding (for CADA)
+    pixel_type_prob: torch.Tensor  # (B, H, W) uint8: that type's probability, in 1/255 steps
 
 
 # ---------------------------------------------------------------------------- discriminator
@@ -102,6 +107,7 @@ class Discriminator(nn.Module):
         if implicit:
             self.normal_logit = nn.Parameter(torch.tensor(0.0))
         self.memory: NormalMemory | None = None  # set by training (train.memory), saved beside the weights
+        self.shot_memory: ShotMemory | None = None  # set by training when every type has a real shot (with a memory)
         self.log_temperature = nn.Parameter(torch.tensor(math.log(0.07)))
         self.register_buffer("mean", torch.tensor(config.mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(config.std).view(1, 3, 1, 1))
@@ -150,14 +156,18 @@ class Discriminator(nn.Module):
     def component_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """(logits, embedding, each scorer's map (B, H, W) by term name) of uint8 images: ``discriminator`` (the
         anomaly log-odds) and, with a memory, ``memory`` (the distance to the nearest normal patches)."""
+        return self._component_maps(images)[:3]
+
+    def _component_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None]:
+        """``component_maps`` and the memory patches (None without a memory)."""
         size = images.shape[-2:]
         if self.memory is None:
             logits, embedding = self(images)
-            return logits, embedding, {"discriminator": anomaly_log_odds(logits)}
+            return logits, embedding, {"discriminator": anomaly_log_odds(logits)}, None
         feats, embedding, patches = self._forward_with_patches(images)
         logits, embedding = self.head(feats, embedding, size)
         distance = distance_map(self.memory, patches, size, self.config.memory.get("k", 1), self.config.memory.get("smooth", 0.0))
-        return logits, embedding, {"discriminator": anomaly_log_odds(logits), "memory": distance}
+        return logits, embedding, {"discriminator": anomaly_log_odds(logits), "memory": distance}, patches
 
     def _forward_with_patches(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The backbone's (features, embedding, memory patches (B, C, h, w)) of uint8 images."""
@@ -170,8 +180,11 @@ class Discriminator(nn.Module):
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> Prediction:
-        logits, embedding, maps = self.component_maps(images)
-        return predict_from_maps(logits, embedding, maps, self.config.terms)
+        logits, embedding, maps, patches = self._component_maps(images)
+        shots = None
+        if self.shot_memory is not None and patches is not None:
+            shots = self.shot_memory.log_probs(patches, self.config.shots.get("temperature"))
+        return predict_from_maps(logits, embedding, maps, self.config.terms, shots)
 
 
 def anomaly_log_odds(logits: torch.Tensor) -> torch.Tensor:
@@ -180,22 +193,27 @@ def anomaly_log_odds(logits: torch.Tensor) -> torch.Tensor:
 
 
 def predict_from_maps(logits: torch.Tensor, embedding: torch.Tensor, maps: dict[str, torch.Tensor] | None = None,
-                      terms: tuple[Term, ...] = DISCRIMINATOR_ONLY) -> Prediction:
+                      terms: tuple[Term, ...] = DISCRIMINATOR_ONLY, shots: torch.Tensor | None = None) -> Prediction:
     """The prediction of the scorers' ``maps`` (None: the discriminator's log-odds of ``logits`` alone) fused by
     ``terms``. Scores stay in log-odds (or z-units of them): unlike probabilities they do not saturate on very
     clean classes, so each class's normal scores keep a spread that CADA can measure and align.
 
-    The defect type is the type head's distribution averaged over the most anomalous pixels, each weighted by its
-    anomaly probability read off the fused map (``terms.even_odds`` is its 50 % level)."""
+    Each pixel's defect-type distribution is the type head's, or with ``shots`` ((B, K, h, w) type log-probabilities
+    from the shot memory) the shots', upsampled: on MTD the head, trained on synthetic defects, added nothing to the
+    real shots' evidence (benchmarks/results/type_probe.md). The image's distribution is the one at
+    its most anomalous pixel: the peak of its highest-scoring region, whose type the region takes too
+    (``decision.decide``), so an image and its strongest region are named alike."""
     maps = maps or {"discriminator": anomaly_log_odds(logits)}
     amap = fuse(maps, terms)  # (B, H, W)
-    type_pix = logits[:, 1:].softmax(1)  # (B, K, H, W) type distribution given anomalous
-    p_anom = torch.sigmoid(amap - even_odds(terms))
-    peak = p_anom.flatten(1).max(1).values.view(-1, 1, 1)
-    weight = p_anom * (p_anom >= 0.5 * peak)  # (B, H, W)
-    type_probs = (type_pix * weight[:, None]).sum((2, 3)) / weight.sum((1, 2)).clamp(min=1e-12)[:, None]
-    pixel_types = type_pix.max(1).indices + 1  # max().indices: argmax over dim 1 is 20x slower here
-    return Prediction(image_score(amap), amap, type_probs, pixel_types, embedding)
+    if shots is None:
+        type_pix = logits[:, 1:].softmax(1)  # (B, K, H, W) type distribution given anomalous
+    else:
+        type_pix = F.interpolate(shots, size=tuple(amap.shape[-2:]), mode="bilinear", align_corners=False).softmax(1)
+    peak = amap.flatten(1).max(1).indices  # (B,)
+    type_probs = type_pix.flatten(2)[torch.arange(len(peak), device=peak.device), :, peak]  # (B, K)
+    best, pixel_types = type_pix.max(1)  # max().indices: argmax over dim 1 is 20x slower here
+    pixel_prob = (best * 255).round().to(torch.uint8)
+    return Prediction(image_score(amap), amap, type_probs, pixel_types + 1, embedding, pixel_prob)
 
 
 # ---------------------------------------------------------------------------- losses
@@ -233,6 +251,8 @@ def save_model(model: Discriminator, directory: str | Path, extra: dict | None =
     """Write ``model.safetensors`` + ``config.json`` atomically (the directory appears whole or not at all)."""
     memory = model.memory
     tensors = None if memory is None else {MEMORY_FILE: {"bank": memory.bank, **({"sources": memory.sources} if memory.sources is not None else {})}}
+    if model.shot_memory is not None:
+        tensors[SHOTS_FILE] = model.shot_memory.tensors()
     return save_weights_dir(directory, model.state_dict(), dataclasses.asdict(model.config), extra, tensors)
 
 
@@ -267,4 +287,13 @@ def load_model(directory: str | Path, device: str = "auto") -> Discriminator:
 
         saved = load_file(str(bank))
         model.memory = NormalMemory(saved["bank"], saved.get("sources"))
+    if model.config.shots:
+        shots = Path(directory) / SHOTS_FILE
+        if not shots.is_file():
+            msg = f"{shots}: not found, but {cfg_path} says the model has a shot memory; save the model folder whole"
+            raise FileNotFoundError(msg)
+        from safetensors.torch import load_file
+
+        saved = load_file(str(shots))
+        model.shot_memory = ShotMemory(saved["bank"], saved["labels"], model.config.num_types, model.config.shots["temperature"])
     return model.to(device, memory_format=model.memory_format).eval()

@@ -22,7 +22,9 @@ import torch
 
 from uniadc_core.config import MemoryConfig
 from uniadc_core.model.discriminator import Discriminator
+from uniadc_core.model.loader import Batch
 from uniadc_core.model.memory import NormalMemory
+from uniadc_core.model.shot_memory import build_shot_memory, calibrate_temperature
 from uniadc_core.model.terms import fit_terms, memory_terms
 
 log = logging.getLogger(__name__)
@@ -137,3 +139,29 @@ def attach_memory(model: Discriminator, normals: torch.Tensor, holdout: torch.Te
         log.warning("train: no held-out normals; the score terms are standardised on the training normals (memory distances biased low)")
         holdout = normals
     return calibrate(model, holdout)
+
+
+@torch.no_grad()
+def attach_shot_memory(model: Discriminator, shots: Batch, val: Batch, batch_size: int = 16) -> Discriminator:
+    """Give a model with a normal memory its shot memory (``shot_memory.py``) of the real anomaly ``shots``, its
+    temperature fitted on the anomalous samples of ``val`` (the synthetic validation tenth, never trained on), each
+    judged at the patch farthest from the normal memory. Without a normal memory, or when a type has no real shot,
+    the model keeps the type head alone."""
+    if model.memory is None:
+        return model
+    model.eval()
+    memory = build_shot_memory(model.patch_features, shots.images, shots.masks, model.config.num_types, batch_size)
+    if memory is None:
+        return model
+    anomalous = val.masks.flatten(1).amax(1) > 0
+    images, masks = val.images[anomalous], val.masks[anomalous].long()
+    device = model.mean.device
+    patches = [model.patch_features(images[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(images), batch_size)]
+    if patches:
+        p = torch.cat(patches)
+        peaks = model.memory.distances(p.permute(0, 2, 3, 1).reshape(-1, p.shape[1])).view(len(p), -1).argmax(1)
+        types = torch.stack([torch.bincount(m[m > 0] - 1, minlength=model.config.num_types).argmax() for m in masks])
+        calibrate_temperature(memory, p, peaks, types)
+    model.shot_memory = memory
+    model.config.shots = {"temperature": memory.temperature}
+    return model

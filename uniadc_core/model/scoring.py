@@ -40,14 +40,16 @@ def score_images(model: Discriminator, images: list[np.ndarray], batch_size: int
 
 
 def _predict(model: Discriminator, inputs: list[np.ndarray]) -> tuple[torch.Tensor, ...]:
-    """Model outputs (score, map, type probs, pixel types, embedding) of one batch of (S, S, 3) inputs, on the CPU."""
+    """Model outputs (score, map, type probs, pixel types, embedding, pixel type probability) of one batch of (S, S, 3)
+    inputs, on the CPU."""
     p = model.predict(model.preprocess.batch(inputs).to(model.mean.device))
-    return tuple(t.cpu() for t in (p.score, p.anomaly_map, p.type_probs, p.pixel_types.to(torch.uint8), p.embedding))
+    return tuple(t.cpu() for t in (p.score, p.anomaly_map, p.type_probs, p.pixel_types.to(torch.uint8), p.embedding, p.pixel_type_prob))
 
 
 def _empty(model: Discriminator) -> Scores:
     k, e, s = model.config.num_types, model.backbone.embed_channels, model.preprocess.size
-    return Scores(np.zeros(0), np.zeros((0, s, s), np.float32), np.zeros((0, k)), np.zeros((0, s, s), np.uint8), np.zeros((0, e)))
+    return Scores(np.zeros(0), np.zeros((0, s, s), np.float32), np.zeros((0, k)), np.zeros((0, s, s), np.uint8), np.zeros((0, e)),
+                  np.zeros((0, s, s), np.uint8))
 
 
 class _TileOutputs(NamedTuple):
@@ -60,6 +62,7 @@ class _TileOutputs(NamedTuple):
     probs: np.ndarray  # (T, K)
     types: np.ndarray  # (T, S, S) uint8
     embedding: np.ndarray  # (T, E)
+    type_prob: np.ndarray  # (T, S, S) uint8
 
 
 def _tile_outputs(model: Discriminator, images: list[np.ndarray], batch_size: int, preprocessed: bool, bar: tqdm | None = None):
@@ -74,10 +77,10 @@ def _tile_outputs(model: Discriminator, images: list[np.ndarray], batch_size: in
             tiles += t
             done += 1
         parts = [_predict(model, tiles[i:i + batch_size]) for i in range(0, len(tiles), batch_size)]
-        score, amap, probs, types, emb = [torch.cat(cols).numpy() for cols in zip(*parts)]
+        score, amap, probs, types, emb, type_prob = [torch.cat(cols).numpy() for cols in zip(*parts)]
         for shape, windows, start in chunk:
             sel = slice(start, start + len(windows))
-            yield _TileOutputs(shape, windows, score[sel], amap[sel], probs[sel], types[sel], emb[sel])
+            yield _TileOutputs(shape, windows, score[sel], amap[sel], probs[sel], types[sel], emb[sel], type_prob[sel])
         if bar is not None:
             bar.update(len(chunk))
 
@@ -87,7 +90,7 @@ def _score_tiled(model: Discriminator, images: list[np.ndarray], batch_size: int
     if not images:
         return _empty(model)
     pre = model.preprocess
-    out: list[list] = [[], [], [], [], []]
+    out: list[list] = [[], [], [], [], [], []]
     with tqdm(total=len(images), desc="score", unit="img", disable=not progress, leave=False) as bar:
         for o in _tile_outputs(model, images, batch_size, preprocessed, bar):
             best = int(o.score.argmax())
@@ -96,7 +99,8 @@ def _score_tiled(model: Discriminator, images: list[np.ndarray], batch_size: int
             out[2].append(o.probs[best])
             out[3].append(pre.labels_view(o.types, o.windows, o.shape, o.maps))
             out[4].append(o.embedding.mean(0))
-    return Scores(np.array(out[0]), np.stack(out[1]), np.stack(out[2]), np.stack(out[3]), np.stack(out[4]))
+            out[5].append(pre.labels_view(o.type_prob, o.windows, o.shape, o.maps))
+    return Scores(np.array(out[0]), np.stack(out[1]), np.stack(out[2]), np.stack(out[3]), np.stack(out[4]), np.stack(out[5]))
 
 
 def concat_scores(parts: list[Scores]) -> Scores:

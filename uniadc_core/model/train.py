@@ -31,7 +31,7 @@ from uniadc_core.metrics import auroc
 from uniadc_core.model.backbones import text_type_embeddings
 from uniadc_core.model.cnn import default_layers
 from uniadc_core.model.discriminator import Discriminator, ModelConfig, discriminator_loss, predict_from_maps, save_model
-from uniadc_core.model.fusion import attach_memory
+from uniadc_core.model.fusion import attach_memory, attach_shot_memory
 from uniadc_core.model.loader import Batch, MixedStream, make_loader
 from uniadc_core.model.train_data import TILE_MARK, TrainData, load_train_data  # noqa: F401  (load_train_data: part of this module's API)
 from uniadc_core.weights import create_clip, resolve_timm_weights
@@ -333,6 +333,7 @@ def train(manifest: pl.DataFrame, vocab: Vocabulary, synthetic_dir: str | Path |
     item_of = dict(zip(shots["image_id"].to_list(), item_names(shots), strict=True))
     items = [item_of[i] if i in item_of else item_of[i.rsplit(TILE_MARK, 1)[0]] for i in data.normals.ids]  # tiles: id + mark + corner
     attach_memory(model, data.normals.images, data.holdout.images, cfg.memory, cfg.seed, data.normals.classes, items)
+    attach_shot_memory(model, data.shots, data.val)
     kept = [{k: v for k, v in rec.items() if k not in MACHINE_DEPENDENT} for rec in history]
     path = save_model(model, out_dir, extra={"history.json": kept})
     write_json(timings_path(out_dir), [{"epoch": rec["epoch"], "seconds": rec["seconds"]} for rec in history if "seconds" in rec])

@@ -19,7 +19,7 @@ import numpy as np
 from uniadc_core.cada.calibration import line_threshold
 from uniadc_core.cada.regressor import Cada, load_cada
 from uniadc_core.data.preprocess import Preprocess
-from uniadc_core.decision import Decision, Scores, decide
+from uniadc_core.decision import Decision, Scores, check_probability, decide
 from uniadc_core.model.discriminator import Discriminator, load_model
 from uniadc_core.model.scoring import score_images
 
@@ -39,9 +39,10 @@ def find_models_dir(path: str | Path) -> Path:
 class Detector:
     """The discriminator and CADA together: scores any image with no class label."""
 
-    def __init__(self, model: Discriminator, cada: Cada, threshold: float | None = None):
-        """``threshold``: the line's own decision threshold (aligned-score units); None: the one saved with the model."""
-        self.model, self.cada, self.override = model, cada, threshold
+    def __init__(self, model: Discriminator, cada: Cada, threshold: float | None = None, abstain_below: float = 0.0):
+        """``threshold``: the line's own decision threshold (aligned-score units); None: the one saved with the model.
+        ``abstain_below``: a type whose probability is lower is reported as "unknown"."""
+        self.model, self.cada, self.override, self.abstain_below = model, cada, threshold, abstain_below
 
     @classmethod
     def load(cls, models_dir: str | Path) -> Detector:
@@ -52,7 +53,12 @@ class Detector:
         """This detector deciding at ``threshold``, or at the threshold whose expected false-alarm rate on new normals
         is ``false_alarm_rate`` (from the held-out normal scores saved with the model); neither: the saved one."""
         config = self.cada.config
-        return Detector(self.model, self.cada, line_threshold(threshold, false_alarm_rate, config.calibration_scores, config.calibration_scope))
+        return Detector(self.model, self.cada, line_threshold(threshold, false_alarm_rate, config.calibration_scores, config.calibration_scope),
+                        self.abstain_below)
+
+    def with_abstain(self, abstain_below: float) -> Detector:
+        """This detector reporting a type whose probability is below ``abstain_below`` as "unknown"."""
+        return Detector(self.model, self.cada, self.override, check_probability(abstain_below))
 
     @property
     def threshold(self) -> float:
@@ -67,7 +73,7 @@ class Detector:
         return self.model.config.defect_types
 
     def decide(self, scores: Scores) -> Decision:
-        return decide(scores, *self.cada.predict_stats(scores.embedding), self.threshold, self.defect_types)
+        return decide(scores, *self.cada.predict_stats(scores.embedding), self.threshold, self.defect_types, self.abstain_below)
 
     def detect(self, images: list[np.ndarray], batch_size: int = 32, progress: bool = False) -> Decision:
         return self.decide(score_images(self.model, images, batch_size, progress))

@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # or an exported model's runtime.OnnxDetector: the same inter
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 COLUMNS = ["path", "score", "raw_score", "is_anomaly", "defect_type", "defect_prob", "threshold", "regions", "error"]
 REGION_COLUMNS = ["path", "region", "defect_type", "x0", "y0", "x1", "y1", "area", "max_score", "mean_score", "elongation", "orientation",
-                  "touches_border", "threshold"]
+                  "touches_border", "type_probability", "threshold"]
 
 
 def list_images(inputs: list[str | Path]) -> list[Path]:
@@ -50,7 +50,8 @@ def result(detector: Detector, d: Decision, i: int, shape: tuple[int, int]) -> t
     uint8 label map at the image's own ``shape`` (all 0 for an image decided normal): what ``uniadc predict`` writes
     and the HTTP service returns."""
     view_labels = d.pixel_labels[i] if d.is_anomaly[i] else np.zeros_like(d.pixel_labels[i])
-    regions, labels = native_regions(detector.preprocess, d.anomaly_map[i], view_labels, shape, detector.defect_types)
+    regions, labels = native_regions(detector.preprocess, d.anomaly_map[i], view_labels, shape, detector.defect_types, d.region_prob[i],
+                                     detector.abstain_below)
     return {"score": float(d.score[i]), "raw_score": float(d.raw_score[i]), "is_anomaly": bool(d.is_anomaly[i]),
             "defect_type": d.defect_type[i], "defect_prob": float(d.defect_prob[i]), "threshold": detector.threshold,
             "regions": [r.as_row() for r in regions]}, labels

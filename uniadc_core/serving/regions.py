@@ -21,8 +21,7 @@ import numpy as np
 from PIL import Image
 
 from uniadc_core.data.preprocess import Preprocess
-
-_NONE = np.iinfo(np.int64).max
+from uniadc_core.decision import UNKNOWN, components
 
 
 @dataclass(frozen=True)
@@ -36,6 +35,7 @@ class Region:
     elongation: float = 1.0  # major / minor axis length (1 = round or square)
     orientation: float = 0.0  # the major axis's angle to the image's x axis, degrees in (-90, 90], y pointing down
     touches_border: bool = False  # the region reaches an edge of the image
+    type_probability: float = 1.0  # of its type, read at its peak; below the line's abstain_below its type is "unknown"
 
     def as_row(self) -> dict:
         row = asdict(self)
@@ -43,33 +43,10 @@ class Region:
         return {**row, "x0": x0, "y0": y0, "x1": x1, "y1": y1}
 
 
-def components(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """(H, W) int64 labels of the 8-connected components of a bool mask (0 outside, 1..n in scan order of their
-    first pixel) and n: each pixel takes the smallest index in its 3x3 neighbourhood, then jumps to that
-    pixel's label (pointer jumping), until nothing changes."""
-    h, w = mask.shape
-    label = np.where(mask, np.arange(h * w, dtype=np.int64).reshape(h, w), _NONE)
-    while True:
-        padded = np.pad(label, 1, constant_values=_NONE)
-        low = label.copy()
-        for dy in range(3):
-            for dx in range(3):
-                np.minimum(low, padded[dy:dy + h, dx:dx + w], out=low)
-        low = np.where(mask, low, _NONE)
-        flat = low.ravel()
-        inside = flat != _NONE
-        flat[inside] = np.minimum(flat[inside], label.ravel()[flat[inside]])
-        if np.array_equal(low, label):
-            break
-        label = low
-    out = np.zeros((h, w), np.int64)
-    roots, dense = np.unique(label[mask], return_inverse=True)
-    out[mask] = dense + 1
-    return out, len(roots)
-
-
-def _measure(comp: np.ndarray, count: int, labels: np.ndarray, amap: np.ndarray, defect_types: list[str]) -> list[Region]:
-    """A Region per component of ``comp`` (1..count) with pixels, highest peak score first."""
+def _measure(comp: np.ndarray, count: int, labels: np.ndarray, amap: np.ndarray, defect_types: list[str],
+             probs: np.ndarray | None = None, abstain_below: float = 0.0) -> list[Region]:
+    """A Region per component of ``comp`` (1..count) with pixels, highest peak score first; ``probs``: (H, W) each
+    pixel's region type probability (None: 1)."""
     ys, xs = np.nonzero(comp)
     if count == 0 or not len(ys):
         return []
@@ -83,13 +60,15 @@ def _measure(comp: np.ndarray, count: int, labels: np.ndarray, amap: np.ndarray,
     boxes = zip(np.minimum.reduceat(xs, starts), np.minimum.reduceat(ys, starts), np.maximum.reduceat(xs, starts) + 1,
                 np.maximum.reduceat(ys, starts) + 1)
     peaks, sums = np.maximum.reduceat(scores, starts), np.add.reduceat(scores, starts)
+    chance = np.ones(len(starts)) if probs is None else np.add.reduceat(probs[ys, xs].astype(np.float64), starts) / area
     shapes = _shapes(xs.astype(np.float64), ys.astype(np.float64), starts, area)
     h, w = comp.shape
     regions = []
-    for v, box, a, p, s, (elongation, angle) in zip(votes, boxes, area, peaks, sums, shapes):
+    for v, box, a, p, s, (elongation, angle), c in zip(votes, boxes, area, peaks, sums, shapes, chance):
         box = tuple(int(c) for c in box)
         edge = box[0] == 0 or box[1] == 0 or box[2] == w or box[3] == h
-        regions.append(Region(defect_types[int(v.argmax())], box, int(a), float(p), float(s / a), elongation, angle, edge))
+        kind = defect_types[int(v.argmax())] if c >= abstain_below else UNKNOWN
+        regions.append(Region(kind, box, int(a), float(p), float(s / a), elongation, angle, edge, round(float(c), 4)))
     return sorted(regions, key=lambda r: -r.max_score)
 
 
@@ -115,13 +94,15 @@ def find_regions(labels: np.ndarray, amap: np.ndarray, defect_types: list[str]) 
 
 
 def native_regions(pre: Preprocess, view_map: np.ndarray, view_labels: np.ndarray, shape: tuple[int, int],
-                   defect_types: list[str]) -> tuple[list[Region], np.ndarray]:
-    """The regions of the (S, S) aligned map and uint8 label map of the model's view, measured on an image of
-    ``shape``, and that image's (H, W) uint8 label map."""
+                   defect_types: list[str], view_probs: np.ndarray | None = None, abstain_below: float = 0.0) -> tuple[list[Region], np.ndarray]:
+    """The regions of the (S, S) aligned map and uint8 label map of the model's view (and ``view_probs``: each
+    region's type probability, ``Decision.region_prob``), measured on an image of ``shape``, and that image's (H, W)
+    uint8 label map (a region whose type is "unknown" keeps its most likely type's index there)."""
     rows, cols = pre.view_index(shape)
     comp, count = components(view_labels > 0)
     labels = view_labels[rows][:, cols].astype(np.uint8)
-    return _measure(comp[rows][:, cols], count, labels, view_map[rows][:, cols], defect_types), labels
+    probs = None if view_probs is None else view_probs[rows][:, cols]
+    return _measure(comp[rows][:, cols], count, labels, view_map[rows][:, cols], defect_types, probs, abstain_below), labels
 
 
 def label_png(labels: np.ndarray) -> Image.Image:

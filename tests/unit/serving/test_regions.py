@@ -30,7 +30,8 @@ def test_regions_are_eight_connected_blobs_typed_by_their_majority():
     assert hole.box == (25, 15, 30, 17) and hole.area == 10
     # a 2 x 5 block at the right edge: variances 2 (x) and 0.25 (y), each + 1/12: elongation sqrt(6.25)
     assert hole.as_row() == {"defect_type": "hole", "x0": 25, "y0": 15, "x1": 30, "y1": 17, "area": 10, "max_score": 2.0,
-                             "mean_score": 2.0, "elongation": pytest.approx(2.5), "orientation": 0.0, "touches_border": True}
+                             "mean_score": 2.0, "elongation": pytest.approx(2.5), "orientation": 0.0, "touches_border": True,
+                                 "type_probability": 1.0}
     assert not crack.touches_border and stain.orientation == pytest.approx(45.0)  # the diagonal runs down-right
     assert find_regions(np.zeros((5, 5), np.uint8), np.zeros((5, 5), np.float32), TYPES) == []
 
