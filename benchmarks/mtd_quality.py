@@ -91,12 +91,19 @@ def run_setting(name: str, root: Path, work: Path, epochs: int, image_size: int,
     return results
 
 
+def with_type_head(model):
+    """The trained model naming defects by its type head alone (its shot memory dropped)."""
+    model.shot_memory, model.config.shots = None, {}
+    return model
+
+
 def run_pipeline(raw: dict, work: Path, overrides: list[str] = (), weights: list[float] = (),
-                 calibrations: list[bool] = ()) -> list[dict]:
+                 calibrations: list[bool] = (), type_sources: list[str] = ()) -> list[dict]:
     """ingest -> synthesize -> train -> fit_cada -> evaluate in ``work`` for the params ``raw`` (+ ``overrides``),
     CADA and evaluation once per memory weight in ``weights`` (none: the params' weight) and per
-    ``fit_cada.leave_item_out`` value in ``calibrations`` (none: the params' own); one result per pair
-    with the metrics, the stage seconds and the reports folder."""
+    ``fit_cada.leave_item_out`` value in ``calibrations`` (none: the params' own) and per source of the defect type
+    in ``type_sources`` (``shots``: as trained; ``head``: the type head alone); one result per combination with the
+    metrics, the stage seconds and the reports folder."""
     base = load_params(ROOT / "params.yaml")
     apply_overrides(raw, list(overrides), create=True)
     params = parse_params(raw)
@@ -120,21 +127,27 @@ def run_pipeline(raw: dict, work: Path, overrides: list[str] = (), weights: list
     samples = read_samples(work / "synthetic")
     timed("train", train, manifest, vocab, work / "synthetic", params.train, work / "models/discriminator")
     results = []
-    for w in weights or [None]:
-        for lio in calibrations or [None]:
-            models = work / ("models" + ("" if w is None else f"_w{w}") + ("" if lio is None else f"_lio{int(lio)}"))
-            model = load_model(work / "models/discriminator")
-            if w is not None:
-                save_model(with_memory_weight(model, w), models / "discriminator")
-            fit_cfg = params.fit_cada if lio is None else replace(params.fit_cada, leave_item_out=lio)
-            timed("fit_cada", fit, model, manifest, samples, fit_cfg, models / "cada")
-            metrics = timed("evaluate", evaluate, Detector.load(models), manifest, params.evaluate, work / f"reports_{models.name}")
-            extra = ([] if w is None else [f"train.memory.weight={w} (at evaluation)"]) + (
-                [] if lio is None else [f"fit_cada.leave_item_out={str(lio).lower()} (at calibration)"])
-            reports = work / f"reports_{models.name}"
-            per_type = pl.read_csv(reports / "per_type.csv").to_dicts()  # each type's image AUROC, pixel share and pixel AUROC
-            results.append({"overrides": [*overrides, *extra], "metrics": metrics, "per_type": per_type, "seconds": dict(times),
-                            "memory_weight": w, "leave_item_out": lio, "reports": str(reports)})
+    combos = [(w, lio, src) for w in weights or [None] for lio in calibrations or [None] for src in type_sources or [None]]
+    for w, lio, src in combos:
+        models = work / ("models" + ("" if w is None else f"_w{w}") + ("" if lio is None else f"_lio{int(lio)}")
+                         + ("" if src in (None, "shots") else f"_{src}"))
+        model = load_model(work / "models/discriminator")
+        if w is not None:
+            model = with_memory_weight(model, w)
+        if src == "head":
+            model = with_type_head(model)
+        if models.name != "models":
+            save_model(model, models / "discriminator")
+        fit_cfg = params.fit_cada if lio is None else replace(params.fit_cada, leave_item_out=lio)
+        timed("fit_cada", fit, model, manifest, samples, fit_cfg, models / "cada")
+        metrics = timed("evaluate", evaluate, Detector.load(models), manifest, params.evaluate, work / f"reports_{models.name}")
+        extra = ([] if w is None else [f"train.memory.weight={w} (at evaluation)"]) + (
+            [] if lio is None else [f"fit_cada.leave_item_out={str(lio).lower()} (at calibration)"]) + (
+            [] if src is None else [f"types from {src} (at evaluation)"])
+        reports = work / f"reports_{models.name}"
+        per_type = pl.read_csv(reports / "per_type.csv").to_dicts()  # each type's image AUROC, pixel share and pixel AUROC
+        results.append({"overrides": [*overrides, *extra], "metrics": metrics, "per_type": per_type, "seconds": dict(times),
+                        "memory_weight": w, "leave_item_out": lio, "type_source": src, "reports": str(reports)})
     return results
 
 
@@ -291,7 +304,7 @@ def main() -> None:
                     runs.setdefault(r["label"], []).append(r)
                 continue
             for r in run_setting(name, root, ROOT / "benchmarks/work" / name, a.epochs, a.image_size, overrides, weights, calibrations):
-                w, lio = r.pop("memory_weight"), r.pop("leave_item_out")
+                w, lio, _ = r.pop("memory_weight"), r.pop("leave_item_out"), r.pop("type_source")
                 run_label = label + ("" if w is None else f"-w{w:g}") + ("-lio" if lio else "")
                 r.update({"label": run_label, "epochs": a.epochs, "image_size": a.image_size, "seed": seed,
                           **code})

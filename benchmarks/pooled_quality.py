@@ -97,6 +97,8 @@ def main() -> None:
                    "(e.g. alone-commutator; implies --alone for those); default all")
     p.add_argument("--resume", action="store_true", help="skip the (run, seed) pairs already logged with these params "
                    "and this library tree")
+    p.add_argument("--type-sources", default="", help="also evaluate each training with the defect type from 'head' "
+                   "(the type head alone; rows named <run>-head) beside 'shots' (as trained), e.g. shots,head")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/pooled_quality"))
     a = p.parse_args()
     shared = Path(a.shared)
@@ -124,18 +126,23 @@ def main() -> None:
                 print(run, seed, f"resumed: logged with library {code['library']}", flush=True)
                 continue
             overrides = [*a.set, *(f"{k}={seed}" for k in SEEDED)]
-            (result,) = run_pipeline(raw_params(group, a.image_size, a.epochs), ROOT / "benchmarks/work/pooled", overrides)
-            rows = rows_of(result, run, seed)
-            for r in rows:
-                r.update({"overrides": a.set, "image_size": a.image_size, "epochs": a.epochs, "seconds": result["seconds"], **code})
-            log += rows
+            kinds = [s for s in a.type_sources.split(",") if s]
+            results = run_pipeline(raw_params(group, a.image_size, a.epochs), ROOT / "benchmarks/work/pooled", overrides,
+                                   type_sources=kinds)
+            for result in results:
+                named = run if result["type_source"] in (None, "shots") else f"{run}-{result['type_source']}"
+                rows = rows_of(result, named, seed)
+                for r in rows:
+                    r.update({"overrides": a.set, "image_size": a.image_size, "epochs": a.epochs, "seconds": result["seconds"], **code})
+                log += rows
+            result = results[0]
             with atomic_path(out) as tmp:
                 tmp.write_text(json.dumps(log, indent=2))
             render(out)
             plot = Path(result["reports"]) / "plots/scores.png"
             if seed == int(a.seeds.split(",")[0]) and run == a.label and plot.is_file():
                 shutil.copy(plot, out.with_name(f"{out.stem}_{run}_scores.png"))
-            pooled = {r["variant"]: r["image_auroc"] for r in rows if r["object_class"] == "pooled"}
+            pooled = {r["variant"]: r["image_auroc"] for r in rows_of(result, run, seed) if r["object_class"] == "pooled"}
             print(run, seed, json.dumps(pooled), result["seconds"], flush=True)
 
 

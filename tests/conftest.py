@@ -47,8 +47,9 @@ def tiny_shards(tiny_dataset, tmp_path_factory):
 
 
 def train_with_memory(tiny_dataset, tiny_shards, cfg: TrainConfig):
-    """(a tiny model trained with ``cfg`` and given its memory, its TrainData) on the tiny demo."""
-    from uniadc_core.model.fusion import attach_memory
+    """(a tiny model trained with ``cfg`` and given its memory and shot memory, as ``train`` gives them, its
+    TrainData) on the tiny demo."""
+    from uniadc_core.model.fusion import attach_memory, attach_shot_memory
     from uniadc_core.model.train import load_train_data, train_discriminator
     from uniadc_core.synthesis.synthesize import load_inputs
 
@@ -56,4 +57,5 @@ def train_with_memory(tiny_dataset, tiny_shards, cfg: TrainConfig):
     manifest, vocab = load_inputs(manifest_path, vocab_path)
     data = load_train_data(manifest, vocab, tiny_shards, cfg.image_size)
     model, _ = train_discriminator(data, vocab, cfg, progress=False)
-    return attach_memory(model, data.normals.images, data.holdout.images, cfg.memory), data
+    attach_memory(model, data.normals.images, data.holdout.images, cfg.memory)
+    return attach_shot_memory(model, data.shots, data.val), data

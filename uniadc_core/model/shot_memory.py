@@ -37,8 +37,12 @@ class ShotMemory:
         if missing:
             msg = f"shot memory: no defect patch of type index {missing}; every type needs a real shot"
             raise ValueError(msg)
-        self.bank, self.labels = bank.float().contiguous(), labels.long()
+        order = labels.long().argsort(stable=True)  # grouped by type: each type's rows are one slice (no boolean indexing to export)
+        self.bank, self.labels = bank.float()[order].contiguous(), labels.long()[order]
         self.num_types, self.temperature = num_types, float(temperature)
+        counts = torch.bincount(self.labels, minlength=num_types).tolist()
+        ends = np.cumsum(counts).tolist()
+        self._slices = [(e - c, e) for c, e in zip(counts, ends, strict=True)]
         self._square = (self.bank * self.bank).sum(1)
 
     def __len__(self) -> int:
@@ -49,8 +53,7 @@ class ShotMemory:
         b, c, h, w = patches.shape
         q = patches.permute(0, 2, 3, 1).reshape(-1, c).float()
         sq = ((q * q).sum(1, keepdim=True) - 2 * q @ self.bank.T.to(q.device) + self._square.to(q.device)).clamp(min=0)  # (bhw, M)
-        labels = self.labels.to(q.device)
-        nearest = torch.stack([sq[:, labels == t].min(1).values for t in range(self.num_types)], 1)  # (bhw, K)
+        nearest = torch.stack([sq[:, a:b].min(1).values for a, b in self._slices], 1)  # (bhw, K)
         return nearest.sqrt().view(b, h, w, self.num_types).permute(0, 3, 1, 2)
 
     def log_probs(self, patches: torch.Tensor, temperature: float | None = None) -> torch.Tensor:

@@ -1,15 +1,16 @@
 """Defect regions as data: each connected region of a decided label map, at the image's own size.
 
-    regions, labels = native_regions(detector.preprocess, d.anomaly_map[i], d.pixel_labels[i], image.shape[:2], types)
-    [Region(defect_type='crack', box=(x0, y0, x1, y1), area=412, max_score=3.1, mean_score=1.7), ...]
+    regions, labels = native_regions(detector.preprocess, d.anomaly_map[i], d.pixel_labels[i], image.shape[:2], types,
+                                     d.region_prob[i], abstain_below=0.5)
+    [Region(defect_type='crack', box=(x0, y0, x1, y1), area=412, max_score=3.1, mean_score=1.7, ..., type_probability=0.83), ...]
 
 The model decides on its square view of the image (``Preprocess``: stretched, or padded to a square for
 ``pad`` and for ``tile``'s whole-image view). ``Preprocess.view_index`` undoes that geometry: each pixel of the
 original takes the view pixel it falls in (nearest neighbour, the view's padding cut off), with that
 pixel's label and score, so a box is in the pixels of the file the user gave and every region's peak is
 above the threshold. A region is a set of 8-connected defect pixels, found on the view (a few hundred
-pixels a side, whatever the file's size); its type is the type most of its pixels carry (the per-pixel
-argmax can split one defect between two types; the defect is still one region). numpy only: the exported
+pixels a side, whatever the file's size); ``decision.decide`` gave all its pixels the type at its peak
+(the type most of them carry, for a label map made otherwise) and its probability. numpy only: the exported
 runtime uses the same code.
 """
 
