@@ -83,15 +83,20 @@ def region_labels(amap: np.ndarray, pixel_types: np.ndarray, pixel_prob: np.ndar
     """(S, S) uint8 labels and float32 type probabilities of one image's decided regions: each 8-connected region of
     pixels above ``threshold`` takes, whole, the type (and its probability) at its most anomalous pixel."""
     labels, probs = np.zeros(amap.shape, np.uint8), np.zeros(amap.shape, np.float32)
-    comp, count = components(amap > threshold)
-    if count == 0:
+    above = amap > threshold
+    rows, cols = np.flatnonzero(above.any(1)), np.flatnonzero(above.any(0))
+    if not len(rows):
         return labels, probs
+    box = np.s_[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]  # the regions' bounding box: components on it alone
+    comp, count = components(above[box])
+    scores, kinds, chance = amap[box].ravel(), pixel_types[box].ravel(), pixel_prob[box].ravel()
     flat, where = comp.ravel(), np.flatnonzero(comp)
-    order = where[np.lexsort((-amap.ravel()[where], flat[where]))]  # by region, highest score first
+    order = where[np.lexsort((-scores[where], flat[where]))]  # by region, highest score first
     first = order[np.r_[0, np.flatnonzero(np.diff(flat[order])) + 1]]  # each region's peak pixel
     peak_type, peak_prob = np.zeros(count + 1, np.uint8), np.zeros(count + 1, np.float32)
-    peak_type[flat[first]], peak_prob[flat[first]] = pixel_types.ravel()[first], pixel_prob.ravel()[first] / 255.0
-    return peak_type[comp], np.where(comp > 0, peak_prob[comp], 0).astype(np.float32)
+    peak_type[flat[first]], peak_prob[flat[first]] = kinds[first], chance[first] / 255.0
+    labels[box], probs[box] = peak_type[comp], np.where(comp > 0, peak_prob[comp], 0)
+    return labels, probs
 
 
 def check_probability(p: float, name: str = "abstain_below") -> float:

@@ -173,6 +173,14 @@ def test_predict_command_scores_a_folder_with_a_corrupt_file(pipeline_run, tmp_p
     onnx = pl.read_csv(tmp_path / "onnx.csv").filter(pl.col("error").is_null())
     np.testing.assert_allclose(onnx["score"].to_numpy(), at["score"].to_numpy(), rtol=0, atol=1e-4)
     assert onnx["defect_type"].to_list() == at["defect_type"].to_list() and onnx["regions"].to_list() == at["regions"].to_list()
+    # an unsure type is reported as unknown, in the rows and the regions alike
+    level = float(np.median(onnx["defect_prob"].to_numpy()))
+    assert main(["predict", str(folder), "--model", str(tmp_path / "exported"), "--out", str(tmp_path / "unsure.csv"), "--threshold", "-100",
+                 "--abstain-below", str(level)]) == 0
+    unsure = pl.read_csv(tmp_path / "unsure.csv").filter(pl.col("error").is_null())
+    assert unsure["defect_type"].to_list() == [t if q >= level else "unknown" for t, q in zip(onnx["defect_type"], onnx["defect_prob"], strict=True)]
+    typed = pl.read_csv(tmp_path / "unsure.regions.csv")
+    assert ((typed["defect_type"] == "unknown") == (typed["type_probability"] < level)).all()
     assert main(["export", "--model", str(tmp_path / "exported"), "--out", str(tmp_path / "again")]) == 2  # already exported
     with pytest.raises(SystemExit) as refused:  # one or the other
         main(["predict", str(folder), "--model", "data/models", "--threshold", "1", "--false-alarm-rate", "0.1"])
