@@ -150,3 +150,26 @@ def test_priors_file_reaches_the_shards_and_the_plan(tiny_dataset, tmp_path):
     assert min(areas(tmp_path / "b")) >= 0.06 - 1e-3 > max(areas(tmp_path / "a"))  # large bin vs the name's small bin
     for r in read_samples(tmp_path / "b").to_pylist():
         assert json.loads(r["settings"])["foreground"] == "border"
+
+
+def test_a_damaged_or_missing_shard_is_named_before_training_reads_it(tiny_dataset, tiny_shards, tmp_path):
+    import shutil
+
+    from uniadc_core.model.train_data import load_train_data
+    from uniadc_core.synthesis.synthesize import load_inputs
+
+    _, manifest_path, vocab_path = tiny_dataset
+    manifest, vocab = load_inputs(manifest_path, vocab_path)
+    out = tmp_path / "synthetic"
+    shutil.copytree(tiny_shards, out)
+    shard = complete_shards(out)[0]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 64] = bytes(64)  # 64 bytes zeroed mid-file, as a failing disk might
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=rf"{shard.name}: its sha256 is not the one .*index.json recorded.*dvc checkout .*dvc repro synthesize"):
+        load_train_data(manifest, vocab, out, 64)
+    with pytest.raises(ValueError, match=shard.name):
+        read_samples(out)
+    shard.unlink()
+    with pytest.raises(FileNotFoundError, match=rf"{shard.name}: listed in .*index.json but missing"):
+        read_samples(out)
