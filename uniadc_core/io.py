@@ -194,10 +194,13 @@ def save_png(path: str | Path, arr: np.ndarray) -> None:
         tmp.write_bytes(png_bytes(arr))
 
 
+FILES_KEY = "files"  # config.json: each weight file's size and sha256, written with it and checked on every load
+
+
 def save_weights_dir(directory: str | Path, state: dict, config: dict, extra: dict | None = None,
                      tensors: dict[str, dict] | None = None) -> Path:
     """A model directory: ``model.safetensors`` + ``config.json`` (+ extra JSON files, + extra safetensors
-    files ``{name: {key: tensor}}``), replaced atomically."""
+    files ``{name: {key: tensor}}``), replaced atomically; ``config.json`` records each weight file's size and sha256."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
@@ -205,14 +208,36 @@ def save_weights_dir(directory: str | Path, state: dict, config: dict, extra: di
         save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"))
         for name, part in (tensors or {}).items():
             save_file({k: v.detach().cpu().contiguous() for k, v in part.items()}, str(tmp / name))
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        files = {n: {"size": (tmp / n).stat().st_size, "sha256": sha256_file(tmp / n)} for n in ["model.safetensors", *(tensors or {})]}
+        (tmp / "config.json").write_text(json.dumps({**config, FILES_KEY: files}, indent=2) + "\n")
         for name, obj in (extra or {}).items():
             (tmp / name).write_text(json.dumps(obj, indent=2) + "\n")
     return directory
 
 
+def verify_files(directory: Path, files: dict, made_by: str) -> None:
+    """Each weight file ``config.json`` lists is there with its recorded size and sha256, or an error naming the file
+    and the stage that writes it again."""
+    fix = f"re-run the {made_by} stage (`dvc repro {made_by}`), or restore the folder whole (`dvc checkout`)"
+    for name, record in files.items():
+        path = directory / name
+        if not path.is_file():
+            msg = f"{path}: missing, though {directory / 'config.json'} lists it; {fix}"
+            raise FileNotFoundError(msg)
+        size = path.stat().st_size
+        if size != record["size"]:
+            msg = f"{path}: {size} bytes where {directory / 'config.json'} records {record['size']} (truncated or replaced); {fix}"
+            raise ValueError(msg)
+        if sha256_file(path) != record["sha256"]:
+            msg = f"{path}: its sha256 is not the one {directory / 'config.json'} records (altered since it was saved); {fix}"
+            raise ValueError(msg)
+
+
 def read_weights_dir(directory: str | Path, made_by: str) -> tuple[dict, dict]:
-    """(config dict, tensors) of a model directory; ``made_by`` names the stage to run when it is missing."""
+    """(config dict, tensors) of a model directory, its weight files checked against the sizes and sha256 that
+    ``config.json`` records (a folder saved before they were recorded is read unchecked); ``made_by`` names the stage
+    to run when something is missing or damaged. The other weight files it lists are checked too, before
+    ``model.safetensors`` is read: tensors only, nothing unpickled."""
     from safetensors.torch import load_file
 
     directory = Path(directory)
@@ -221,4 +246,8 @@ def read_weights_dir(directory: str | Path, made_by: str) -> tuple[dict, dict]:
         if not p.is_file():
             msg = f"{p}: not found; a model directory holds config.json + model.safetensors (run the {made_by} stage)"
             raise FileNotFoundError(msg)
-    return read_json(cfg_path), load_file(str(weights), device="cpu")
+    config = read_json(cfg_path)
+    files = config.pop(FILES_KEY, None)
+    if files is not None:
+        verify_files(directory, files, made_by)
+    return config, load_file(str(weights), device="cpu")

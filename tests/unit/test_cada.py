@@ -41,6 +41,10 @@ def test_regressor_recovers_each_class_statistics_without_labels(tmp_path):
     assert again.class_stats("b") == (0.5, 0.9)
     with pytest.raises(ValueError, match="no statistics for class 'z'"):
         again.class_stats("z")
+    weights = tmp_path / "cada" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])
+    with pytest.raises(ValueError, match=r"cada/model.safetensors: .* \(truncated or replaced\); re-run the fit_cada stage"):
+        load_cada(tmp_path / "cada")
 
 
 def test_alignment_puts_classes_on_one_scale():

@@ -53,6 +53,30 @@ def test_load_refuses_mismatches(tmp_path):
         load_model(tmp_path / "nothing")
 
 
+def test_a_truncated_altered_or_missing_weight_file_is_named_with_the_stage_to_rerun(tmp_path):
+    model = _tiny()
+    save_model(model, tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    record = json.loads((tmp_path / "m" / "config.json").read_text())["files"]["model.safetensors"]
+    assert record["size"] == weights.stat().st_size and len(record["sha256"]) == 64
+    good = weights.read_bytes()
+    weights.write_bytes(good[: len(good) // 2])  # a copy cut short
+    with pytest.raises(ValueError, match=r"m/model.safetensors: \d+ bytes where .*config.json records \d+ \(truncated or replaced\); "
+                       r"re-run the train stage \(`dvc repro train`\)"):
+        load_model(tmp_path / "m")
+    altered = bytearray(good)
+    altered[-8:] = b"\x00" * 8  # same size, other bytes
+    weights.write_bytes(bytes(altered))
+    with pytest.raises(ValueError, match=r"model.safetensors: its sha256 is not the one .*config.json records"):
+        load_model(tmp_path / "m")
+    weights.write_bytes(good)
+    assert torch.equal(load_model(tmp_path / "m").predict(torch.zeros(1, 3, 64, 64, dtype=torch.uint8)).anomaly_map,
+                       model.predict(torch.zeros(1, 3, 64, 64, dtype=torch.uint8)).anomaly_map)
+    weights.unlink()
+    with pytest.raises(FileNotFoundError, match="model.safetensors: not found.*train stage"):
+        load_model(tmp_path / "m")
+
+
 def test_loss_prefers_the_right_answer():
     target = torch.zeros(1, 8, 8, dtype=torch.long)
     target[0, 2:5, 2:5] = 2
