@@ -185,7 +185,10 @@ def _serve_api(args) -> int:
     model, detector = _detector_or_error(args)
     if detector is None:
         return 2
-    serve(detector, model, args.host, args.port, int(args.max_mb * 1024 * 1024))
+    def again():  # POST /reload: the same source, resolved anew (models:/NAME@champion moves on promotion)
+        return load_detector(model, args.params).with_threshold(args.threshold, args.false_alarm_rate).with_abstain(args.abstain_below)
+
+    serve(detector, model, args.host, args.port, int(args.max_mb * 1024 * 1024), again)
     return 0
 
 

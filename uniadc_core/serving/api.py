@@ -4,7 +4,8 @@
                              application/octet-stream), or multipart/form-data with one file field
          ?threshold=T        decide at T (aligned-score units) instead of the model's threshold
          ?mask=true          also return the label mask as a base64 PNG at the image's size
-    GET  /health             model, version, threshold, defect types, input size, request limit
+    GET  /health             model, version, threshold, defect types, input size, request limit, reloads
+    POST /reload             load the model again from where it came from (a new @champion after a promotion)
 
 The answer is the row ``uniadc predict`` writes (score, is_anomaly, defect type and probability, the
 threshold used, the regions at the image's own size) plus the image's width and height. A request is
@@ -12,6 +13,8 @@ refused with a 4xx that names the problem: no body (400), over ``max_bytes`` (41
 declared length and again while reading), another content type (415), bytes that are no image or
 an image over the model's pixel limit (422, 413). The detector runs one request at a time (a lock):
 the CPU is shared, and the model keeps no per-request state, so a bad request leaves it as it was.
+``/reload`` loads the new detector beside the serving one and then swaps the reference: a request
+already running finishes on the detector it started with, later ones get the new one, none fails.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import email.parser
 import email.policy
 import io
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, HTTPException, Request
@@ -65,15 +69,35 @@ def _multipart_file(content_type: str, data: bytes) -> tuple[bytes, str]:
     raise HTTPException(400, "multipart body with no file part: send the image as a form field, e.g. curl -F file=@image.png")
 
 
-def create_app(detector: Detector, model: str = "", max_bytes: int = MAX_BYTES) -> FastAPI:
-    """The service for one detector; ``model``: where it came from (a path or models:/NAME@ALIAS), for /health."""
+def create_app(detector: Detector, model: str = "", max_bytes: int = MAX_BYTES, reload: Callable[[], Detector] | None = None) -> FastAPI:
+    """The service for one detector; ``model``: where it came from (a path or models:/NAME@ALIAS), for /health;
+    ``reload``: loads it again from there (None: ``/reload`` is refused)."""
     app = FastAPI(title="uniadc", version=__version__, summary="anomaly detection and defect typing for images")
-    lock = threading.Lock()
+    lock, reloading = threading.Lock(), threading.Lock()
+    state = {"detector": detector, "reloads": 0}  # a request reads the detector once: a swap never changes it mid-request
 
     @app.get("/health")
     def health() -> dict:
-        return {"status": "ok", "model": model, "uniadc_version": __version__, "threshold": detector.threshold,
-                "defect_types": detector.defect_types, "image_size": detector.preprocess.size, "max_bytes": max_bytes}
+        current = state["detector"]
+        return {"status": "ok", "model": model, "uniadc_version": __version__, "threshold": current.threshold,
+                "defect_types": current.defect_types, "image_size": current.preprocess.size, "max_bytes": max_bytes,
+                "reloads": state["reloads"]}
+
+    @app.post("/reload")
+    async def reload_model() -> dict:
+        if reload is None:
+            raise HTTPException(409, "this service was started with a detector object, not a model to load again")
+        if not reloading.acquire(blocking=False):
+            raise HTTPException(409, "a reload is already running; try again when it has finished")
+        try:
+            fresh = await run_in_threadpool(reload)
+        except Exception as exc:  # noqa: BLE001  (the serving detector stays; the caller learns why)
+            raise HTTPException(503, f"could not load {model or 'the model'} again ({exc}); still serving the previous one") from None
+        finally:
+            reloading.release()
+        state["detector"] = fresh
+        state["reloads"] += 1
+        return health()
 
     @app.post("/predict")
     async def predict(request: Request, threshold: float | None = None, mask: bool = False) -> dict:
@@ -88,7 +112,8 @@ def create_app(detector: Detector, model: str = "", max_bytes: int = MAX_BYTES) 
             source = f"uploaded file '{name}'"
             if not data:
                 raise HTTPException(400, f"{source} is empty")
-        return await run_in_threadpool(_score, detector if threshold is None else detector.with_threshold(threshold),
+        current = state["detector"]
+        return await run_in_threadpool(_score, current if threshold is None else current.with_threshold(threshold),
                                        data, source, mask, lock)
 
     return app
@@ -112,9 +137,10 @@ def _score(detector: Detector, data: bytes, source: str, mask: bool, lock: threa
     return row
 
 
-def serve(detector: Detector, model: str, host: str = "127.0.0.1", port: int = 8000, max_bytes: int = MAX_BYTES) -> None:
+def serve(detector: Detector, model: str, host: str = "127.0.0.1", port: int = 8000, max_bytes: int = MAX_BYTES,
+          reload: Callable[[], Detector] | None = None) -> None:
     """Run the service until interrupted (uvicorn; one process)."""
     import uvicorn
 
-    uvicorn.run(create_app(detector, model, max_bytes), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(detector, model, max_bytes, reload), host=host, port=port, log_level="info")
 

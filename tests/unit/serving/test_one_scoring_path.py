@@ -237,6 +237,48 @@ def test_the_http_service_answers_as_predict_does_and_refuses_bad_requests(model
         assert again.status_code == 200 and again.json()["score"] == pytest.approx(body["score"], rel=1e-6)
 
 
+def test_a_reload_swaps_the_model_without_failing_requests_in_flight(models):
+    """Requests keep coming while /reload loads a new detector (here: the same one deciding at another threshold,
+    as a promotion would bring): every request is answered 200, by the old detector or the new; a failed load keeps
+    the serving one; a service with nothing to reload says so."""
+    models_dir, manifest, *_ = models
+    detector = Detector.load(models_dir)
+    png = Path(manifest.filter(pl.col("role") == "test")["path"][0]).read_bytes()
+    attempts = []
+
+    def load_again():
+        attempts.append(time.perf_counter())
+        time.sleep(0.3)  # a load takes a while: requests run meanwhile
+        if len(attempts) == 2:
+            raise OSError("registry unreachable")
+        return Detector.load(models_dir).with_threshold(1e9)
+
+    statuses, thresholds = [], []
+
+    def client(url):
+        with httpx.Client(base_url=url, timeout=60) as http:
+            for _ in range(12):
+                answer = http.post("/predict", content=png, headers={"content-type": "image/png"})
+                statuses.append(answer.status_code)
+                thresholds.append(answer.json().get("threshold"))
+
+    with _serving(create_app(detector, str(models_dir), reload=load_again)) as url, httpx.Client(base_url=url, timeout=60) as http:
+        workers = [threading.Thread(target=client, args=(url,)) for _ in range(3)]
+        for w in workers:
+            w.start()
+        swapped = http.post("/reload")
+        for w in workers:
+            w.join()
+        assert swapped.status_code == 200 and swapped.json()["reloads"] == 1 and swapped.json()["threshold"] == 1e9
+        assert statuses == [200] * 36 and set(thresholds) <= {detector.threshold, 1e9}
+        assert http.post("/predict", content=png, headers={"content-type": "image/png"}).json()["threshold"] == 1e9
+        failed = http.post("/reload")
+        assert failed.status_code == 503 and "registry unreachable" in failed.json()["detail"]
+        assert http.get("/health").json()["reloads"] == 1  # still the detector of the first reload
+    with _serving(create_app(detector, str(models_dir))) as url, httpx.Client(base_url=url, timeout=60) as http:
+        assert http.post("/reload").status_code == 409
+
+
 def test_the_exported_runtime_gives_the_same_rows(models, tmp_path):
     """The demo's scratch discriminator (with and without a memory) exported to ONNX: the same scores, decisions,
     types and regions as torch; a tile model is refused with the reason."""
