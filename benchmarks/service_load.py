@@ -135,6 +135,16 @@ def main() -> None:
                 with lock:
                     results.append((i, kind, status, seconds))
 
+        samples: list[tuple[int, float]] = []  # (requests answered, resident MB), every second
+
+        def watch() -> None:
+            while not done.is_set():
+                samples.append((len(results), rss_mb(proc.pid)))
+                done.wait(1.0)
+
+        done = threading.Event()
+        watcher = threading.Thread(target=watch)
+        watcher.start()
         t0 = time.perf_counter()
         threads = [threading.Thread(target=client, args=(a.seed * 100 + c,)) for c in range(a.clients)]
         for t in threads:
@@ -142,6 +152,8 @@ def main() -> None:
         for t in threads:
             t.join()
         wall = time.perf_counter() - t0
+        done.set()
+        watcher.join()
         time.sleep(1.0)
         rss_end = rss_mb(proc.pid)
     finally:
@@ -173,7 +185,8 @@ def main() -> None:
         f"{pct(slow, 0.5)} ms",
         f"- 5xx or dropped connections: {five}; answers other than expected: {wrong}",
         f"- reload during the run: status {reload_status[0] if reload_status else 'not sent'}",
-        f"- server resident memory: {rss_start:.0f} MB after the warm-up, {rss_end:.0f} MB at the end",
+        f"- server resident memory: {rss_start:.0f} MB after the warm-up, {rss_end:.0f} MB at the end; by requests answered: "
+        + ", ".join(f"{n}: {mb:.0f}" for n, mb in samples[:: max(1, len(samples) // 8)]),
     ]
     print("\n".join(lines))
     write_text(a.out, "\n".join(lines) + "\n")
