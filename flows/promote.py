@@ -3,19 +3,31 @@
 Scores `@challenger` and `@champion` on the same evaluation data (the current manifest's test
 images), applies the `promote` gates, tags both versions with the decision and the figures, and
 moves `@champion` only when the challenger passes. `--rollback` moves `@champion` back one version.
+One promotion runs at a time per project (a lock in `.uniadc/`); a second one started meanwhile stops with a
+message naming the first, and a promotion whose champion moved while it scored refuses to record.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from prefect import flow
 
 from flows.layout import Layout
 from tasks.promote import decide_promotion, record, rollback, score_version
 from uniadc_core.config import load_params
+from uniadc_core.io import exclusive
+
+LOCK = ".uniadc/promote.lock"
 
 
 @flow(name="promote")
 def promote_flow(root: str = ".", params_path: str = "", rollback_champion: bool = False) -> dict:
+    with exclusive(Path(root) / LOCK, "a promotion (`uniadc promote` or retraining) of this project"):
+        return _promote(root, params_path, rollback_champion)
+
+
+def _promote(root: str, params_path: str, rollback_champion: bool) -> dict:
     from uniadc_core.tracking import alias_version, tracking_uri
 
     layout = Layout.at(root)

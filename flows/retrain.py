@@ -1,5 +1,6 @@
 """Scheduled retraining: `dvc repro` (or `dvc exp run -S ...`), then gated promotion, then `dvc push`
-when a DVC remote is configured.
+when a DVC remote is configured. One retraining runs at a time per project (a lock in `.uniadc/`); a `dvc repro`
+already running holds DVC's own lock, and the retraining then stops with a message saying so (retried once).
 
     python -m flows.retrain                  # once, here
     uniadc serve --cron "0 2 * * *"          # a long-running process that runs it on a schedule
@@ -15,6 +16,9 @@ from prefect import flow, get_run_logger, task
 
 from flows.promote import promote_flow
 from tasks import retry_on_io
+from uniadc_core.io import exclusive
+
+LOCK = ".uniadc/retrain.lock"
 
 
 class CommandError(OSError):
@@ -23,6 +27,10 @@ class CommandError(OSError):
 
 def _run(args: list[str], cwd: str) -> str:
     proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0 and "Unable to acquire lock" in proc.stdout + proc.stderr:
+        msg = (f"`{' '.join(args)}`: another DVC command (a `dvc repro`?) is running in {cwd} and holds its lock "
+               f"({Path(cwd) / '.dvc/tmp/lock'}); nothing was changed: run the retraining again when it has finished")
+        raise CommandError(msg)
     if proc.returncode != 0:
         msg = f"`{' '.join(args)}` failed in {cwd} (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
         raise CommandError(msg)
@@ -54,9 +62,10 @@ def retrain_flow(repo: str = ".", params_path: str = "params.yaml", set_params: 
 
     ``params_path`` is relative to ``repo`` (it is the file `dvc repro` reads there)."""
     repo = str(Path(repo).resolve())
-    reproduce(repo, list(set_params or []))
-    decision = promote_flow(repo, str(Path(repo) / params_path))
-    pushed = push(repo)
+    with exclusive(Path(repo) / LOCK, "a retraining of this project"):
+        reproduce(repo, list(set_params or []))
+        decision = promote_flow(repo, str(Path(repo) / params_path))
+        pushed = push(repo)
     return {**decision, "pushed": pushed}
 
 

@@ -71,6 +71,40 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextmanager
+def exclusive(path: str | Path, what: str, wait_s: float = 0.0) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` for the block, so that one ``what`` runs at a time on this machine:
+    another process holding it is waited for up to ``wait_s`` seconds, then a RuntimeError names it (its pid and
+    start, written into the file) and the lock file. The operating system drops the lock when its holder exits, even
+    when killed, so a crash never leaves a stale lock (``fcntl.flock``; POSIX)."""
+    import fcntl
+    import time
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")  # noqa: SIM115  (held for the block)
+    deadline = time.monotonic() + wait_s
+    try:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    handle.seek(0)
+                    holder = handle.read().strip() or "another process"
+                    msg = f"{what} is already running ({holder}); wait for it to finish, then run again (lock file {path})"
+                    raise RuntimeError(msg) from None
+                time.sleep(0.2)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # closing releases the lock
+
+
 def timings_path(out_dir: str | Path) -> Path:
     """Where a stage writes the wall times of what it made in ``out_dir``: beside it, outside what DVC hashes
     (so a re-run on the same inputs gives the same output hash; the evaluate stage logs them to MLflow)."""

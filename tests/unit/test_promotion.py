@@ -67,3 +67,60 @@ def test_mlflow_tags_alias_history_and_rollback(tmp_path):
     assert "rolled back" in client.get_model_version("m", versions[1]).tags["promotion.decision"]
     with pytest.raises(ValueError, match="no earlier champion"):
         rollback_champion(uri, "m")
+
+
+def test_two_promotions_at_once_move_the_alias_once(tmp_path):
+    """Both read champion v0 and score v1; the first records (v1 becomes champion, history 0,1); the second finds the
+    alias where its own decision would put it and changes nothing more; a third, stale (it read no champion), refuses."""
+    from mlflow import MlflowClient
+
+    from uniadc_core.tracking import alias_version, record_decision
+    from uniadc_core.tracking.registry import HISTORY_TAG
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    client.create_registered_model("m")
+    v = [str(client.create_model_version("m", source=str(tmp_path / f"v{i}")).version) for i in range(3)]
+    record_decision(uri, "m", v[0], None, True, decide(dict(CHAMP), None, CFG).tags())
+    better = decide({"image_auroc_cada": 0.95, "pixel_auroc_cada": 0.96, "type_accuracy_cada": 0.75}, CHAMP, CFG)
+    record_decision(uri, "m", v[1], v[0], better.promote, better.tags())
+    record_decision(uri, "m", v[1], v[0], better.promote, better.tags())  # the second promotion of the same pair
+    assert alias_version(uri, "m", "champion") == v[1]
+    assert client.get_registered_model("m").tags[HISTORY_TAG] == f"{v[0]},{v[1]}"
+    with pytest.raises(RuntimeError, match=rf"@champion moved from version none to {v[1]} while this promotion ran"):
+        record_decision(uri, "m", v[2], None, True, better.tags())
+    assert alias_version(uri, "m", "champion") == v[1]
+
+
+def test_one_holder_of_a_lock_at_a_time_and_none_after_a_kill(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from uniadc_core.io import exclusive
+
+    lock = tmp_path / ".uniadc/promote.lock"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom uniadc_core.io import exclusive\n"
+                               f"with exclusive({str(lock)!r}, 'x'):\n    print('held', flush=True)\n    time.sleep(60)\n"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RuntimeError, match=rf"a promotion is already running \(pid {holder.pid}, since .*\).*lock file {lock}"):
+            with exclusive(lock, "a promotion", wait_s=0.5):
+                pass
+    finally:
+        holder.kill()  # killed while holding it: the system drops the lock
+        holder.wait()
+    start = time.monotonic()
+    with exclusive(lock, "a promotion", wait_s=5):
+        assert time.monotonic() - start < 2
+
+
+def test_retraining_beside_a_running_dvc_repro_says_so(tmp_path):
+    import sys
+
+    from flows.retrain import CommandError, _run
+
+    busy = [sys.executable, "-c", "import sys; print('ERROR: Unable to acquire lock. Most likely another DVC process is running'); sys.exit(1)"]
+    with pytest.raises(CommandError, match=r"another DVC command \(a `dvc repro`\?\) is running in .* holds its lock .*nothing was changed"):
+        _run(busy, str(tmp_path))

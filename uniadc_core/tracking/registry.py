@@ -294,6 +294,11 @@ def record_decision(uri: str, name: str, challenger: str, champion: str | None, 
     """Tag both versions with the decision and its figures; on promotion move ``@champion`` and extend the history."""
     client = MlflowClient(uri)
     challenger, champion = str(challenger), (str(champion) if champion is not None else None)
+    now = alias_version(uri, name, "champion")
+    if now != champion and not (promote and now == challenger):  # moved by another promotion while this one scored (a
+        # retry of this very promotion finds it on the challenger already: that is the same outcome)
+        msg = f"{name}: @champion moved from version {champion or 'none'} to {now} while this promotion ran; run promote again"
+        raise RuntimeError(msg)
     for version in filter(None, (challenger, champion)):
         for k, v in tags.items():
             client.set_model_version_tag(name, version, k, v)
@@ -302,7 +307,8 @@ def record_decision(uri: str, name: str, challenger: str, champion: str | None, 
     if promote:
         client.set_registered_model_alias(name, "champion", challenger)
         history = [v for v in (client.get_registered_model(name).tags.get(HISTORY_TAG) or "").split(",") if v]
-        client.set_registered_model_tag(name, HISTORY_TAG, ",".join([*history, challenger]))
+        if history[-1:] != [challenger]:  # a retried record after a crash between the two writes: not twice
+            client.set_registered_model_tag(name, HISTORY_TAG, ",".join([*history, challenger]))
         log.info("MLflow: %s version %s is now @champion (was %s)", name, challenger, champion or "none")
 
 
