@@ -140,3 +140,12 @@ def test_each_region_takes_the_type_at_its_peak_and_the_image_its_strongest_regi
     assert d.defect_type == ["second"] and d.defect_prob[0] == 0.8
     unsure = decide(scores, np.zeros(n), np.ones(n), 1.0, TYPES, abstain_below=0.85)
     assert unsure.defect_type == ["unknown"] and (unsure.pixel_labels == d.pixel_labels).all()  # the mask keeps the guess
+
+
+def test_a_shot_without_a_mask_adds_nothing_and_chunks_change_no_distance():
+    shots, masks = batch(shape_sample, [1, 2], seed=0)
+    unmasked = torch.cat([shots, shots[:1]]), torch.cat([masks, torch.zeros_like(masks[:1])])
+    memory = build_shot_memory(cell_features, *unmasked, num_types=2, batch_size=1)  # one view batch holds no defect
+    assert len(memory) == len(build_shot_memory(cell_features, shots, masks, num_types=2))
+    feats = cell_features(batch(shape_sample, [1, 2] * 5, seed=5)[0])  # 640 patches
+    assert torch.allclose(memory.distances(feats, block=len(memory)), memory.distances(feats))  # three chunks of 256 rows vs one

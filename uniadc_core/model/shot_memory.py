@@ -1,6 +1,6 @@
 """A memory of what each named defect looks like: the frozen patch features of the real anomaly shots' defects.
 
-    memory = build_shot_memory(model, shot_images, shot_masks, num_types)      # None when a type has no real shot
+    memory = build_shot_memory(model.patch_features, shot_images, shot_masks, num_types)  # None: a type lacks a shot
     log_p = memory.log_probs(patches)                                           # (B, K, h, w) type log-probabilities
 
 Each real shot gives the patches of its defect (the cells whose pixels are at least ``MIN_SHARE`` defect in its
@@ -48,13 +48,19 @@ class ShotMemory:
     def __len__(self) -> int:
         return len(self.bank)
 
-    def distances(self, patches: torch.Tensor) -> torch.Tensor:
-        """(B, K, h, w): each patch's distance to the nearest defect patch of each type (patches (B, C, h, w))."""
+    def distances(self, patches: torch.Tensor, block: int = 1 << 22) -> torch.Tensor:
+        """(B, K, h, w): each patch's distance to the nearest defect patch of each type (patches (B, C, h, w)); the
+        queries go in chunks whose (chunk, M) block of distances holds about ``block`` floats (16 MiB)."""
         b, c, h, w = patches.shape
         q = patches.permute(0, 2, 3, 1).reshape(-1, c).float()
-        sq = ((q * q).sum(1, keepdim=True) - 2 * q @ self.bank.T.to(q.device) + self._square.to(q.device)).clamp(min=0)  # (bhw, M)
-        nearest = torch.stack([sq[:, a:b].min(1).values for a, b in self._slices], 1)  # (bhw, K)
-        return nearest.sqrt().view(b, h, w, self.num_types).permute(0, 3, 1, 2)
+        bank, square = self.bank.to(q.device), self._square.to(q.device)
+        step = max(256, block // len(bank))
+        parts = []
+        for i in range(0, len(q), step):
+            x = q[i:i + step]
+            sq = ((x * x).sum(1, keepdim=True) - 2 * x @ bank.T + square).clamp(min=0)  # (chunk, M)
+            parts.append(torch.stack([sq[:, a:e].min(1).values for a, e in self._slices], 1))  # (chunk, K)
+        return torch.cat(parts).sqrt().view(b, h, w, self.num_types).permute(0, 3, 1, 2)
 
     def log_probs(self, patches: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
         """(B, K, h, w) log softmax(-d / temperature) of each patch's type distances."""
@@ -76,6 +82,9 @@ def defect_cells(labels: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Ten
     1..K: a cell is a defect cell when at least ``MIN_SHARE`` of it is defect (a shot whose defect is smaller than
     that everywhere keeps its cells with any defect), typed by its most frequent defect index."""
     present = [int(v) for v in labels.unique() if v > 0]
+    if not present:  # shots without a mask (kept by allow_missing_masks): no defect cell to take
+        empty = torch.zeros(len(labels), *grid, dtype=torch.bool)
+        return empty, empty.long()
     shares = torch.stack([F.adaptive_avg_pool2d((labels == v).float()[:, None], grid)[:, 0] for v in present], 1)  # (N, V, h, w)
     best, which = shares.max(1)
     kind = torch.tensor(present)[which] - 1

@@ -1,0 +1,142 @@
+"""Kill anywhere, resume, same result: `dvc repro` of the tiny pipeline killed with SIGKILL at points spread over
+every stage, then run again to the end, and compared with an uninterrupted run.
+
+    .venv/bin/python benchmarks/faults.py [--fractions 0.3,0.8] [--out benchmarks/results/faults.md]
+
+Each case is a fresh git + DVC repository with this project's pipeline and the tests' tiny params (two demo classes,
+64 px, 2 epochs; ``tests/flows/test_dvc_exp.tiny_repo``) and its own MLflow database. The reference runs `dvc repro`
+once, uninterrupted, and times each stage from DVC's "Running stage" lines. A case starts `dvc repro`, waits for the
+stage's line, sleeps that fraction of the stage's reference time, kills the whole process group (SIGKILL: no
+cleanup runs), then runs `dvc repro` again. It compares what DVC recorded for every stage output (dvc.lock's md5s),
+`metrics.json`, and the registry (model versions, the @challenger alias, finished runs) with the reference. Timing
+is only approximate (a kill lands near the point, not at an exact instruction); the evaluate stage's late points
+fall in the MLflow logging and registration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.flows.test_dvc_exp import tiny_repo  # noqa: E402
+from uniadc_core.io import write_text  # noqa: E402
+
+STAGES = ("ingest", "synthesize", "train", "fit_cada", "evaluate")
+MODEL = "uniadc-test"  # the tiny params' registered model
+
+
+def repro(repo: Path, env: dict, kill_at: tuple[str, float] | None = None) -> tuple[int, dict[str, float], str]:
+    """(exit status, each stage's start time in seconds from the start, output) of `dvc repro`; ``kill_at``: (stage,
+    seconds after its start) to SIGKILL the process group."""
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    t0, starts, lines = time.perf_counter(), {}, []
+    killer = None
+
+    def kill_later(delay: float) -> None:
+        time.sleep(delay)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("Running stage '"):
+            stage = line.split("'")[1]
+            starts[stage] = time.perf_counter() - t0
+            if kill_at is not None and stage == kill_at[0] and killer is None:
+                killer = threading.Thread(target=kill_later, args=(kill_at[1],))
+                killer.start()
+    status = proc.wait()
+    if killer is not None:
+        killer.join()
+    starts["end"] = time.perf_counter() - t0
+    return status, starts, "".join(lines)
+
+
+def outcome(repo: Path, uri: str) -> dict:
+    """What a finished run leaves: dvc.lock's output md5s per stage, the metrics, the registry."""
+    from mlflow import MlflowClient
+
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    outs = {stage: {o["path"]: o.get("md5") for o in spec.get("outs", [])} for stage, spec in lock.items()}
+    metrics = json.loads((repo / "data/reports/metrics.json").read_text())
+    client = MlflowClient(uri)
+    versions = client.search_model_versions(f"name = '{MODEL}'")
+    challenger = client.get_model_version_by_alias(MODEL, "challenger").version if versions else None
+    finished = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id]) if r.info.status == "FINISHED"]
+    return {"outs": outs, "metrics": metrics, "versions": len(versions), "challenger": challenger, "finished_runs": len(finished)}
+
+
+def differences(got: dict, want: dict) -> list[str]:
+    out = [f"{stage} outputs" for stage in STAGES if got["outs"].get(stage) != want["outs"].get(stage)]
+    if got["metrics"] != want["metrics"]:
+        out.append("metrics.json")
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--fractions", default="0.3,0.8", help="kill points in each stage, as fractions of its reference time")
+    p.add_argument("--stages", default=",".join(STAGES))
+    p.add_argument("--extra", default="evaluate:0.95", help="more kill points, stage:fraction, comma-separated (the default "
+                   "lands in evaluate's MLflow logging and registration)")
+    p.add_argument("--out", default=str(ROOT / "benchmarks/results/faults.md"))
+    a = p.parse_args()
+    fractions = [float(f) for f in a.fractions.split(",")]
+    with tempfile.TemporaryDirectory(prefix="uniadc-faults-") as tmp:
+        base = Path(tmp)
+        (base / "reference").mkdir()
+        repo, env = tiny_repo(base / "reference")
+        status, starts, log = repro(repo, env)
+        if status != 0:
+            sys.exit(f"the reference run failed:\n{log[-3000:]}")
+        want = outcome(repo, env["MLFLOW_TRACKING_URI"])
+        order = [s for s in STAGES if s in starts]
+        seconds = {s: (starts[order[i + 1]] if i + 1 < len(order) else starts["end"]) - starts[s] for i, s in enumerate(order)}
+        print("reference:", {s: round(v, 1) for s, v in seconds.items()}, f"{want['versions']} version(s)", flush=True)
+        rows = []
+        points = [(stage, f) for stage in a.stages.split(",") for f in fractions]
+        points += [(x.split(":")[0], float(x.split(":")[1])) for x in a.extra.split(",") if x]
+        for stage, f in points:
+            case = base / f"{stage}-{f}"
+            case.mkdir()
+            repo, env = tiny_repo(case)
+            killed, _, _ = repro(repo, env, (stage, f * seconds[stage]))
+            status, _, log = repro(repo, env)
+            reran = [line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage '")]
+            if status != 0:
+                rows.append((stage, f, killed, "re-run failed: " + log.strip().splitlines()[-1][:120], "", ""))
+                continue
+            got = outcome(repo, env["MLFLOW_TRACKING_URI"])
+            diff = differences(got, want)
+            registry = f"{got['versions']} version(s), @challenger v{got['challenger']}, {got['finished_runs']} finished run(s)"
+            rows.append((stage, f, killed, ", ".join(reran) or "nothing", "identical" if not diff else "differ: " + ", ".join(diff),
+                         registry))
+            print(rows[-1], flush=True)
+    lines = ["# Kill anywhere, resume: the tiny pipeline killed with SIGKILL, then `dvc repro` again\n",
+             f"Command: `python benchmarks/faults.py {' '.join(sys.argv[1:])}`  ",
+             f"Reference (uninterrupted): stage seconds {json.dumps({s: round(v, 1) for s, v in seconds.items()})}; "
+             f"{want['versions']} registered version, {want['finished_runs']} finished run. Compared with it: every stage "
+             "output's md5 in dvc.lock and metrics.json.\n",
+             "| stage killed | at (share of its time) | exit of the killed run | stages the second `dvc repro` ran | outputs | registry |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {s} | {f:.2f} | {k} | {r} | {o} | {g} |" for s, f, k, r, o, g in rows]
+    print("\n".join(lines))
+    write_text(a.out, "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
