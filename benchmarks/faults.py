@@ -1,7 +1,7 @@
 """Kill anywhere, resume, same result: `dvc repro` of the tiny pipeline killed with SIGKILL at points spread over
 every stage, then run again to the end, and compared with an uninterrupted run.
 
-    .venv/bin/python benchmarks/faults.py [--fractions 0.3,0.8] [--out benchmarks/results/faults.md]
+    .venv/bin/python benchmarks/faults.py [--fractions 0.3,0.8] [--registration 0.5,1.5,2.5,3.5] [--out ...]
 
 Each case is a fresh git + DVC repository with this project's pipeline and the tests' tiny params (two demo classes,
 64 px, 2 epochs; ``tests/flows/test_dvc_exp.tiny_repo``) and its own MLflow database. The reference runs `dvc repro`
@@ -38,9 +38,12 @@ STAGES = ("ingest", "synthesize", "train", "fit_cada", "evaluate")
 MODEL = "uniadc-test"  # the tiny params' registered model
 
 
+EVALUATED = "Task run 'evaluate-"  # with "Finished": the metrics are written; MLflow logging and registration follow
+
+
 def repro(repo: Path, env: dict, kill_at: tuple[str, float] | None = None) -> tuple[int, dict[str, float], str]:
-    """(exit status, each stage's start time in seconds from the start, output) of `dvc repro`; ``kill_at``: (stage,
-    seconds after its start) to SIGKILL the process group."""
+    """(exit status, each stage's start time in seconds from the start, output) of `dvc repro`; ``kill_at``: (a stage,
+    or ``registration``: the line saying evaluation finished; seconds after it) to SIGKILL the process group."""
     proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     t0, starts, lines = time.perf_counter(), {}, []
@@ -59,6 +62,9 @@ def repro(repo: Path, env: dict, kill_at: tuple[str, float] | None = None) -> tu
             if kill_at is not None and stage == kill_at[0] and killer is None:
                 killer = threading.Thread(target=kill_later, args=(kill_at[1],))
                 killer.start()
+        if kill_at is not None and kill_at[0] == "registration" and EVALUATED in line and "Finished" in line and killer is None:
+            killer = threading.Thread(target=kill_later, args=(kill_at[1],))
+            killer.start()
     status = proc.wait()
     if killer is not None:
         killer.join()
@@ -91,8 +97,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--fractions", default="0.3,0.8", help="kill points in each stage, as fractions of its reference time")
     p.add_argument("--stages", default=",".join(STAGES))
-    p.add_argument("--extra", default="evaluate:0.95", help="more kill points, stage:fraction, comma-separated (the default "
-                   "lands in evaluate's MLflow logging and registration)")
+    p.add_argument("--extra", default="", help="more kill points, stage:fraction, comma-separated")
+    p.add_argument("--registration", default="0.5,1.5,2.5,3.5", help="kill points in the MLflow logging and registration: "
+                   "seconds after the line saying evaluation finished")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/faults.md"))
     a = p.parse_args()
     fractions = [float(f) for f in a.fractions.split(",")]
@@ -104,17 +111,19 @@ def main() -> None:
         if status != 0:
             sys.exit(f"the reference run failed:\n{log[-3000:]}")
         want = outcome(repo, env["MLFLOW_TRACKING_URI"])
+        want_log = [line.split(" - ", 1)[-1][:90] for line in log.splitlines() if "Task run 'evaluate-" in line or "track-mlflow" in line]
         order = [s for s in STAGES if s in starts]
         seconds = {s: (starts[order[i + 1]] if i + 1 < len(order) else starts["end"]) - starts[s] for i, s in enumerate(order)}
         print("reference:", {s: round(v, 1) for s, v in seconds.items()}, f"{want['versions']} version(s)", flush=True)
         rows = []
         points = [(stage, f) for stage in a.stages.split(",") for f in fractions]
         points += [(x.split(":")[0], float(x.split(":")[1])) for x in a.extra.split(",") if x]
+        points += [("registration", float(x)) for x in a.registration.split(",") if x]
         for stage, f in points:
             case = base / f"{stage}-{f}"
             case.mkdir()
             repo, env = tiny_repo(case)
-            killed, _, _ = repro(repo, env, (stage, f * seconds[stage]))
+            killed, _, _ = repro(repo, env, (stage, f if stage == "registration" else f * seconds[stage]))
             status, _, log = repro(repo, env)
             reran = [line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage '")]
             if status != 0:
@@ -131,9 +140,11 @@ def main() -> None:
              f"Reference (uninterrupted): stage seconds {json.dumps({s: round(v, 1) for s, v in seconds.items()})}; "
              f"{want['versions']} registered version, {want['finished_runs']} finished run. Compared with it: every stage "
              "output's md5 in dvc.lock and metrics.json.\n",
-             "| stage killed | at (share of its time) | exit of the killed run | stages the second `dvc repro` ran | outputs | registry |",
+             "| stage killed | at (share of its time; registration: seconds after evaluation finished) | exit of the killed run | "
+             "stages the second `dvc repro` ran | outputs | registry |",
              "|---|---|---|---|---|---|"]
     lines += [f"| {s} | {f:.2f} | {k} | {r} | {o} | {g} |" for s, f, k, r, o, g in rows]
+    lines.append(f"\nReference output around the registration: {' / '.join(want_log)}")
     print("\n".join(lines))
     write_text(a.out, "\n".join(lines) + "\n")
 
