@@ -56,13 +56,12 @@ def repro(repo: Path, env: dict, kill_at: tuple[str, float] | None = None) -> tu
 
     for line in proc.stdout:
         lines.append(line)
-        if line.startswith("Running stage '"):
-            stage = line.split("'")[1]
+        stage = line.split("'")[1] if line.startswith("Running stage '") else None
+        if stage is not None:
             starts[stage] = time.perf_counter() - t0
-            if kill_at is not None and stage == kill_at[0] and killer is None:
-                killer = threading.Thread(target=kill_later, args=(kill_at[1],))
-                killer.start()
-        if kill_at is not None and kill_at[0] == "registration" and EVALUATED in line and "Finished" in line and killer is None:
+        if EVALUATED in line and "Finished" in line:
+            stage = "registration"
+        if kill_at is not None and stage == kill_at[0] and killer is None:
             killer = threading.Thread(target=kill_later, args=(kill_at[1],))
             killer.start()
     status = proc.wait()

@@ -47,7 +47,7 @@ class Decision(NamedTuple):
     pixel_labels: np.ndarray  # (N, S, S) defect index where the aligned map exceeds the threshold, else 0
     type_index: np.ndarray  # (N,) int 1..K: the most likely type's index, whatever the verdict (a miss keeps its type)
     pixel_types: np.ndarray  # (N, S, S) uint8 1..K: each pixel's most likely type, whatever its score
-    region_prob: np.ndarray  # (N, S, S) float32: over each decided region, the probability of its type (0 elsewhere)
+    region_prob: np.ndarray  # (N, S, S) uint8: over each decided region, its type's probability in 1/255 steps (0 elsewhere)
     type_known: np.ndarray  # (N,) bool: the image's type probability is at least ``abstain_below`` (else "unknown")
 
 
@@ -80,9 +80,10 @@ def components(mask: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def region_labels(amap: np.ndarray, pixel_types: np.ndarray, pixel_prob: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """(S, S) uint8 labels and float32 type probabilities of one image's decided regions: each 8-connected region of
-    pixels above ``threshold`` takes, whole, the type (and its probability) at its most anomalous pixel."""
-    labels, probs = np.zeros(amap.shape, np.uint8), np.zeros(amap.shape, np.float32)
+    """(S, S) uint8 labels and type probabilities (1/255 steps, as ``pixel_prob``) of one image's decided regions: each
+    8-connected region of pixels above ``threshold`` takes, whole, the type (and its probability) at its most anomalous
+    pixel."""
+    labels, probs = np.zeros(amap.shape, np.uint8), np.zeros(amap.shape, np.uint8)
     above = amap > threshold
     rows, cols = np.flatnonzero(above.any(1)), np.flatnonzero(above.any(0))
     if not len(rows):
@@ -93,9 +94,9 @@ def region_labels(amap: np.ndarray, pixel_types: np.ndarray, pixel_prob: np.ndar
     flat, where = comp.ravel(), np.flatnonzero(comp)
     order = where[np.lexsort((-scores[where], flat[where]))]  # by region, highest score first
     first = order[np.r_[0, np.flatnonzero(np.diff(flat[order])) + 1]]  # each region's peak pixel
-    peak_type, peak_prob = np.zeros(count + 1, np.uint8), np.zeros(count + 1, np.float32)
-    peak_type[flat[first]], peak_prob[flat[first]] = kinds[first], chance[first] / 255.0
-    labels[box], probs[box] = peak_type[comp], np.where(comp > 0, peak_prob[comp], 0)
+    peak_type, peak_prob = np.zeros(count + 1, np.uint8), np.zeros(count + 1, np.uint8)  # index 0: outside every region
+    peak_type[flat[first]], peak_prob[flat[first]] = kinds[first], chance[first]
+    labels[box], probs[box] = peak_type[comp], peak_prob[comp]
     return labels, probs
 
 
@@ -120,7 +121,7 @@ def decide(scores: Scores, u: np.ndarray, gamma: np.ndarray, threshold: float, d
     known = prob >= abstain_below
     is_anomaly = aligned > threshold
     size = amap.shape[1:]
-    labels, region_prob = np.zeros((n, *size), np.uint8), np.zeros((n, *size), np.float32)
+    labels, region_prob = np.zeros((n, *size), np.uint8), np.zeros((n, *size), np.uint8)
     for i in range(n):
         labels[i], region_prob[i] = region_labels(amap[i], scores.pixel_types[i], scores.pixel_type_prob[i], threshold)
     return Decision(

@@ -136,7 +136,7 @@ def test_each_region_takes_the_type_at_its_peak_and_the_image_its_strongest_regi
     d = decide(scores, np.zeros(n), np.ones(n), 1.0, TYPES)
     line, spot = d.pixel_labels[0, 4:28, 4:6], d.pixel_labels[0, 10:14, 20:24]
     assert (line == 1).all() and (spot == 2).all() and (d.pixel_labels[0][amap[0] <= 1.0] == 0).all()
-    assert np.allclose(d.region_prob[0, 4:28, 4:6], 230 / 255) and np.allclose(d.region_prob[0, 10:14, 20:24], 0.8)
+    assert np.allclose(d.region_prob[0, 4:28, 4:6] / 255, 230 / 255) and np.allclose(d.region_prob[0, 10:14, 20:24] / 255, 0.8)
     assert d.defect_type == ["second"] and d.defect_prob[0] == 0.8
     unsure = decide(scores, np.zeros(n), np.ones(n), 1.0, TYPES, abstain_below=0.85)
     assert unsure.defect_type == ["unknown"] and (unsure.pixel_labels == d.pixel_labels).all()  # the mask keeps the guess

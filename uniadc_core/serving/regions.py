@@ -47,7 +47,7 @@ class Region:
 def _measure(comp: np.ndarray, count: int, labels: np.ndarray, amap: np.ndarray, defect_types: list[str],
              probs: np.ndarray | None = None, abstain_below: float = 0.0) -> list[Region]:
     """A Region per component of ``comp`` (1..count) with pixels, highest peak score first; ``probs``: (H, W) each
-    pixel's region type probability (None: 1)."""
+    pixel's region type probability in 1/255 steps (None: 1)."""
     ys, xs = np.nonzero(comp)
     if count == 0 or not len(ys):
         return []
@@ -61,7 +61,7 @@ def _measure(comp: np.ndarray, count: int, labels: np.ndarray, amap: np.ndarray,
     boxes = zip(np.minimum.reduceat(xs, starts), np.minimum.reduceat(ys, starts), np.maximum.reduceat(xs, starts) + 1,
                 np.maximum.reduceat(ys, starts) + 1)
     peaks, sums = np.maximum.reduceat(scores, starts), np.add.reduceat(scores, starts)
-    chance = np.ones(len(starts)) if probs is None else np.add.reduceat(probs[ys, xs].astype(np.float64), starts) / area
+    chance = np.ones(len(starts)) if probs is None else np.add.reduceat(probs[ys, xs].astype(np.float64), starts) / area / 255
     shapes = _shapes(xs.astype(np.float64), ys.astype(np.float64), starts, area)
     h, w = comp.shape
     regions = []
