@@ -199,6 +199,10 @@ def type_accuracy(test: EvalSet, predicted: np.ndarray, sel: np.ndarray | None =
     return float(test.present[np.flatnonzero(sel), np.asarray(predicted)[sel]].mean())
 
 
+def _short(x: float | None) -> str:
+    return "n/a" if x is None else f"{float(x):.4f}"
+
+
 def _safe(metric, *args) -> float | None:
     """A metric that cannot be computed on this test set (one class only, no mask) is None, with a warning."""
     try:
@@ -259,7 +263,7 @@ def evaluate(detector: Detector, manifest: pl.DataFrame, cfg: EvaluateConfig, ou
     flat["test_images"] = len(test.labels)
     flat["test_anomalies"] = int((test.labels > 0).sum())
     for v in VARIANTS:
-        log.info("%-6s %s", v, "  ".join(f"{k}={per_variant[v][k]}" for k in METRICS))
+        log.info("%-6s %s", v, "  ".join(f"{k}={_short(per_variant[v][k])}" for k in METRICS))
     if out_dir is not None:
         write_json(Path(out_dir) / "metrics.json", flat)
         write_report(Path(out_dir), test, scores, decisions, types, threshold, cfg.overlays, cfg.max_fpr)
