@@ -1,0 +1,90 @@
+"""Kill `dvc repro` with SIGKILL inside training and inside the MLflow registration, run it again, and end where an
+uninterrupted run ends: the same dvc.lock output hashes, the same metrics, one registered version.
+
+The kill points are the two whose recovery is our code's (the others re-run a stage DVC never recorded):
+- training, once its first epoch checkpoint exists: the re-run resumes from it instead of starting over;
+- evaluation, once metrics.json is written: the MLflow logging and registration (seconds of work) are then under way,
+  and the re-run must neither register a second version nor leave the killed run counted as finished.
+`benchmarks/faults.py` kills at more points (every stage, several moments) and prints the table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.flows.test_dvc_exp import _run, tiny_repo
+
+pytestmark = pytest.mark.slow  # three tiny `dvc repro` runs, two of them killed
+
+def outcome(repo: Path, uri: str) -> dict:
+    """What a finished run leaves: dvc.lock's output md5s per stage, the metrics, the registry."""
+    from mlflow import MlflowClient
+
+    model = yaml.safe_load((repo / "params.yaml").read_text())["evaluate"]["mlflow"]["registered_model"]
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    outs = {stage: {o["path"]: o.get("md5") for o in spec.get("outs", [])} for stage, spec in lock.items()}
+    metrics = json.loads((repo / "data/reports/metrics.json").read_text())
+    client = MlflowClient(uri)
+    versions = client.search_model_versions(f"name = '{model}'")
+    challenger = client.get_model_version_by_alias(model, "challenger").version if versions else None
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    return {"outs": outs, "metrics": metrics, "versions": len(versions), "challenger": challenger,
+            "finished_runs": sum(r.info.status == "FINISHED" for r in runs)}
+
+
+def repro_killed_when(repo: Path, env: dict, ready: Callable[[], bool], timeout: float = 600) -> tuple[int, str]:
+    """Start `dvc repro`, SIGKILL its whole process group as soon as ``ready()`` holds; (exit status, output)."""
+    log = repo.parent / f"repro-{time.monotonic_ns()}.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None and time.monotonic() < deadline:
+            if ready():
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.05)
+        else:
+            if proc.poll() is None:  # a hung run must not hang the suite
+                os.killpg(proc.pid, signal.SIGKILL)
+        status = proc.wait()
+    return status, log.read_text()
+
+
+def test_repro_killed_in_training_and_in_the_registration_ends_as_an_uninterrupted_run(tmp_path):
+    for case in ("reference", "killed"):
+        (tmp_path / case).mkdir()
+    repo, env = tiny_repo(tmp_path / "reference")
+    _run([sys.executable, "-m", "dvc", "repro"], repo, env)
+    want = outcome(repo, env["MLFLOW_TRACKING_URI"])
+    assert want["versions"] == 1 and want["finished_runs"] == 1
+
+    repo, env = tiny_repo(tmp_path / "killed")
+    checkpoint = repo / "data/models/.discriminator.checkpoint/progress.json"
+    status, log = repro_killed_when(repo, env, checkpoint.is_file)
+    assert status == -signal.SIGKILL, f"training ended before the kill:\n{log[-2000:]}"
+    assert json.loads(checkpoint.read_text())["epoch"] == 1  # of 2: killed inside the second epoch or right after it
+    assert not (repo / "data/models/discriminator/config.json").exists()  # no model folder half written
+
+    metrics = repo / "data/reports/metrics.json"
+    status, log = repro_killed_when(repo, env, metrics.is_file)
+    assert "resuming from" in log and "after epoch 1" in log, log[-3000:]  # the epoch done before the kill is kept
+    assert status == -signal.SIGKILL, f"the registration ended before the kill:\n{log[-2000:]}"
+
+    log = _run([sys.executable, "-m", "dvc", "repro"], repo, env)
+    assert "Running stage 'evaluate'" in log and "Running stage 'train'" not in log  # only the killed stage ran again
+    got = outcome(repo, env["MLFLOW_TRACKING_URI"])
+    assert got["outs"] == want["outs"]
+    assert got["metrics"] == want["metrics"]
+    assert (got["versions"], got["challenger"], got["finished_runs"]) == (1, 1, 1)
+    assert not checkpoint.parent.exists()  # the checkpoint goes once the model is saved
