@@ -3,8 +3,8 @@ uninterrupted run ends: the same dvc.lock output hashes, the same metrics, one r
 
 The kill points are the two whose recovery is our code's (the others re-run a stage DVC never recorded):
 - training, once its first epoch checkpoint exists: the re-run resumes from it instead of starting over;
-- evaluation, once metrics.json is written: the MLflow logging and registration (seconds of work) are then under way,
-  and the re-run must neither register a second version nor leave the killed run counted as finished.
+- evaluation, once its MLflow run exists: the run's logging (params, metrics, artifacts, the model) is then under way,
+  before the registration; the re-run must neither reuse the half-logged run nor register a second version.
 `benchmarks/faults.py` kills at more points (every stage, several moments) and prints the table.
 """
 
@@ -13,10 +13,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -39,7 +41,23 @@ def outcome(repo: Path, uri: str) -> dict:
     challenger = client.get_model_version_by_alias(model, "challenger").version if versions else None
     runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
     return {"outs": outs, "metrics": metrics, "versions": len(versions), "challenger": challenger,
-            "finished_runs": sum(r.info.status == "FINISHED" for r in runs)}
+            "finished_runs": sum(r.info.status == "FINISHED" for r in runs), "runs": len(runs)}
+
+
+def mlflow_run_exists(uri: str) -> Callable[[], bool]:
+    """Whether the tracking database (``sqlite:///path``) holds a run yet; read-only, never blocking the writer."""
+    db = Path(uri.removeprefix("sqlite:///"))
+
+    def ready() -> bool:
+        if not db.is_file():
+            return False
+        try:
+            with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.1)) as con:
+                return con.execute("select count(*) from runs").fetchone()[0] > 0
+        except sqlite3.Error:  # not created yet, or locked this instant
+            return False
+
+    return ready
 
 
 def repro_killed_when(repo: Path, env: dict, ready: Callable[[], bool], timeout: float = 600) -> tuple[int, str]:
@@ -67,7 +85,7 @@ def test_repro_killed_in_training_and_in_the_registration_ends_as_an_uninterrupt
     repo, env = tiny_repo(tmp_path / "reference")
     _run([sys.executable, "-m", "dvc", "repro"], repo, env)
     want = outcome(repo, env["MLFLOW_TRACKING_URI"])
-    assert want["versions"] == 1 and want["finished_runs"] == 1
+    assert (want["versions"], want["finished_runs"], want["runs"]) == (1, 1, 1)
 
     repo, env = tiny_repo(tmp_path / "killed")
     checkpoint = repo / "data/models/.discriminator.checkpoint/progress.json"
@@ -76,8 +94,7 @@ def test_repro_killed_in_training_and_in_the_registration_ends_as_an_uninterrupt
     assert json.loads(checkpoint.read_text())["epoch"] == 1  # of 2: killed inside the second epoch or right after it
     assert not (repo / "data/models/discriminator/config.json").exists()  # no model folder half written
 
-    metrics = repo / "data/reports/metrics.json"
-    status, log = repro_killed_when(repo, env, metrics.is_file)
+    status, log = repro_killed_when(repo, env, mlflow_run_exists(env["MLFLOW_TRACKING_URI"]))
     assert "resuming from" in log and "after epoch 1" in log, log[-3000:]  # the epoch done before the kill is kept
     assert status == -signal.SIGKILL, f"the registration ended before the kill:\n{log[-2000:]}"
 
@@ -87,4 +104,5 @@ def test_repro_killed_in_training_and_in_the_registration_ends_as_an_uninterrupt
     assert got["outs"] == want["outs"]
     assert got["metrics"] == want["metrics"]
     assert (got["versions"], got["challenger"], got["finished_runs"]) == (1, 1, 1)
+    assert got["runs"] == 2  # the killed run stays as MLflow left it (RUNNING), never reused
     assert not checkpoint.parent.exists()  # the checkpoint goes once the model is saved
