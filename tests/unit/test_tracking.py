@@ -70,6 +70,23 @@ def test_a_run_failed_before_it_finished_is_not_reused(tmp_path, monkeypatch):
     assert [v.run_id for v in client.search_model_versions("name = 'm'")] == [done["run_id"]]
 
 
+def test_a_run_left_running_by_a_killed_evaluation_is_closed_not_reused(tmp_path):
+    from uniadc_core.tracking.registry import INPUT_KEY_TAG, input_key
+
+    kw = _inputs(tmp_path)
+    client = MlflowClient(kw["uri"])
+    experiment = client.create_experiment("e")
+    key = input_key(kw["models_dir"], kw["params"], kw["metrics"])
+    left = client.create_run(experiment, tags={INPUT_KEY_TAG: key}).info.run_id  # what a SIGKILL mid-logging leaves
+    other = client.create_run(experiment, tags={INPUT_KEY_TAG: "other inputs"}).info.run_id
+    done = log_run(**kw)
+    assert done["run_id"] not in (left, other)
+    assert client.get_run(left).info.status == "KILLED"
+    assert client.get_run(other).info.status == "RUNNING"  # another evaluation's run is not touched
+    assert client.get_run(done["run_id"]).info.status == "FINISHED"
+    assert [v.run_id for v in client.search_model_versions("name = 'm'")] == [done["run_id"]]
+
+
 def test_runs_are_tagged_with_the_git_commit_and_the_dvc_hashes(tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()

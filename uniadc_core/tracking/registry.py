@@ -173,6 +173,15 @@ def _finished_run(client: MlflowClient, experiment_id: str, key: str):
     return runs[0] if runs else None
 
 
+def _close_abandoned(client: MlflowClient, experiment_id: str, key: str) -> None:
+    """Runs of these inputs still RUNNING were left by a killed process (a finished one would be reused): mark them
+    KILLED so the MLflow UI stops showing them as in progress. One of them still alive (the same inputs evaluated
+    elsewhere at this moment) loses nothing: its own end sets its status again."""
+    for run in client.search_runs([experiment_id], filter_string=f"tags.`{INPUT_KEY_TAG}` = '{key}' and attributes.status = 'RUNNING'"):
+        client.set_terminated(run.info.run_id, status="KILLED")
+        log.warning("MLflow: run %s of these inputs was left RUNNING by an interrupted evaluation; marked KILLED", run.info.run_id)
+
+
 def _version_of_run(client: MlflowClient, name: str, run_id: str) -> str | None:
     versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     return str(min(int(v.version) for v in versions)) if versions else None
@@ -201,6 +210,7 @@ def log_run(
         run_id, artifact_uri = existing.info.run_id, existing.info.artifact_uri
         log.info("MLflow: run %s already holds these inputs (key %s); not logged again", run_id, key)
     else:
+        _close_abandoned(client, experiment_id, key)
         run_id, artifact_uri = _new_run(client, experiment_id, key, params, metrics, artifact_dirs, models_dir, tags)
     result = {"run_id": run_id, "model_uri": f"runs:/{run_id}/model", "version": None}
     if registered_model:
