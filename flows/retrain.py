@@ -1,5 +1,5 @@
-"""Scheduled retraining: `dvc repro` (or `dvc exp run -S ...`), then gated promotion, then `dvc push`
-when a DVC remote is configured. One retraining runs at a time per project (a lock in `.uniadc/`); a `dvc repro`
+"""Scheduled retraining: ingest again (new images), `dvc repro` (or `dvc exp run -S ...`), then gated promotion,
+then `dvc push` when a DVC remote is configured. One retraining runs at a time per project (a lock in `.uniadc/`); a `dvc repro`
 already running holds DVC's own lock, and the retraining then stops with a message saying so (retried once).
 
     python -m flows.retrain                  # once, here
@@ -37,9 +37,18 @@ def _run(args: list[str], cwd: str) -> str:
     return proc.stdout + proc.stderr
 
 
+def reread_images(repo: str) -> str:
+    """Run ingest again whatever DVC thinks: DVC does not watch image folders outside the repository (``ingest.root``),
+    so images added on the line since the last run would otherwise never be trained on. Ingest only reads and hashes;
+    unchanged images give a byte-identical manifest, and then no later stage runs again."""
+    return _run(["dvc", "repro", "--force", "--single-item", "ingest"], repo)
+
+
 @task(name="dvc-repro", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_on_io)
 def reproduce(repo: str, set_params: list[str]) -> str:
-    """`dvc repro`, or `dvc exp run -S ...` when params are overridden (the workspace gets the results)."""
+    """Ingest again (new images), then `dvc repro`, or `dvc exp run -S ...` when params are overridden (the workspace
+    gets the results)."""
+    reread_images(repo)
     args = ["dvc", "exp", "run", *[a for p in set_params for a in ("-S", p)]] if set_params else ["dvc", "repro"]
     out = _run(args, repo)
     get_run_logger().info("%s: %s", " ".join(args), out.strip().splitlines()[-1] if out.strip() else "done")

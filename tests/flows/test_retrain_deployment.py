@@ -2,6 +2,7 @@
 Prefect server, one run started and executed by a process worker (`--run-once`) on a tiny repository:
 dvc repro, promotion to @champion, no DVC remote so nothing pushed."""
 
+import json
 import sys
 
 import pytest
@@ -63,3 +64,32 @@ def test_deployment_is_created_with_its_schedule_and_runs_once(tmp_path):
             os.environ["MLFLOW_TRACKING_URI"] = old_uri
     rows = pl.read_csv(tmp_path / "p.csv")
     assert rows.height == 3 and rows["error"].is_null().all() and rows["defect_type"].is_not_null().all()
+
+
+def test_retraining_reads_images_added_to_a_folder_outside_the_repository(tmp_path, monkeypatch):
+    import numpy as np
+    import polars as pl
+    from PIL import Image
+
+    from flows.retrain import reread_images
+    from uniadc_core.data.demo import generate_demo
+
+    line = generate_demo(tmp_path / "line3", classes=["tile"], image_size=64, train_normals=8, test_normals=3, test_per_defect=3)
+    repo, env = tiny_repo(tmp_path, {"ingest": {"kind": "mvtec", "root": str(line)}})
+    dvc = [sys.executable, "-m", "dvc"]
+    _run([*dvc, "repro", "ingest"], repo, env)
+    manifest = repo / "data/prepared/manifest.parquet"
+    before = pl.read_parquet(manifest).height
+    good = line / "tile/train/good"
+    arrived = np.asarray(Image.open(good / "000.png"))[::-1].copy()  # a new normal part: not a copy of an old file
+    Image.fromarray(arrived).save(good / "new.png")
+    status = _run([*dvc, "status", "--json", "ingest"], repo, env).strip().splitlines()[-1]
+    assert json.loads(status) == {}  # what DVC alone sees: nothing changed
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    reread_images(str(repo))
+    frame = pl.read_parquet(manifest)
+    assert frame.height == before + 1 and frame["path"].str.ends_with("new.png").any()
+    locked = (repo / "dvc.lock").read_text()
+    reread_images(str(repo))  # nothing new: the same manifest, nothing for later stages to do
+    assert (repo / "dvc.lock").read_text() == locked
