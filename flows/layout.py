@@ -21,6 +21,7 @@ PLACES = {
     "discriminator": "data/models/discriminator",
     "cada": "data/models/cada",
     "reports": "data/reports",
+    "registration": "data/registration.json",  # the MLflow run and version evaluate registered
 }
 
 
@@ -37,6 +38,7 @@ class Layout:
     discriminator: Path
     cada: Path
     reports: Path
+    registration: Path
 
     @classmethod
     def at(cls, root: str | Path = ".") -> Layout:

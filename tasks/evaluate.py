@@ -8,6 +8,7 @@ from prefect import get_run_logger, task
 from uniadc_core.config import EvaluateConfig, Params, flatten
 from uniadc_core.data.manifest import read_manifest
 from uniadc_core.evaluation.evaluate import evaluate
+from uniadc_core.io import write_json
 from uniadc_core.serving.detector import Detector
 
 
@@ -20,8 +21,9 @@ def evaluate_models(manifest_path: str, models_dir: str, cfg: EvaluateConfig, ou
 
 
 @task(name="track-mlflow", retries=2, retry_delay_seconds=[2, 5])
-def track(params: Params, metrics: dict, report_dir: str, models_dir: str, root: str = ".") -> dict:
-    """Log params, metrics, plots and the model to MLflow; register it as the challenger."""
+def track(params: Params, metrics: dict, report_dir: str, models_dir: str, root: str = ".", record: str = "") -> dict:
+    """Log params, metrics, plots and the model to MLflow; register it as the challenger. ``record``: a JSON file that
+    says which run and version (dvc.yaml: why it is a persistent output)."""
     from uniadc_core.tracking import log_run, provenance_tags, tracking_uri
 
     cfg = params.evaluate.mlflow
@@ -37,4 +39,7 @@ def track(params: Params, metrics: dict, report_dir: str, models_dir: str, root:
         tags=provenance_tags(root),
     )
     get_run_logger().info("MLflow %s: run %s, model version %s", uri, result["run_id"], result["version"])
+    if record:
+        write_json(record, {"tracking_uri": uri, "registered_model": cfg.registered_model if cfg.register else None,
+                            "alias": "challenger", **result})
     return result

@@ -29,19 +29,23 @@ from tests.flows.test_dvc_exp import _run, tiny_repo
 
 pytestmark = pytest.mark.slow  # three tiny `dvc repro` runs, two of them killed
 
+RECORD = "data/registration.json"  # the MLflow run id it names differs from run to run: compared by its version
+
+
 def outcome(repo: Path, uri: str) -> dict:
     """What a finished run leaves: dvc.lock's output md5s per stage, the metrics, the registry."""
     from mlflow import MlflowClient
 
     model = yaml.safe_load((repo / "params.yaml").read_text())["evaluate"]["mlflow"]["registered_model"]
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
-    outs = {stage: {o["path"]: o.get("md5") for o in spec.get("outs", [])} for stage, spec in lock.items()}
+    outs = {stage: {o["path"]: o.get("md5") for o in spec.get("outs", []) if o["path"] != RECORD} for stage, spec in lock.items()}
     metrics = json.loads((repo / "data/reports/metrics.json").read_text())
     client = MlflowClient(uri)
     versions = client.search_model_versions(f"name = '{model}'")
     challenger = client.get_model_version_by_alias(model, "challenger").version if versions else None
     runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
-    return {"outs": outs, "metrics": metrics, "versions": len(versions), "challenger": challenger,
+    recorded = json.loads((repo / RECORD).read_text())["version"]
+    return {"outs": outs, "metrics": metrics, "versions": len(versions), "challenger": challenger, "recorded": recorded,
             "finished_runs": sum(r.info.status == "FINISHED" for r in runs), "statuses": sorted(r.info.status for r in runs)}
 
 
@@ -80,15 +84,20 @@ def repro_killed_when(repo: Path, env: dict, ready: Callable[[], bool], timeout:
     return status, log.read_text()
 
 
-def test_repro_killed_in_training_and_in_the_registration_ends_as_an_uninterrupted_run(tmp_path):
-    for case in ("reference", "killed"):
-        (tmp_path / case).mkdir()
-    repo, env = tiny_repo(tmp_path / "reference")
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> tuple[Path, dict, dict]:
+    """An uninterrupted `dvc repro` of the tiny pipeline: (repo, environment, its outcome)."""
+    base = tmp_path_factory.mktemp("reference")
+    repo, env = tiny_repo(base)
     _run([sys.executable, "-m", "dvc", "repro"], repo, env)
     want = outcome(repo, env["MLFLOW_TRACKING_URI"])
-    assert (want["versions"], want["finished_runs"], want["statuses"]) == (1, 1, ["FINISHED"])
+    assert (want["versions"], want["finished_runs"], want["statuses"], want["recorded"]) == (1, 1, ["FINISHED"], "1")
+    return repo, env, want
 
-    repo, env = tiny_repo(tmp_path / "killed")
+
+def test_repro_killed_in_training_and_in_the_registration_ends_as_an_uninterrupted_run(reference, tmp_path):
+    want = reference[2]
+    repo, env = tiny_repo(tmp_path)
     checkpoint = repo / "data/models/.discriminator.checkpoint/progress.json"
     status, log = repro_killed_when(repo, env, checkpoint.is_file)
     assert status == -signal.SIGKILL, f"training ended before the kill:\n{log[-2000:]}"
@@ -104,6 +113,21 @@ def test_repro_killed_in_training_and_in_the_registration_ends_as_an_uninterrupt
     got = outcome(repo, env["MLFLOW_TRACKING_URI"])
     assert got["outs"] == want["outs"]
     assert got["metrics"] == want["metrics"]
-    assert (got["versions"], got["challenger"], got["finished_runs"]) == (1, 1, 1)
+    assert (got["versions"], got["challenger"], got["finished_runs"], got["recorded"]) == (1, 1, 1, "1")
     assert got["statuses"] == ["FINISHED", "KILLED"]  # the killed run is closed, not reused
     assert not checkpoint.parent.exists()  # the checkpoint goes once the model is saved
+
+
+def test_params_changed_and_changed_back_point_the_challenger_at_the_first_model_again(reference):
+    """Evaluate runs again for params it has seen (A, B, then A: never restored from DVC's run cache, which would skip
+    the MLflow registration) and points @challenger back at A's version, registering nothing new."""
+    repo, env, _ = reference
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    first = params["evaluate"]["overlays"]
+    for overlays in (first + 1, first):
+        params["evaluate"]["overlays"] = overlays
+        (repo / "params.yaml").write_text(yaml.safe_dump(params))
+        log = _run([sys.executable, "-m", "dvc", "repro"], repo, env)
+        assert "Running stage 'evaluate'" in log and "is cached" not in log, log[-2000:]
+    got = outcome(repo, env["MLFLOW_TRACKING_URI"])
+    assert (got["versions"], got["challenger"], got["recorded"]) == (2, 1, "1")  # B registered v2; A's v1 is back
