@@ -1,4 +1,6 @@
 import json
+import logging
+import shutil
 
 import pytest
 import torch
@@ -104,7 +106,7 @@ def test_training_reduces_loss_and_keeps_the_best_epoch(tiny_dataset, tiny_shard
     assert model.config.defect_types == vocab.defect_types
 
 
-def test_interrupted_training_resumes_to_the_same_model(tiny_dataset, tiny_shards, tmp_path):
+def test_interrupted_training_resumes_to_the_same_model(tiny_dataset, tiny_shards, tmp_path, caplog):
     from dataclasses import replace
 
     _, manifest_path, vocab_path = tiny_dataset
@@ -123,6 +125,18 @@ def test_interrupted_training_resumes_to_the_same_model(tiny_dataset, tiny_shard
     # a checkpoint made with other params is ignored, not resumed
     other, h3 = train_discriminator(data, vocab, replace(cfg, lr=0.001), progress=False, checkpoint=ckpt, stop_after=1)
     assert len(h3) == 1
+    # a damaged checkpoint (a power cut mid-write, a disk fault) is named and ignored: training starts over
+    for damaged, content in (("progress.json", b"{"), ("state.safetensors", b"\x10" + bytes(7) + b"{"), ("optimizer.pt", b"PK\x03\x04")):
+        shutil.rmtree(ckpt)
+        train_discriminator(data, vocab, cfg, progress=False, checkpoint=ckpt, stop_after=1)
+        (ckpt / damaged).write_bytes(content)
+        with caplog.at_level(logging.WARNING, logger="uniadc_core"):
+            again, h4 = train_discriminator(data, vocab, cfg, progress=False, checkpoint=ckpt)
+        assert f"{ckpt} cannot be read" in caplog.text and "starts from the first epoch" in caplog.text, damaged
+        assert [round(h["train_loss"], 6) for h in h4] == [round(h["train_loss"], 6) for h in h1], damaged
+        for (k, a), b in zip(straight.state_dict().items(), again.state_dict().values()):
+            assert torch.equal(a, b), (damaged, k)
+        caplog.clear()
 
 
 def test_training_twice_on_the_same_inputs_gives_byte_identical_model_folders(tiny_dataset, tiny_shards, tmp_path):

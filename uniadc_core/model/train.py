@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
@@ -164,16 +165,20 @@ def _load_checkpoint(path: Path, fingerprint: str, model, ema, opt, sched, scale
     progress_file = path / "progress.json"
     if not progress_file.is_file():
         return None, {}
-    progress = json.loads(progress_file.read_text())
-    if progress.get("fingerprint") != fingerprint:
-        log.info("train: ignoring checkpoint %s (made with other data or params)", path)
+    try:  # everything read before anything is applied: a damaged checkpoint leaves the fresh model untouched
+        progress = json.loads(progress_file.read_text())
+        if progress.get("fingerprint") != fingerprint:
+            log.info("train: ignoring checkpoint %s (made with other data or params)", path)
+            return None, {}
+        tensors = load_file(str(path / "state.safetensors"))
+        states = torch.load(path / "optimizer.pt", weights_only=True)  # plain tensors and numbers only
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:  # a disk fault or a power cut mid-write
+        log.warning("train: checkpoint %s cannot be read (%s); training starts from the first epoch", path, exc)
         return None, {}
-    tensors = load_file(str(path / "state.safetensors"))
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
     best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
     torch.set_rng_state(tensors["rng.torch"])
-    states = torch.load(path / "optimizer.pt", weights_only=True)  # plain tensors and numbers only
     opt.load_state_dict(states["optimizer"])
     sched.load_state_dict(states["scheduler"])
     scaler.load_state_dict(states["scaler"])
