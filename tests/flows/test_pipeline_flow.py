@@ -159,6 +159,7 @@ def test_predict_command_scores_a_folder_with_a_corrupt_file(pipeline_run, tmp_p
     assert main(["predict", str(folder / "img0.png"), "--model", "data/models", "--out", str(tmp_path / "p.json")]) == 0
     assert json.loads((tmp_path / "p.json").read_text())[0]["defect_type"] == expected.defect_type[0]
     assert main(["predict", str(tmp_path / "missing")]) == 2
+    assert main(["predict", str(folder), "--model", "data/models", "--threshold", "nan"]) == 2  # every part would pass unseen
     # the line's own operating point, label masks at each image's size, one CSV row per region
     assert main(["predict", str(folder), "--model", "data/models", "--out", str(tmp_path / "at.csv"), "--masks", str(tmp_path / "masks"),
                  "--threshold", "-100"]) == 0

@@ -99,4 +99,7 @@ def line_threshold(threshold: float | None, false_alarm_rate: float | None, scor
     held-out normal ``scores``; None (neither): the model's own."""
     if threshold is not None and false_alarm_rate is not None:
         raise ValueError("give a threshold or a false-alarm rate, not both")
+    if threshold is not None and not math.isfinite(threshold):
+        msg = f"threshold {threshold}: give a finite number (aligned-score units; the model's own is near 1.0)"
+        raise ValueError(msg)
     return threshold_for_rate(scores, false_alarm_rate, scope) if false_alarm_rate is not None else threshold

@@ -102,19 +102,23 @@ def create_app(detector: Detector, model: str = "", max_bytes: int = MAX_BYTES, 
     @app.post("/predict")
     async def predict(request: Request, threshold: float | None = None, mask: bool = False) -> dict:
         content_type = request.headers.get("content-type", "")
-        if not content_type.startswith((*IMAGE_TYPES, "multipart/form-data")):
+        kind = content_type.lower()  # media types are case-insensitive (a multipart boundary is not)
+        if not kind.startswith((*IMAGE_TYPES, "multipart/form-data")):
             raise HTTPException(415, f"content type '{content_type or 'none'}': send image/* or application/octet-stream "
                                 "bytes, or multipart/form-data with one file")
         data = await _body(request, max_bytes)
         source = "request body"
-        if content_type.startswith("multipart/form-data"):
+        if kind.startswith("multipart/form-data"):
             data, name = _multipart_file(content_type, data)
             source = f"uploaded file '{name}'"
             if not data:
                 raise HTTPException(400, f"{source} is empty")
         current = state["detector"]
-        return await run_in_threadpool(_score, current if threshold is None else current.with_threshold(threshold),
-                                       data, source, mask, lock)
+        try:
+            detector = current if threshold is None else current.with_threshold(threshold)
+        except ValueError as exc:  # nan or inf: every part would pass (or fail) unseen
+            raise HTTPException(422, str(exc)) from exc
+        return await run_in_threadpool(_score, detector, data, source, mask, lock)
 
     return app
 

@@ -230,10 +230,12 @@ def test_the_http_service_answers_as_predict_does_and_refuses_bad_requests(model
             "form without a file": (http.post("/predict", content=b'--b\r\nContent-Disposition: form-data; name="note"\r\n\r\nx\r\n--b--\r\n',
                                               headers={"content-type": "multipart/form-data; boundary=b"}), 400, "no file part"),
             "form, url-encoded": (http.post("/predict", data={"note": "x"}), 415, "content type"),
+            "threshold nan": (http.post("/predict?threshold=nan", content=png, headers={"content-type": "image/png"}), 422, "finite"),
+            "threshold inf": (http.post("/predict?threshold=-inf", content=png, headers={"content-type": "image/png"}), 422, "finite"),
         }
         for what, (answer, status, message) in bad.items():
             assert answer.status_code == status and message in answer.json()["detail"], (what, answer.status_code, answer.text)
-        again = http.post("/predict", content=png, headers={"content-type": "image/png"})
+        again = http.post("/predict", content=png, headers={"content-type": "Image/PNG"})  # media types ignore case
         assert again.status_code == 200 and again.json()["score"] == pytest.approx(body["score"], rel=1e-6)
 
 
