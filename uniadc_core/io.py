@@ -59,11 +59,14 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         os.chmod(tmp, _DIR_MODE)  # mkdtemp makes it private (0700)
         for sub in tmp.rglob("*"):  # and some writers (safetensors) make their files 0600: the usual permissions
             os.chmod(sub, _DIR_MODE if sub.is_dir() else _FILE_MODE)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
+        if path.exists():  # two renames: the old one aside, the new one in; the old one comes back if the second fails
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
             os.replace(path, old)
-            os.replace(tmp, path)
+            try:
+                os.replace(tmp, path)
+            except OSError:
+                os.replace(old, path)
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)

@@ -95,6 +95,33 @@ def test_atomic_writes_get_the_usual_permissions(tmp_path):
     assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755
 
 
+def test_a_directory_replaced_atomically_keeps_the_old_one_when_the_swap_fails(tmp_path, monkeypatch):
+    import os
+
+    from uniadc_core.io import atomic_dir
+
+    target = tmp_path / "model"
+    with atomic_dir(target) as tmp:
+        (tmp / "weights").write_text("old")
+    real, calls = os.replace, []
+
+    def second_fails(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:  # the new folder moving in (a full disk, a quota, an NFS hiccup)
+            raise OSError("no space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", second_fails)
+    with pytest.raises(OSError, match="no space"), atomic_dir(target) as tmp:
+        (tmp / "weights").write_text("new")
+    monkeypatch.undo()
+    assert (target / "weights").read_text() == "old"  # the old folder is back, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temp or aside folder left
+    with atomic_dir(target) as tmp:
+        (tmp / "weights").write_text("new")
+    assert (target / "weights").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
 @pytest.mark.parametrize("section", [{"train": {"tile_context": 0.5}}, {"train": {"memory": {"route": "nearest_class"}}},
                                      {"train": {"reconstruction": {"enabled": True}}}])
 def test_a_removed_option_says_so_and_how_to_fix_the_params(section):
