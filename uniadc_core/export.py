@@ -18,8 +18,6 @@ temporary name and renamed, so a failed export leaves nothing half-written.
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +25,7 @@ import torch
 from torch import nn
 
 from uniadc_core import __version__
-from uniadc_core.io import sha256_file, write_json
+from uniadc_core.io import atomic_dir, sha256_file, write_json
 from uniadc_core.serving.detector import Detector
 
 log = logging.getLogger(__name__)
@@ -110,9 +108,10 @@ def export_model(detector: Detector, out_dir: str | Path, source: str = "", chec
         check_images = [rng.integers(0, 256, (size, size + 32 * i, 3), dtype=np.uint8) for i in range(4)]
     inputs = np.stack([pre.image(im) for im in check_images]).transpose(0, 3, 1, 2).copy()
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / "runtime.json").is_file())):
+        msg = f"{out} exists and is not an earlier export (no runtime.json inside): nothing replaced; choose another --out"
+        raise ValueError(msg)
+    with atomic_dir(out) as work:  # the old export stays until the new one is complete and checked
         example = torch.from_numpy(inputs[:1])
         with torch.no_grad():
             program = torch.onnx.export(graph, (example,), dynamo=True, input_names=["images"], output_names=list(OUTPUTS),
@@ -125,11 +124,5 @@ def export_model(detector: Detector, out_dir: str | Path, source: str = "", chec
         config = runtime_config(detector, source)
         config.update(model_sha256=sha256_file(work / "model.onnx"), parity_max_difference=worst)
         write_json(work / "runtime.json", config)
-        if out.exists():
-            shutil.rmtree(out)
-        work.rename(out)
-        log.info("exported %s -> %s (largest difference from torch %.2g)", models_dir, out, worst)
-        return out
-    finally:
-        if work.exists():
-            shutil.rmtree(work)
+    log.info("exported %s -> %s (largest difference from torch %.2g)", models_dir, out, worst)
+    return out

@@ -78,6 +78,29 @@ def test_an_altered_export_is_refused_by_name(exported, tmp_path):
         OnnxDetector.load(copy)
 
 
+def test_export_replaces_only_an_earlier_export_and_leaves_a_readable_folder(exported, tmp_path):
+    import os
+    import stat
+
+    detector, *_, base = exported
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "precious.txt").write_text("keep")
+    with pytest.raises(ValueError, match="not an earlier export"):
+        export_model(detector, mine, source=str(base / "models"))
+    assert (mine / "precious.txt").read_text() == "keep" and sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+    mask = os.umask(0o022)
+    try:
+        export_model(detector, tmp_path / "exported", source=str(base / "models"))
+        first = (tmp_path / "exported" / "runtime.json").read_text()
+        export_model(detector, tmp_path / "exported", source=str(base / "models"))  # an earlier export is replaced
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "exported" / "runtime.json").read_text() == first
+    assert stat.S_IMODE((tmp_path / "exported").stat().st_mode) == 0o755  # a service running as another user reads it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exported", "mine"]
+
+
 def test_the_runtime_path_imports_no_torch():
     code = ("import sys; import uniadc_core.runtime, uniadc_core.serving.predict, uniadc_core.serving.api, flows.cli; "
             "bad = sorted(m for m in ('torch', 'mlflow', 'prefect', 'scipy') if m in sys.modules); assert not bad, bad")
