@@ -92,6 +92,46 @@ def test_two_promotions_at_once_move_the_alias_once(tmp_path):
     assert alias_version(uri, "m", "champion") == v[1]
 
 
+def test_a_promotion_or_rollback_killed_between_its_two_writes_is_repaired(tmp_path, monkeypatch):
+    """Each writes the champion history, then moves the alias; a crash between them must not make a later rollback
+    bring back the wrong version (the alias is the truth, the history is repaired to end at it)."""
+    from mlflow import MlflowClient
+
+    from uniadc_core.tracking import alias_version, record_decision, rollback_champion
+    from uniadc_core.tracking.registry import HISTORY_TAG
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    client.create_registered_model("m")
+    v = [str(client.create_model_version("m", source=str(tmp_path / f"v{i}")).version) for i in range(3)]
+    tags = decide(dict(CHAMP), None, CFG).tags()
+    record_decision(uri, "m", v[0], None, True, tags)
+    record_decision(uri, "m", v[1], v[0], True, tags)
+    real = MlflowClient.set_registered_model_alias
+
+    def killed(self, *args):
+        raise SystemExit("killed")  # the process dies: nothing after this line runs
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", killed)
+    with pytest.raises(SystemExit):
+        record_decision(uri, "m", v[2], v[1], True, tags)  # the history says v2, the alias still v1
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", real)
+    assert alias_version(uri, "m", "champion") == v[1]
+    assert rollback_champion(uri, "m") == v[0]  # from the live v1, not from v2 that never went live
+    assert client.get_registered_model("m").tags[HISTORY_TAG] == v[0]
+
+    record_decision(uri, "m", v[1], v[0], True, tags)
+    record_decision(uri, "m", v[2], v[1], True, tags)
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", killed)
+    with pytest.raises(SystemExit):
+        rollback_champion(uri, "m")  # the history trimmed to v0,v1, the alias still v2
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", real)
+    assert alias_version(uri, "m", "champion") == v[2]
+    assert rollback_champion(uri, "m") == v[1]  # the rollback asked for, once: v2 -> v1
+    assert client.get_registered_model("m").tags[HISTORY_TAG] == f"{v[0]},{v[1]}"
+    assert rollback_champion(uri, "m") == v[0]
+
+
 def test_one_holder_of_a_lock_at_a_time_and_none_after_a_kill(tmp_path):
     import subprocess
     import sys

@@ -314,24 +314,43 @@ def record_decision(uri: str, name: str, challenger: str, champion: str | None, 
             client.set_model_version_tag(name, version, k, v)
         client.set_model_version_tag(name, version, "promotion.challenger_version", challenger)
         client.set_model_version_tag(name, version, "promotion.champion_version", champion or "none")
-    if promote:
-        client.set_registered_model_alias(name, "champion", challenger)
-        history = [v for v in (client.get_registered_model(name).tags.get(HISTORY_TAG) or "").split(",") if v]
-        if history[-1:] != [challenger]:  # a retried record after a crash between the two writes: not twice
+    if promote:  # the history first, then the alias: a crash between them is repaired by the next read
+        history = _champion_history(client, name)
+        if history[-1:] != [challenger]:  # a retried record: not twice
             client.set_registered_model_tag(name, HISTORY_TAG, ",".join([*history, challenger]))
+        client.set_registered_model_alias(name, "champion", challenger)
         log.info("MLflow: %s version %s is now @champion (was %s)", name, challenger, champion or "none")
+
+
+def _champion_history(client: MlflowClient, name: str) -> list[str]:
+    """The champion history, made to end at the live ``@champion`` (the alias is the truth). Each change writes the
+    history, then moves the alias; a crash between the two leaves either versions after the champion (a promotion
+    that never went live: dropped) or a champion missing from the end (a rollback whose alias never moved: put back)."""
+    history = [v for v in (client.get_registered_model(name).tags.get(HISTORY_TAG) or "").split(",") if v]
+    try:
+        live = str(client.get_model_version_by_alias(name, "champion").version)
+    except MlflowException:
+        live = None
+    if live is None:
+        return history
+    repaired = history[:len(history) - history[::-1].index(live)] if live in history else [*history, live]
+    if repaired != history:
+        log.warning("MLflow: %s champion history %s did not end at @champion %s (an interrupted promotion or rollback); "
+                    "repaired to %s", name, history, live, repaired)
+        client.set_registered_model_tag(name, HISTORY_TAG, ",".join(repaired))
+    return repaired
 
 
 def rollback_champion(uri: str, name: str) -> str:
     """Point ``@champion`` back at the previous champion; returns that version."""
     client = MlflowClient(uri)
-    history = [v for v in (client.get_registered_model(name).tags.get(HISTORY_TAG) or "").split(",") if v]
+    history = _champion_history(client, name)
     if len(history) < 2:
         msg = f"{name}: no earlier champion to roll back to (champion history: {history or 'empty'})"
         raise ValueError(msg)
     current, previous = history[-1], history[-2]
+    client.set_registered_model_tag(name, HISTORY_TAG, ",".join(history[:-1]))  # as in a promotion: history, then alias
     client.set_registered_model_alias(name, "champion", previous)
-    client.set_registered_model_tag(name, HISTORY_TAG, ",".join(history[:-1]))
     client.set_model_version_tag(name, current, "promotion.decision", f"rolled back to version {previous}")
     log.info("MLflow: %s @champion rolled back from version %s to %s", name, current, previous)
     return previous
