@@ -118,7 +118,8 @@ def decide(scores: Scores, u: np.ndarray, gamma: np.ndarray, threshold: float, d
     n = len(scores.score)
     best = scores.type_probs.argmax(1) if n else np.zeros(0, int)
     prob = scores.type_probs[np.arange(n), best] if n else np.zeros(0)
-    known = prob >= abstain_below
+    known = np.round(prob * 255) / 255 >= abstain_below  # in the regions' 1/255 steps: an image and its strongest
+    # region never disagree on "unknown" near the level
     is_anomaly = aligned > threshold
     size = amap.shape[1:]
     labels, region_prob = np.zeros((n, *size), np.uint8), np.zeros((n, *size), np.uint8)

@@ -12,9 +12,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from uniadc_core.data.preprocess import Preprocess
 from uniadc_core.decision import Scores, decide
 from uniadc_core.model.discriminator import predict_from_maps
 from uniadc_core.model.shot_memory import build_shot_memory, calibrate_temperature, dihedral
+from uniadc_core.serving.regions import native_regions
 
 SIZE, CELL = 64, 8
 TYPES = ["first", "second"]
@@ -140,6 +142,13 @@ def test_each_region_takes_the_type_at_its_peak_and_the_image_its_strongest_regi
     assert d.defect_type == ["second"] and d.defect_prob[0] == 0.8
     unsure = decide(scores, np.zeros(n), np.ones(n), 1.0, TYPES, abstain_below=0.85)
     assert unsure.defect_type == ["unknown"] and (unsure.pixel_labels == d.pixel_labels).all()  # the mask keeps the guess
+    # at a level between the spot's exact 0.799 and its 1/255 step (204/255 = 0.8), image and region agree
+    near = decide(Scores(*scores[:2], np.array([[0.201, 0.799]]), *scores[3:]), np.zeros(n), np.ones(n), 1.0, TYPES,
+                  abstain_below=0.7995)
+    regions = native_regions(Preprocess(size), near.anomaly_map[0], near.pixel_labels[0], (size, size), TYPES, near.region_prob[0],
+                             abstain_below=0.7995)[0]
+    strongest = max(regions, key=lambda r: r.max_score)
+    assert near.defect_type == [strongest.defect_type] == ["second"]
 
 
 def test_a_shot_without_a_mask_adds_nothing_and_chunks_change_no_distance():
