@@ -165,6 +165,21 @@ def load_mask(path: str | Path, options: DecodeOptions = DEFAULT) -> np.ndarray:
     return decoding.load_mask(path, options)
 
 
+MAX_SQUARE = 250_000_000  # pixels of the square ``pad`` (and tile's whole-image view) builds before scaling down
+
+
+def check_square(h: int, w: int) -> int:
+    """The side of the square an (h, w) image is padded to; a very long strip (a tiny PNG can declare 1 x 60000) would
+    need gigabytes for it and is refused by name instead."""
+    side = max(h, w)
+    if side * side > MAX_SQUARE:
+        msg = (f"a {w}x{h} image padded to a {side}x{side} square needs {side * side:,} pixels (limit {MAX_SQUARE:,}): "
+               "the model's resize (pad, or tile's whole-image view) pads to a square; crop the strip into parts, or use a model "
+               "with resize: stretch")
+        raise ValueError(msg)
+    return side
+
+
 def resize(arr: np.ndarray, size: int, nearest: bool = False, policy: str = "stretch") -> np.ndarray:
     """Make an (H, W[, C]) uint8/bool array square (size, size).
 
@@ -176,7 +191,7 @@ def resize(arr: np.ndarray, size: int, nearest: bool = False, policy: str = "str
         return arr
     is_bool = arr.dtype == bool
     if policy == "pad" and h != w:
-        side = max(h, w)
+        side = check_square(h, w)
         pads = [((side - h) // 2, side - h - (side - h) // 2), ((side - w) // 2, side - w - (side - w) // 2)] + [(0, 0)] * (arr.ndim - 2)
         arr = np.pad(arr, pads, mode="constant" if (is_bool or nearest) else "reflect")
     elif policy not in ("stretch", "pad"):

@@ -196,3 +196,26 @@ def test_shown_marks_the_image_area_of_the_view():
     assert Preprocess(size=64, policy="tile").shown((50, 100)).tolist() == wide.tolist()  # tile: its view is pad's
     assert Preprocess(size=64, policy="stretch").shown((50, 100)).all()
     assert Preprocess(size=64, policy="pad").shown((80, 80)).all()
+
+
+@pytest.mark.parametrize("policy", ["pad", "tile"])
+def test_a_strip_too_long_to_pad_to_a_square_is_refused_by_name_not_by_memory(policy):
+    """A 1 x 40000 PNG is a few hundred bytes, but padded to its square it would be 1.6 G pixels (10 GB as float32
+    maps): refused with the shape and the fix before anything that large is allocated."""
+    pre = Preprocess(64, policy)
+    strip = np.zeros((1, 40_000, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"a 40000x1 image padded to a 40000x40000 square .* crop the strip"):
+        pre.image(strip)
+    assert pre.image(np.zeros((100, 3000, 3), np.uint8)).shape == (64, 64, 3)  # a long but sane strip still works
+    with pytest.raises(ValueError, match=r"line.png: a 40000x1 image"):  # where predict and the service decode
+        pre.decode_bytes(_png(strip), "line.png")
+
+
+def _png(image: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()

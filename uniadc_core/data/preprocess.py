@@ -40,7 +40,7 @@ import numpy as np
 
 from uniadc_core import decoding
 from uniadc_core.decoding import DEFAULT, DecodeOptions
-from uniadc_core.io import load_image, load_mask, resize
+from uniadc_core.io import check_square, load_image, load_mask, resize
 
 if TYPE_CHECKING:
     import torch
@@ -99,7 +99,7 @@ def merge_tiles(maps: np.ndarray, windows: list[tuple[int, int]], shape: tuple[i
 def _square_box(h: int, w: int) -> tuple[int, int, int]:
     """(side, top, left): the square an (h, w) image is padded to and where it sits in it, as ``resize(policy="pad")``
     puts it (the whole-image view of ``pad`` and ``tile``)."""
-    side = max(h, w)
+    side = check_square(h, w)
     return side, (side - h) // 2, (side - w) // 2
 
 
@@ -222,11 +222,21 @@ class Preprocess:
 
     def decode_image(self, path: str | Path) -> np.ndarray:
         """The file's pixels by this model's decoding rules, at their own size (``image`` makes them an input)."""
-        return load_image(path, options=self.decode)
+        return self._fits(load_image(path, options=self.decode), str(path))
 
     def decode_bytes(self, data: bytes, source: str = "<bytes>") -> np.ndarray:
         """``decode_image`` of bytes received from elsewhere (an HTTP body); errors name ``source``."""
-        return decoding.decode(data, source, "RGB", self.decode)
+        return self._fits(decoding.decode(data, source, "RGB", self.decode), source)
+
+    def _fits(self, image: np.ndarray, source: str) -> np.ndarray:
+        """``image``, if its whole-image view can be made (pad and tile pad it to a square first); else a ValueError
+        naming ``source``, raised where a decoding error would be (an error row, an HTTP 422)."""
+        if self._view_policy != "stretch":
+            try:
+                check_square(*image.shape[:2])
+            except ValueError as exc:
+                raise ValueError(f"{source}: {exc}") from None
+        return image
 
     def load_image(self, path: str | Path) -> np.ndarray:
         return self.image(self.decode_image(path))
