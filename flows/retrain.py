@@ -21,8 +21,12 @@ from uniadc_core.io import exclusive
 LOCK = ".uniadc/retrain.lock"
 
 
-class CommandError(OSError):
-    """A command that failed (an OSError, so I/O-style failures are retried)."""
+class CommandError(RuntimeError):
+    """A command that failed; its output says why. Not retried: a training that failed fails again."""
+
+
+class DvcBusy(OSError):
+    """Another DVC command holds this repository's lock: an I/O-style wait, retried once after a pause."""
 
 
 def _run(args: list[str], cwd: str) -> str:
@@ -30,7 +34,7 @@ def _run(args: list[str], cwd: str) -> str:
     if proc.returncode != 0 and "Unable to acquire lock" in proc.stdout + proc.stderr:
         msg = (f"`{' '.join(args)}`: another DVC command (a `dvc repro`?) is running in {cwd} and holds its lock "
                f"({Path(cwd) / '.dvc/tmp/lock'}); nothing was changed: run the retraining again when it has finished")
-        raise CommandError(msg)
+        raise DvcBusy(msg)
     if proc.returncode != 0:
         msg = f"`{' '.join(args)}` failed in {cwd} (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
         raise CommandError(msg)
@@ -55,7 +59,7 @@ def reproduce(repo: str, set_params: list[str]) -> str:
     return out
 
 
-@task(name="dvc-push", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_on_io)
+@task(name="dvc-push", retries=2, retry_delay_seconds=[5, 30])  # any failure: a remote's hiccup passes
 def push(repo: str) -> bool:
     """`dvc push` when a remote is configured; False (nothing pushed) otherwise."""
     if not _run(["dvc", "remote", "list"], repo).strip():

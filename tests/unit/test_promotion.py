@@ -159,8 +159,22 @@ def test_one_holder_of_a_lock_at_a_time_and_none_after_a_kill(tmp_path):
 def test_retraining_beside_a_running_dvc_repro_says_so(tmp_path):
     import sys
 
-    from flows.retrain import CommandError, _run
+    from flows.retrain import CommandError, DvcBusy, _run
+    from tasks import retry_on_io
 
     busy = [sys.executable, "-c", "import sys; print('ERROR: Unable to acquire lock. Most likely another DVC process is running'); sys.exit(1)"]
-    with pytest.raises(CommandError, match=r"another DVC command \(a `dvc repro`\?\) is running in .* holds its lock .*nothing was changed"):
+    with pytest.raises(DvcBusy, match=r"another DVC command \(a `dvc repro`\?\) is running in .* holds its lock .*nothing was changed"):
         _run(busy, str(tmp_path))
+    failed = [sys.executable, "-c", "import sys; print('ValueError: ingest.root: no such folder'); sys.exit(1)"]
+    with pytest.raises(CommandError, match="exit 1") as caught:
+        _run(failed, str(tmp_path))
+
+    class Failed:  # a Prefect state whose result raises the task's error
+        def __init__(self, exc):
+            self.exc = exc
+
+        def result(self):
+            raise self.exc
+
+    assert retry_on_io(None, None, Failed(DvcBusy("busy")))  # the lock: waited for once
+    assert not retry_on_io(None, None, Failed(caught.value))  # a failed training is not run twice
