@@ -76,8 +76,8 @@ def create_app(detector: Detector, model: str = "", max_bytes: int = MAX_BYTES, 
     lock, reloading = threading.Lock(), threading.Lock()
     state = {"detector": detector, "reloads": 0}  # a request reads the detector once: a swap never changes it mid-request
 
-    @app.get("/health")
-    def health() -> dict:
+    @app.get("/health")  # on the event loop, not in the worker threads: it answers while they are all scoring
+    async def health() -> dict:
         current = state["detector"]
         return {"status": "ok", "model": model, "uniadc_version": __version__, "threshold": current.threshold,
                 "defect_types": current.defect_types, "image_size": current.preprocess.size, "max_bytes": max_bytes,
@@ -97,7 +97,7 @@ def create_app(detector: Detector, model: str = "", max_bytes: int = MAX_BYTES, 
             reloading.release()
         state["detector"] = fresh
         state["reloads"] += 1
-        return health()
+        return await health()
 
     @app.post("/predict")
     async def predict(request: Request, threshold: float | None = None, mask: bool = False) -> dict:
