@@ -87,7 +87,8 @@ def predict_files(detector: Detector, paths: list[str | Path], batch_size: int =
                     verdict = f"{d.defect_type[i]} {d.defect_prob[i]:.2f}" if d.is_anomaly[i] else "normal"
                     label = f"{verdict}  score {d.score[i]:.2f}"
                     overlay = labelled_overlay(detector.preprocess.image(images[i]), d.anomaly_map[i], detector.threshold, label)
-                    overlay.save(Path(overlay_dir) / f"{n:05d}_{path.stem}.png")
+                    with atomic_path(Path(overlay_dir) / f"{n:05d}_{path.stem}.png") as tmp:
+                        overlay.save(tmp, format="PNG")
         bar.update(len(chunk))
     bar.close()
     order = {str(p): i for i, p in enumerate(paths)}
