@@ -136,11 +136,6 @@ def ingest(cfg: IngestConfig, out_dir: str | Path = "data/prepared", raw_dir: st
         frame = _canonical_masks(frame, rules, vocab, out_dir)  # once nothing can fail any more
     frame = frame.with_columns(pl.when(pl.col("mask_path").is_not_null()).then(pl.lit(options.mask_values)).otherwise(None).alias("mask_rule"))
     folder = out_dir / "masks"  # a DVC output: this run's label maps and their index (an earlier run's others go)
-    keep = {Path(p).name for p in frame["mask_path"].drop_nulls() if Path(p).parent == folder}
-    for stale in folder.glob("*.png"):
-        if stale.name not in keep:
-            stale.unlink()
-    write_json(folder / "index.json", {"label_maps": len(keep), "rule": "labels" if canonical else "none"})
     paths = IngestResult(frame, out_dir / "manifest.parquet", out_dir / "vocabulary.json", out_dir / "quarantine.csv")
     with atomic_path(paths.quarantine_path) as tmp:
         rows = {"path": [p.path for p in problems], "reason": [p.reason for p in problems]}
@@ -148,6 +143,12 @@ def ingest(cfg: IngestConfig, out_dir: str | Path = "data/prepared", raw_dir: st
     with atomic_path(paths.manifest_path) as tmp:
         frame.write_parquet(tmp)
     write_json(paths.vocabulary_path, vocab.to_dict())
+    # only once the new manifest is written: a crash before leaves the old one with every mask it names
+    keep = {Path(p).name for p in frame["mask_path"].drop_nulls() if Path(p).parent == folder}
+    for stale in folder.glob("*.png"):
+        if stale.name not in keep:
+            stale.unlink()
+    write_json(folder / "index.json", {"label_maps": len(keep), "rule": "labels" if canonical else "none"})
     if raw_dir is not None:
         roots = [s.root for s in cfg.sources] if cfg.kind == "sources" else str(cfg.root)
         source = {"kind": cfg.kind, "root": roots, "images": frame.height, "quarantined": len(problems)}
