@@ -14,7 +14,7 @@ def evaluate_flow(root: str = ".", params_path: str = "") -> dict:
     layout = Layout.at(root)
     params = load_params(params_path or layout.params)
     metrics = evaluate_models(str(layout.manifest), str(layout.models), params.evaluate, str(layout.reports), root)
-    track(params, metrics, str(layout.reports), str(layout.models), root, str(layout.registration))
+    track(params, metrics, str(layout.reports), str(layout.models), str(layout.registration), root)
     return metrics
 
 

@@ -21,7 +21,7 @@ def evaluate_models(manifest_path: str, models_dir: str, cfg: EvaluateConfig, ou
 
 
 @task(name="track-mlflow", retries=2, retry_delay_seconds=[2, 5])
-def track(params: Params, metrics: dict, report_dir: str, models_dir: str, root: str = ".", record: str = "") -> dict:
+def track(params: Params, metrics: dict, report_dir: str, models_dir: str, record: str, root: str = ".") -> dict:
     """Log params, metrics, plots and the model to MLflow; register it as the challenger. ``record``: a JSON file that
     says which run and version (dvc.yaml: why it is a persistent output)."""
     from uniadc_core.tracking import log_run, provenance_tags, tracking_uri
@@ -39,7 +39,6 @@ def track(params: Params, metrics: dict, report_dir: str, models_dir: str, root:
         tags=provenance_tags(root),
     )
     get_run_logger().info("MLflow %s: run %s, model version %s", uri, result["run_id"], result["version"])
-    if record:
-        write_json(record, {"tracking_uri": uri, "registered_model": cfg.registered_model if cfg.register else None,
-                            "alias": "challenger", **result})
+    write_json(record, {"tracking_uri": uri, "registered_model": cfg.registered_model if cfg.register else None,
+                        "alias": "challenger", **result})
     return result

@@ -263,8 +263,12 @@ def _new_run(client: MlflowClient, experiment_id: str, key: str, params: dict, m
 
 def alias_version(uri: str, name: str, alias: str) -> str | None:
     """The version ``alias`` points at, or None when the alias (or the model) does not exist."""
+    return _alias(MlflowClient(uri), name, alias)
+
+
+def _alias(client: MlflowClient, name: str, alias: str) -> str | None:
     try:
-        return str(MlflowClient(uri).get_model_version_by_alias(name, alias).version)
+        return str(client.get_model_version_by_alias(name, alias).version)
     except MlflowException:
         return None
 
@@ -304,7 +308,7 @@ def record_decision(uri: str, name: str, challenger: str, champion: str | None, 
     """Tag both versions with the decision and its figures; on promotion move ``@champion`` and extend the history."""
     client = MlflowClient(uri)
     challenger, champion = str(challenger), (str(champion) if champion is not None else None)
-    now = alias_version(uri, name, "champion")
+    now = _alias(client, name, "champion")
     if now != champion and not (promote and now == challenger):  # moved by another promotion while this one scored (a
         # retry of this very promotion finds it on the challenger already: that is the same outcome)
         msg = f"{name}: @champion moved from version {champion or 'none'} to {now} while this promotion ran; run promote again"
@@ -327,10 +331,7 @@ def _champion_history(client: MlflowClient, name: str) -> list[str]:
     history, then moves the alias; a crash between the two leaves either versions after the champion (a promotion
     that never went live: dropped) or a champion missing from the end (a rollback whose alias never moved: put back)."""
     history = [v for v in (client.get_registered_model(name).tags.get(HISTORY_TAG) or "").split(",") if v]
-    try:
-        live = str(client.get_model_version_by_alias(name, "champion").version)
-    except MlflowException:
-        live = None
+    live = _alias(client, name, "champion")
     if live is None:
         return history
     repaired = history[:len(history) - history[::-1].index(live)] if live in history else [*history, live]
